@@ -1,0 +1,400 @@
+// Package caddymastio holds the Caddy modules of caddy-mastio: the mastio
+// app and the HTTP, TLS and admin modules that use it. The domain logic
+// lives in the sub-packages (store, audit, pki, token, ...); the modules
+// here are the glue.
+package caddymastio
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// Defaults of the mastio app.
+const (
+	DefaultDataDir     = "./data"
+	DefaultTrustDomain = "mastio.local"
+	// AdminSecretEnv is read when admin_secret is not configured, so that
+	// `caddy run --envfile proxy.env` works as the original deployment's
+	// proxy.env did.
+	AdminSecretEnv = "MCP_PROXY_ADMIN_SECRET"
+	minSecretLen   = 16
+)
+
+// knownDefaultSecrets are refused as admin secrets: they are in public
+// documentation and example files.
+var knownDefaultSecrets = []string{
+	"change-me-in-production", "changeme", "change-me", "change_me", "changethis",
+	"admin", "administrator", "password", "secret", "mastio", "default", "example",
+	"admin-secret", "mastio-admin-secret", "0123456789abcdef", "1234567890123456",
+}
+
+// App is the Mastio: one per process, it owns the database, the Org CA,
+// the access-token signing keys and the audit log that every other
+// caddy-mastio module uses. Configure it with the global option `mastio`;
+// if a config uses a mastio module without configuring the app, it runs
+// with the defaults below.
+//
+// On first start it creates data_dir (mode 0700) with the SQLite database,
+// the Org CA under pki/ (root EC P-256 valid 15 years, intermediate 5 years,
+// keys 0600) and the first token signing key under keys/. Later starts
+// reuse them; a data directory whose CA does not match its database is
+// refused rather than repaired.
+//
+// State survives config reloads: two configs pointing at the same database
+// share one handle and one audit writer.
+type App struct {
+	// Directory for the database, the Org CA and keys. Placeholders such as
+	// {env.MASTIO_DATA_DIR} are expanded. Default: ./data (relative to the
+	// working directory of the Caddy process).
+	DataDir string `json:"data_dir,omitempty"`
+
+	// The database: a SQLite file path. Default: <data_dir>/mastio.db.
+	// postgres:// URLs are reserved for the Postgres store, which this build
+	// does not include yet; they are refused with a clear error.
+	Database string `json:"database,omitempty"`
+
+	// The organisation id: the <org> in agent ids (<org>::<name>) and SPIFFE
+	// IDs. 1-64 characters of [a-zA-Z0-9._-]. Default: the first 16 hex
+	// digits of the SHA-256 of the Org root's public key. It is fixed at
+	// first start; a later config with a different value is refused.
+	OrgID string `json:"org_id,omitempty"`
+
+	// The SPIFFE trust domain of agent identities
+	// (spiffe://<trust_domain>/<org>/<name>). Default: mastio.local
+	TrustDomain string `json:"trust_domain,omitempty"`
+
+	// The external base URL agents use to reach this Mastio, e.g.
+	// https://mastio.example.com:9443. It is the reference for DPoP htu
+	// checks and for URLs the Mastio hands out. Only scheme, host and port
+	// are allowed. Default: derived from each request.
+	PublicURL string `json:"public_url,omitempty"`
+
+	// The administrator secret expected in the X-Admin-Secret header.
+	// Use a placeholder, e.g. {env.MCP_PROXY_ADMIN_SECRET}, never a literal
+	// (the config is readable through the admin API). It must be at least 16
+	// characters and not a published default; an empty value refuses to
+	// start. When not configured: the MCP_PROXY_ADMIN_SECRET environment
+	// variable if set, otherwise a random secret generated once into
+	// <data_dir>/admin-secret (mode 0600).
+	AdminSecret string `json:"admin_secret,omitempty"`
+
+	// runtime
+	ctx               caddy.Context
+	logger            *zap.Logger
+	dataDir           string
+	dbPath            string
+	trustDomain       string
+	publicURL         *url.URL
+	adminSecret       string
+	adminSecretSource string
+	state             *state
+	stateKey          string
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "mastio",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision resolves the configuration and attaches the shared state,
+// creating the data directory, database and Org CA on first use.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
+	a.logger = ctx.Logger()
+	if err := a.validateStatic(); err != nil {
+		return err
+	}
+	repl := caddy.NewReplacer()
+
+	dataDir, err := repl.ReplaceOrErr(a.DataDir, true, false)
+	if err != nil {
+		return fmt.Errorf("data_dir: %w", err)
+	}
+	if dataDir == "" {
+		dataDir = DefaultDataDir
+	}
+	if a.dataDir, err = filepath.Abs(dataDir); err != nil {
+		return fmt.Errorf("data_dir %q: %w", dataDir, err)
+	}
+	dbPath, err := repl.ReplaceOrErr(a.Database, true, false)
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	if dbPath == "" {
+		dbPath = filepath.Join(a.dataDir, "mastio.db")
+	}
+	if isPostgresURL(dbPath) {
+		return errors.New("database: postgres:// URLs need the Postgres store, which this build does not include yet; use a SQLite file path")
+	}
+	if a.dbPath, err = filepath.Abs(dbPath); err != nil {
+		return fmt.Errorf("database %q: %w", dbPath, err)
+	}
+	a.trustDomain = a.TrustDomain
+	if a.trustDomain == "" {
+		a.trustDomain = DefaultTrustDomain
+	}
+	if a.PublicURL != "" {
+		raw, err := repl.ReplaceOrErr(a.PublicURL, true, true)
+		if err != nil {
+			return fmt.Errorf("public_url: %w", err)
+		}
+		if a.publicURL, err = parsePublicURL(raw); err != nil {
+			return fmt.Errorf("public_url: %w", err)
+		}
+	}
+
+	val, _, err := states.LoadOrNew(a.dbPath, func() (caddy.Destructor, error) {
+		return openState(a.dataDir, a.dbPath, a.OrgID, a.logger)
+	})
+	if err != nil {
+		return fmt.Errorf("mastio: %w", err)
+	}
+	a.state, a.stateKey = val.(*state), a.dbPath
+	if a.state.dataDir != a.dataDir {
+		return fmt.Errorf("database %s is already in use with data_dir %s; one database belongs to one data_dir",
+			a.dbPath, a.state.dataDir)
+	}
+	if a.OrgID != "" && a.OrgID != a.state.orgID {
+		return fmt.Errorf("org_id %q differs from the org id %q this data directory was created with; "+
+			"an org id cannot change (every agent id and certificate carries it): remove org_id or set it to %q",
+			a.OrgID, a.state.orgID, a.state.orgID)
+	}
+	if err := a.resolveAdminSecret(repl); err != nil {
+		return err
+	}
+	return nil
+}
+
+// resolveAdminSecret applies the admin_secret rules documented on the
+// field. The secret itself never appears in an error or a log line.
+func (a *App) resolveAdminSecret(repl *caddy.Replacer) error {
+	switch {
+	case a.AdminSecret != "":
+		v, err := repl.ReplaceOrErr(a.AdminSecret, true, true)
+		if err != nil || strings.TrimSpace(v) == "" {
+			return fmt.Errorf("admin_secret is configured but resolves to an empty value (is %s set in the environment? "+
+				"e.g. caddy run --envfile proxy.env); refusing to start without an admin secret", placeholderNames(a.AdminSecret))
+		}
+		a.adminSecret, a.adminSecretSource = v, "config"
+	case os.Getenv(AdminSecretEnv) != "":
+		a.adminSecret, a.adminSecretSource = os.Getenv(AdminSecretEnv), "env "+AdminSecretEnv
+	default:
+		secret, created, err := generatedAdminSecret(a.dataDir)
+		if err != nil {
+			return fmt.Errorf("admin secret: %w", err)
+		}
+		a.adminSecret, a.adminSecretSource = secret, "file "+filepath.Join(a.dataDir, "admin-secret")
+		if created {
+			a.logger.Warn("no admin_secret configured: generated one; read it from the file (and set admin_secret for production)",
+				zap.String("file", filepath.Join(a.dataDir, "admin-secret")))
+		}
+	}
+	return checkSecretStrength(a.adminSecret, a.adminSecretSource)
+}
+
+func checkSecretStrength(secret, source string) error {
+	s := strings.TrimSpace(secret)
+	if len(s) < minSecretLen {
+		return fmt.Errorf("admin secret from %s is too short (%d characters): use at least %d, e.g. openssl rand -hex 32",
+			source, len(s), minSecretLen)
+	}
+	for _, d := range knownDefaultSecrets {
+		if strings.EqualFold(s, d) {
+			return fmt.Errorf("admin secret from %s is a published default value: generate one, e.g. openssl rand -hex 32", source)
+		}
+	}
+	if strings.Count(s, s[:1]) == len(s) {
+		return fmt.Errorf("admin secret from %s is one repeated character: generate one, e.g. openssl rand -hex 32", source)
+	}
+	return nil
+}
+
+// placeholderNames returns the placeholders in s, for error messages that
+// must not echo a literal secret.
+func placeholderNames(s string) string {
+	var names []string
+	for {
+		i := strings.IndexByte(s, '{')
+		j := strings.IndexByte(s, '}')
+		if i < 0 || j < i {
+			break
+		}
+		names = append(names, s[i:j+1])
+		s = s[j+1:]
+	}
+	if len(names) == 0 {
+		return "the value"
+	}
+	return strings.Join(names, ", ")
+}
+
+// validateStatic checks what can be checked without touching the disk.
+func (a *App) validateStatic() error {
+	if a.OrgID != "" {
+		if err := pki.ValidateName("org_id", a.OrgID); err != nil {
+			return err
+		}
+	}
+	if a.TrustDomain != "" {
+		if err := pki.ValidateTrustDomain(a.TrustDomain); err != nil {
+			return fmt.Errorf("trust_domain: %w", err)
+		}
+	}
+	if a.PublicURL != "" && !strings.Contains(a.PublicURL, "{") {
+		if _, err := parsePublicURL(a.PublicURL); err != nil {
+			return fmt.Errorf("public_url: %w", err)
+		}
+	}
+	if a.AdminSecret != "" && !strings.Contains(a.AdminSecret, "{") {
+		if err := checkSecretStrength(a.AdminSecret, "config"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Validate rejects invalid configuration.
+func (a *App) Validate() error { return a.validateStatic() }
+
+// parsePublicURL accepts https://host[:port] (http only for loopback
+// development) with no path, query or fragment.
+func parsePublicURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(strings.TrimSuffix(raw, "/"))
+	if err != nil {
+		return nil, err
+	}
+	if u.Scheme != "https" && u.Scheme != "http" {
+		return nil, fmt.Errorf("%q: scheme must be https", raw)
+	}
+	if u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("%q: want scheme://host[:port] only", raw)
+	}
+	u.Scheme = strings.ToLower(u.Scheme)
+	u.Host = strings.ToLower(u.Host)
+	u.Path = ""
+	return u, nil
+}
+
+func isPostgresURL(s string) bool {
+	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
+}
+
+// Start audits the start of the process (once) and every config load.
+func (a *App) Start() error {
+	ctx := context.Background()
+	var err error
+	a.state.startOnce.Do(func() {
+		_, err = a.state.audit.Append(ctx, audit.Event{Type: "system.start", Actor: "system", Subject: a.state.orgID,
+			Details: map[string]any{"version": Version(), "pid": os.Getpid(), "data_dir": a.dataDir, "database": a.dbPath}})
+	})
+	if err != nil {
+		return fmt.Errorf("auditing system start: %w", err)
+	}
+	if _, err := a.state.audit.Append(ctx, audit.Event{Type: "config.load", Actor: "system", Subject: a.state.orgID,
+		Details: map[string]any{
+			"org_id":              a.state.orgID,
+			"trust_domain":        a.trustDomain,
+			"public_url":          a.PublicURLString(),
+			"admin_secret_source": a.adminSecretSource,
+		}}); err != nil {
+		return fmt.Errorf("auditing config load: %w", err)
+	}
+	a.logger.Info("mastio ready",
+		zap.String("org_id", a.state.orgID),
+		zap.String("trust_domain", a.trustDomain),
+		zap.String("data_dir", a.dataDir),
+		zap.String("database", a.dbPath),
+		zap.String("org_ca", filepath.Join(a.dataDir, "pki", pki.RootCertFile)),
+		zap.String("admin_secret_source", a.adminSecretSource))
+	return nil
+}
+
+// Stop audits a process shutdown. On a reload the old app is stopped
+// after the new one has started; that is not a shutdown.
+func (a *App) Stop() error {
+	if caddy.Exiting() && a.state != nil {
+		if _, err := a.state.audit.Append(context.Background(), audit.Event{Type: "system.stop", Actor: "system",
+			Subject: a.state.orgID, Details: map[string]any{"pid": os.Getpid()}}); err != nil {
+			a.logger.Error("auditing system stop", zap.Error(err))
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this config's reference to the shared state.
+func (a *App) Cleanup() error {
+	if a.stateKey != "" {
+		a.stateKey = ""
+		if _, err := states.Delete(a.dbPath); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// OrgIDValue returns the organisation id in force.
+func (a *App) OrgIDValue() string { return a.state.orgID }
+
+// TrustDomainValue returns the trust domain in force.
+func (a *App) TrustDomainValue() string { return a.trustDomain }
+
+// PublicURLString returns the configured public URL or "".
+func (a *App) PublicURLString() string {
+	if a.publicURL == nil {
+		return ""
+	}
+	return a.publicURL.String()
+}
+
+// CA returns the Org CA.
+func (a *App) CA() *pki.CA { return a.state.ca }
+
+// Audit returns the audit log.
+func (a *App) Audit() *audit.Log { return a.state.audit }
+
+// Version is the caddy-mastio module version baked into the binary.
+func Version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, m := range bi.Deps {
+			if m.Path == modulePath {
+				if m.Replace != nil && m.Replace.Version != "" {
+					return m.Replace.Version
+				}
+				return m.Version
+			}
+		}
+		if bi.Main.Path == modulePath && bi.Main.Version != "" {
+			return bi.Main.Version
+		}
+	}
+	return "(devel)"
+}
+
+const modulePath = "github.com/caddy-mastio/caddy-mastio"
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

@@ -1,0 +1,128 @@
+package caddymastio
+
+import (
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("mastio", parseGlobalOption)
+	httpcaddyfile.RegisterHandlerDirective("mastio", parseHandlerDirective)
+	httpcaddyfile.RegisterDirectiveOrder("mastio", httpcaddyfile.Before, "basicauth")
+}
+
+// parseGlobalOption sets up the mastio app from the global options block.
+// Syntax:
+//
+//	mastio {
+//	    data_dir     <path>
+//	    database     <sqlite-path>
+//	    org_id       <id>
+//	    trust_domain <domain>
+//	    public_url   <https://host[:port]>
+//	    admin_secret <secret-placeholder>
+//	}
+//
+// Every option is optional; see the App type for defaults.
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	if existing != nil {
+		return nil, d.Err("the mastio global option may appear only once")
+	}
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "mastio", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from Caddyfile tokens; the syntax is
+// that of the mastio global option (see parseGlobalOption).
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		var target *string
+		switch opt {
+		case "data_dir":
+			target = &a.DataDir
+		case "database":
+			target = &a.Database
+		case "org_id":
+			target = &a.OrgID
+		case "trust_domain":
+			target = &a.TrustDomain
+		case "public_url":
+			target = &a.PublicURL
+		case "admin_secret":
+			target = &a.AdminSecret
+		default:
+			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, admin_secret)", opt)
+		}
+		if *target != "" {
+			return d.Errf("mastio option %s specified more than once", opt)
+		}
+		if !d.NextArg() {
+			return d.Errf("mastio option %s needs a value", opt)
+		}
+		*target = d.Val()
+		if d.NextArg() {
+			return d.Errf("mastio option %s takes one value, got another: %q", opt, d.Val())
+		}
+		if *target == "" {
+			return d.Errf("mastio option %s: empty value", opt)
+		}
+		if err := a.checkOption(opt); err != nil {
+			return d.Errf("mastio option %s: %v", opt, err)
+		}
+	}
+	return nil
+}
+
+// checkOption validates one option as far as the Caddyfile alone allows,
+// so that mistakes are reported with their line.
+func (a *App) checkOption(opt string) error {
+	single := App{}
+	switch opt {
+	case "data_dir":
+		return checkDataDirSyntax(a.DataDir)
+	case "database":
+		if isPostgresURL(a.Database) {
+			return errorString("postgres:// URLs need the Postgres store, which this build does not include yet")
+		}
+		return nil
+	case "org_id":
+		single.OrgID = a.OrgID
+	case "trust_domain":
+		single.TrustDomain = a.TrustDomain
+	case "public_url":
+		single.PublicURL = a.PublicURL
+	case "admin_secret":
+		single.AdminSecret = a.AdminSecret
+	}
+	return single.validateStatic()
+}
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
+
+// parseHandlerDirective sets up the handler from Caddyfile tokens. Syntax:
+//
+//	mastio
+//
+// It takes no arguments; the app's global option configures everything.
+func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	h.Next() // consume directive name
+	if h.NextArg() {
+		return nil, h.ArgErr()
+	}
+	if h.NextBlock(0) {
+		return nil, h.Errf("the mastio directive takes no options, got %q (configure the mastio global option)", h.Val())
+	}
+	return new(Handler), nil
+}

@@ -1,0 +1,146 @@
+package caddymastio
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler serves the Mastio's own endpoints and passes every other request
+// to the next handler, so it can sit in front of anything else a site
+// serves. Endpoints:
+//
+//	GET /healthz      liveness: 200 {"status":"ok"}
+//	GET /health       liveness with the version
+//	GET /readyz       readiness: 200 {"status":"ready","checks":{...}}, or 503
+//	                  naming the failing checks (database, pki, signing_keys)
+//	GET /pki/ca.crt   the Org root certificate (PEM) for agents to pin,
+//	                  with a strong ETag and Cache-Control
+//
+// The Caddyfile directive is `mastio`, ordered before basic_auth so the
+// gateway's own endpoints (which authenticate their callers themselves)
+// are not shadowed by other handlers.
+type Handler struct {
+	app    *App
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.mastio",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision attaches the handler to the mastio app.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	app, err := ctx.App("mastio")
+	if err != nil {
+		return err
+	}
+	h.app = app.(*App)
+	return nil
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	switch r.URL.Path {
+	case "/healthz":
+		return h.get(w, r, func() { writeJSON(w, http.StatusOK, map[string]string{"status": "ok"}) })
+	case "/health":
+		return h.get(w, r, func() { writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": Version()}) })
+	case "/readyz":
+		return h.get(w, r, func() { h.serveReadyz(w, r) })
+	case "/pki/ca.crt":
+		return h.get(w, r, func() { h.serveCACert(w, r) })
+	}
+	return next.ServeHTTP(w, r)
+}
+
+func (h *Handler) get(w http.ResponseWriter, r *http.Request, serve func()) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET or HEAD")
+		return nil
+	}
+	serve()
+	return nil
+}
+
+func (h *Handler) serveReadyz(w http.ResponseWriter, r *http.Request) {
+	res := h.app.Readiness(r.Context())
+	body := struct {
+		Status string `json:"status"`
+		Readiness
+	}{Status: "ready", Readiness: res}
+	status := http.StatusOK
+	if !res.Ready() {
+		body.Status, status = "not_ready", http.StatusServiceUnavailable
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, status, body)
+}
+
+func (h *Handler) serveCACert(w http.ResponseWriter, r *http.Request) {
+	pemBytes := h.app.CA().RootPEM()
+	sum := sha256.Sum256(pemBytes)
+	etag := `"` + hex.EncodeToString(sum[:16]) + `"`
+	w.Header().Set("ETag", etag)
+	w.Header().Set("Cache-Control", "public, max-age=300")
+	w.Header().Set("Content-Type", "application/x-pem-file")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if etagMatch(r.Header.Get("If-None-Match"), etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		w.Write(pemBytes)
+	}
+}
+
+// etagMatch implements the weak comparison of If-None-Match (RFC 9110
+// §13.1.2).
+func etagMatch(header, etag string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimPrefix(strings.TrimSpace(t), "W/")
+		if t == "*" || t == etag {
+			return true
+		}
+	}
+	return false
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	if w.Header().Get("Cache-Control") == "" {
+		w.Header().Set("Cache-Control", "no-store")
+	}
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeError writes the JSON error shape every Mastio endpoint uses:
+// {"error": <stable token>, "message": <human text>}.
+func writeError(w http.ResponseWriter, status int, code, message string) {
+	writeJSON(w, status, map[string]string{"error": code, "message": message})
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,248 @@
+package caddymastio
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
+)
+
+// states holds the long-lived state of every data location in use, keyed
+// by the absolute database path. A config reload provisions a new App
+// while the old one still serves; both get the same *state, so there is
+// only ever one database handle and one audit writer per file.
+var states = caddy.NewUsagePool()
+
+// Config keys fixed at first start.
+const (
+	cfgOrgID      = "org_id"
+	cfgRootSHA256 = "org_ca_sha256"
+)
+
+// state is what survives config reloads: the store, the audit writer, the
+// Org CA and the signing key ring.
+type state struct {
+	dataDir string
+	dbPath  string
+	orgID   string
+	logger  *zap.Logger
+
+	store *store.Store
+	audit *audit.Log
+	ca    *pki.CA
+	keys  *token.KeyRing
+
+	startOnce sync.Once
+
+	readyMu   sync.Mutex
+	lastReady map[string]string // check -> last reported value, to log changes only
+}
+
+// openState creates the data directory and everything in it on first use
+// and loads it afterwards. orgHint is the configured org id (may be empty)
+// and only matters when the CA is created.
+func openState(dataDir, dbPath, orgHint string, logger *zap.Logger) (*state, error) {
+	ctx := context.Background()
+	if err := ensureDataDir(dataDir, logger); err != nil {
+		return nil, err
+	}
+	st, err := store.Open(ctx, dbPath)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	s := &state{dataDir: dataDir, dbPath: dbPath, logger: logger, store: st, lastReady: map[string]string{}}
+	ok := false
+	defer func() {
+		if !ok {
+			s.Destruct()
+		}
+	}()
+	s.audit = audit.Open(st.DB(), audit.Options{BeforeCommit: st.CheckFile})
+
+	pkiDir := filepath.Join(dataDir, "pki")
+	knownRoot, haveRoot, err := st.GetConfig(ctx, cfgRootSHA256)
+	if err != nil {
+		return nil, err
+	}
+	if haveRoot {
+		if _, err := os.Stat(filepath.Join(pkiDir, pki.RootCertFile)); errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("the Org CA (%s) is missing but the database %s was created with Org CA sha256 %s: "+
+				"restore %s from the backup taken with the database; refusing to generate a new CA, "+
+				"which would orphan every enrolled agent", filepath.Join(pkiDir, pki.RootCertFile), dbPath, knownRoot, pkiDir)
+		}
+	}
+	ca, created, err := pki.LoadOrCreate(pki.Config{Dir: pkiDir, Keys: pki.FileKeyStore{Dir: pkiDir}, Org: orgHint})
+	if err != nil {
+		return nil, fmt.Errorf("org CA: %w", err)
+	}
+	s.ca = ca
+	rootSum := pki.Fingerprint(ca.Root())
+	if stored, err := st.InitConfig(ctx, cfgRootSHA256, rootSum); err != nil {
+		return nil, err
+	} else if stored != rootSum {
+		return nil, fmt.Errorf("the Org CA in %s (sha256 %s) is not the one the database %s was created with (sha256 %s): "+
+			"the data directory mixes files from different installations; restore the database and %s from the same backup",
+			pkiDir, rootSum, dbPath, stored, pkiDir)
+	}
+	derived := orgHint
+	if derived == "" {
+		derived = pki.DeriveOrgID(ca.Root())
+	}
+	if s.orgID, err = st.InitConfig(ctx, cfgOrgID, derived); err != nil {
+		return nil, err
+	}
+	if created.Root {
+		logger.Info("created Org CA", zap.String("org_id", s.orgID), zap.String("root_sha256", rootSum),
+			zap.String("root_cert", filepath.Join(pkiDir, pki.RootCertFile)))
+		if _, err := s.audit.Append(ctx, audit.Event{Type: "pki.org_ca_created", Actor: "system", Subject: s.orgID,
+			Details: map[string]any{
+				"root_sha256":         rootSum,
+				"root_not_after":      ca.Root().NotAfter.UTC().Format("2006-01-02T15:04:05Z"),
+				"intermediate_sha256": pki.Fingerprint(ca.Intermediate()),
+				"key_store":           "file",
+			}}); err != nil {
+			return nil, err
+		}
+	} else if created.Intermediate {
+		logger.Info("created Mastio intermediate CA", zap.String("intermediate_sha256", pki.Fingerprint(ca.Intermediate())))
+		if _, err := s.audit.Append(ctx, audit.Event{Type: "pki.intermediate_created", Actor: "system", Subject: s.orgID,
+			Details: map[string]any{
+				"intermediate_sha256":    pki.Fingerprint(ca.Intermediate()),
+				"intermediate_not_after": ca.Intermediate().NotAfter.UTC().Format("2006-01-02T15:04:05Z"),
+			}}); err != nil {
+			return nil, err
+		}
+	}
+
+	ring, newKey, err := token.OpenKeyRing(ctx, st.DB(), pki.FileKeyStore{Dir: filepath.Join(dataDir, "keys")})
+	if err != nil {
+		return nil, fmt.Errorf("signing keys: %w", err)
+	}
+	s.keys = ring
+	if newKey != nil {
+		if _, err := s.audit.Append(ctx, audit.Event{Type: "token.signing_key_created", Actor: "system", Subject: newKey.Kid,
+			Details: map[string]any{"alg": newKey.Alg, "status": newKey.Status}}); err != nil {
+			return nil, err
+		}
+	}
+	ok = true
+	return s, nil
+}
+
+// Destruct implements caddy.Destructor: the last config using this data
+// location is gone, so flush the audit writer and close the database.
+func (s *state) Destruct() error {
+	if s.audit != nil {
+		s.audit.Close()
+	}
+	if s.store != nil {
+		return s.store.Close()
+	}
+	return nil
+}
+
+// ensureDataDir creates dir with mode 0700 and checks that files can be
+// created in it.
+func ensureDataDir(dir string, logger *zap.Logger) error {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return fmt.Errorf("data_dir %s: cannot create it: %w", dir, err)
+		}
+	case err != nil:
+		return fmt.Errorf("data_dir %s: %w", dir, err)
+	case !fi.IsDir():
+		return fmt.Errorf("data_dir %s exists and is not a directory", dir)
+	default:
+		if fi.Mode().Perm()&0o077 != 0 && logger != nil {
+			logger.Warn("data_dir is accessible to other users; it holds the Org CA keys (chmod 700 it)",
+				zap.String("data_dir", dir), zap.String("mode", fmt.Sprintf("%04o", fi.Mode().Perm())))
+		}
+	}
+	f, err := os.CreateTemp(dir, ".write-test-*")
+	if err != nil {
+		return fmt.Errorf("data_dir %s is not writable: %w", dir, err)
+	}
+	f.Close()
+	os.Remove(f.Name())
+	return nil
+}
+
+// checkDataDirSyntax is the part of ensureDataDir that can run while the
+// Caddyfile is adapted, without creating anything: the nearest existing
+// ancestor must be a writable directory.
+func checkDataDirSyntax(dir string) error {
+	if strings.Contains(dir, "{") {
+		return nil // a placeholder; resolved at provision time
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for p := abs; ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err == nil {
+			if !fi.IsDir() {
+				return fmt.Errorf("%s is not a directory", p)
+			}
+			return writableDir(p)
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		if filepath.Dir(p) == p {
+			return nil
+		}
+	}
+}
+
+// generatedAdminSecret reads dataDir/admin-secret, creating it (0600, 32
+// random bytes hex) on first use.
+func generatedAdminSecret(dataDir string) (secret string, created bool, err error) {
+	path := filepath.Join(dataDir, "admin-secret")
+	if data, err := os.ReadFile(path); err == nil {
+		fi, _ := os.Stat(path)
+		if fi != nil && fi.Mode().Perm()&0o077 != 0 {
+			return "", false, fmt.Errorf("%s has mode %04o: it must be 0600 (chmod 600 %s)", path, fi.Mode().Perm(), path)
+		}
+		return strings.TrimSpace(string(data)), false, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", false, err
+	}
+	buf := make([]byte, 32)
+	if _, err := rand.Read(buf); err != nil {
+		return "", false, err
+	}
+	secret = hex.EncodeToString(buf)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return generatedAdminSecret(dataDir)
+		}
+		return "", false, fmt.Errorf("creating %s: %w", path, err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(secret + "\n"); err != nil {
+		return "", false, fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return "", false, fmt.Errorf("writing %s: %w", path, err)
+	}
+	return secret, true, nil
+}
+
+var _ caddy.Destructor = (*state)(nil)

@@ -1,0 +1,174 @@
+// Package token holds the access-token signing key ring.
+package token
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+)
+
+// SigningKey is one key of the ring.
+type SigningKey struct {
+	// Kid is the RFC 7638 thumbprint of the public key.
+	Kid    string
+	Alg    string
+	Status string // staged | active | deprecated
+	// ExpiresAt ends the verification grace of a deprecated key.
+	ExpiresAt time.Time
+	Public    crypto.PublicKey
+	signer    crypto.Signer
+}
+
+// KeyRing is the set of signing keys stored in the signing_keys table, with
+// the private keys in a pki.KeyStore.
+type KeyRing struct {
+	db   *sql.DB
+	keys pki.KeyStore
+
+	mu     sync.RWMutex
+	active *SigningKey
+	all    map[string]*SigningKey
+}
+
+// OpenKeyRing loads the ring, creating the first ES256 key when there is
+// no active one. created reports whether a key was generated.
+func OpenKeyRing(ctx context.Context, db *sql.DB, keys pki.KeyStore) (ring *KeyRing, created *SigningKey, err error) {
+	ring = &KeyRing{db: db, keys: keys}
+	if err := ring.load(ctx); err != nil {
+		return nil, nil, err
+	}
+	if ring.Active() != nil {
+		return ring, nil, nil
+	}
+	k, err := ring.createActive(ctx)
+	if err != nil {
+		// Another process may have created it first; the unique index on
+		// the active row makes that an insert error. Reload and use theirs.
+		if lerr := ring.load(ctx); lerr == nil && ring.Active() != nil {
+			return ring, nil, nil
+		}
+		return nil, nil, err
+	}
+	if err := ring.load(ctx); err != nil {
+		return nil, nil, err
+	}
+	return ring, k, nil
+}
+
+func (r *KeyRing) createActive(ctx context.Context) (*SigningKey, error) {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generating signing key: %w", err)
+	}
+	jwk := jose.JSONWebKey{Key: priv.Public(), Algorithm: "ES256", Use: "sig"}
+	tp, err := jwk.Thumbprint(crypto.SHA256)
+	if err != nil {
+		return nil, fmt.Errorf("signing key thumbprint: %w", err)
+	}
+	kid := base64.RawURLEncoding.EncodeToString(tp)
+	jwk.KeyID = kid
+	pub, err := json.Marshal(jwk)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := pki.MarshalPrivateKey(priv)
+	if err != nil {
+		return nil, err
+	}
+	ref := "signing-" + kid + ".key"
+	if err := r.keys.Store(ref, keyPEM); err != nil {
+		return nil, fmt.Errorf("storing signing key: %w", err)
+	}
+	now := store.FormatTime(time.Now())
+	if _, err := r.db.ExecContext(ctx, `INSERT INTO signing_keys (kid, alg, public_jwk, key_ref, status, created_at, activated_at)
+		VALUES (?, 'ES256', ?, ?, 'active', ?, ?)`, kid, string(pub), ref, now, now); err != nil {
+		return nil, fmt.Errorf("recording signing key: %w", err)
+	}
+	return &SigningKey{Kid: kid, Alg: "ES256", Status: "active", Public: priv.Public(), signer: priv}, nil
+}
+
+func (r *KeyRing) load(ctx context.Context) error {
+	rows, err := r.db.QueryContext(ctx, `SELECT kid, alg, public_jwk, key_ref, status, COALESCE(expires_at, '')
+		FROM signing_keys WHERE status IN ('active', 'deprecated')`)
+	if err != nil {
+		return fmt.Errorf("reading signing keys: %w", err)
+	}
+	defer rows.Close()
+	all := map[string]*SigningKey{}
+	var active *SigningKey
+	now := time.Now()
+	for rows.Next() {
+		var kid, alg, pubJSON, ref, status, expires string
+		if err := rows.Scan(&kid, &alg, &pubJSON, &ref, &status, &expires); err != nil {
+			return fmt.Errorf("reading signing keys: %w", err)
+		}
+		var jwk jose.JSONWebKey
+		if err := jwk.UnmarshalJSON([]byte(pubJSON)); err != nil {
+			return fmt.Errorf("signing key %s: public JWK: %w", kid, err)
+		}
+		k := &SigningKey{Kid: kid, Alg: alg, Status: status, Public: jwk.Key}
+		if expires != "" {
+			if k.ExpiresAt, err = time.Parse(store.TimeFormat, expires); err != nil {
+				return fmt.Errorf("signing key %s: expires_at: %w", kid, err)
+			}
+			if status == "deprecated" && now.After(k.ExpiresAt) {
+				continue
+			}
+		}
+		if status == "active" {
+			signer, err := pki.LoadSigner(r.keys, ref)
+			if err != nil {
+				return fmt.Errorf("active signing key %s: %w", kid, err)
+			}
+			k.signer = signer
+			active = k
+		}
+		all[kid] = k
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.active, r.all = active, all
+	r.mu.Unlock()
+	return nil
+}
+
+// Active returns the key new tokens are signed with (nil if none).
+func (r *KeyRing) Active() *SigningKey {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.active
+}
+
+// Check is the readiness check: there is an active key, it can sign, and
+// the store still holds it.
+func (r *KeyRing) Check(ctx context.Context) error {
+	k := r.Active()
+	if k == nil || k.signer == nil {
+		return errors.New("no active signing key")
+	}
+	var ref string
+	err := r.db.QueryRowContext(ctx, `SELECT key_ref FROM signing_keys WHERE kid = ? AND status = 'active'`, k.Kid).Scan(&ref)
+	if err != nil {
+		return fmt.Errorf("active signing key %s: %w", k.Kid, err)
+	}
+	if _, err := r.keys.Load(ref); err != nil {
+		return fmt.Errorf("active signing key %s: %w", k.Kid, err)
+	}
+	return nil
+}

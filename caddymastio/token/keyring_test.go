@@ -1,0 +1,44 @@
+package token
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+)
+
+func TestKeyRingCreatesOneActiveKeyAndReloadsIt(t *testing.T) {
+	dir := t.TempDir()
+	st, err := store.Open(context.Background(), filepath.Join(dir, "m.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ks := pki.FileKeyStore{Dir: filepath.Join(dir, "keys")}
+	ring, created, err := OpenKeyRing(context.Background(), st.DB(), ks)
+	if err != nil || created == nil {
+		t.Fatalf("first open: created=%v err=%v", created, err)
+	}
+	if ring.Active().Kid != created.Kid || len(created.Kid) != 43 {
+		t.Fatalf("kid %q", created.Kid)
+	}
+	if err := ring.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "keys", "signing-"+created.Kid+".key"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v", fi, err)
+	}
+	again, created2, err := OpenKeyRing(context.Background(), st.DB(), ks)
+	if err != nil || created2 != nil || again.Active().Kid != created.Kid {
+		t.Fatalf("second open: %v %v", created2, err)
+	}
+	os.Remove(filepath.Join(dir, "keys", "signing-"+created.Kid+".key"))
+	if err := ring.Check(context.Background()); err == nil || !strings.Contains(err.Error(), created.Kid) {
+		t.Fatalf("check with the key file gone: %v", err)
+	}
+}

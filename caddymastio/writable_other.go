@@ -1,0 +1,5 @@
+//go:build !unix
+
+package caddymastio
+
+func writableDir(string) error { return nil }
