@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
@@ -199,9 +200,12 @@ func checkDataDirSyntax(dir string) error {
 			if !fi.IsDir() {
 				return fmt.Errorf("%s is not a directory", p)
 			}
-			return writableDir(p)
+			if err := writableDir(p); err != nil {
+				return fmt.Errorf("%s is not writable: %w", p, err)
+			}
+			return nil
 		}
-		if !errors.Is(err, os.ErrNotExist) {
+		if !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
 			return err
 		}
 		if filepath.Dir(p) == p {

@@ -429,7 +429,9 @@ func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey, lifetime time.D
 	ca.mu.RUnlock()
 	now := ca.cfg.Now()
 	tmpl.SerialNumber = randomSerial()
-	tmpl.NotBefore = now.Add(-5 * time.Minute) // tolerate client clock skew
+	// Backdate to tolerate client clock skew, by at most a tenth of the
+	// lifetime so that short-lived certificates are not born half used.
+	tmpl.NotBefore = now.Add(-min(5*time.Minute, lifetime/10))
 	tmpl.NotAfter = now.Add(lifetime)
 	if tmpl.NotAfter.After(inter.NotAfter) {
 		tmpl.NotAfter = inter.NotAfter // a leaf never outlives its issuer

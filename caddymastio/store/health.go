@@ -114,3 +114,11 @@ func classify(path string, err error) error {
 	}
 	return &HealthError{Reason: reason, Path: path, Err: err}
 }
+
+// SetProbeTTL changes how long a readiness result is reused (default one
+// second). Tests set it to zero.
+func (s *Store) SetProbeTTL(d time.Duration) {
+	s.probeMu.Lock()
+	s.probeTTL = d
+	s.probeMu.Unlock()
+}

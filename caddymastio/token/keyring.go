@@ -31,6 +31,7 @@ type SigningKey struct {
 	ExpiresAt time.Time
 	Public    crypto.PublicKey
 	signer    crypto.Signer
+	keyRef    string // name of the private key in the key store
 }
 
 // KeyRing is the set of signing keys stored in the signing_keys table, with
@@ -98,7 +99,7 @@ func (r *KeyRing) createActive(ctx context.Context) (*SigningKey, error) {
 		VALUES (?, 'ES256', ?, ?, 'active', ?, ?)`, kid, string(pub), ref, now, now); err != nil {
 		return nil, fmt.Errorf("recording signing key: %w", err)
 	}
-	return &SigningKey{Kid: kid, Alg: "ES256", Status: "active", Public: priv.Public(), signer: priv}, nil
+	return &SigningKey{Kid: kid, Alg: "ES256", Status: "active", Public: priv.Public(), signer: priv, keyRef: ref}, nil
 }
 
 func (r *KeyRing) load(ctx context.Context) error {
@@ -120,7 +121,7 @@ func (r *KeyRing) load(ctx context.Context) error {
 		if err := jwk.UnmarshalJSON([]byte(pubJSON)); err != nil {
 			return fmt.Errorf("signing key %s: public JWK: %w", kid, err)
 		}
-		k := &SigningKey{Kid: kid, Alg: alg, Status: status, Public: jwk.Key}
+		k := &SigningKey{Kid: kid, Alg: alg, Status: status, Public: jwk.Key, keyRef: ref}
 		if expires != "" {
 			if k.ExpiresAt, err = time.Parse(store.TimeFormat, expires); err != nil {
 				return fmt.Errorf("signing key %s: expires_at: %w", kid, err)
@@ -156,18 +157,14 @@ func (r *KeyRing) Active() *SigningKey {
 }
 
 // Check is the readiness check: there is an active key, it can sign, and
-// the store still holds it.
-func (r *KeyRing) Check(ctx context.Context) error {
+// the key store still holds it (a restart would need it). It does not
+// touch the database, whose health is a check of its own.
+func (r *KeyRing) Check() error {
 	k := r.Active()
 	if k == nil || k.signer == nil {
 		return errors.New("no active signing key")
 	}
-	var ref string
-	err := r.db.QueryRowContext(ctx, `SELECT key_ref FROM signing_keys WHERE kid = ? AND status = 'active'`, k.Kid).Scan(&ref)
-	if err != nil {
-		return fmt.Errorf("active signing key %s: %w", k.Kid, err)
-	}
-	if _, err := r.keys.Load(ref); err != nil {
+	if _, err := r.keys.Load(k.keyRef); err != nil {
 		return fmt.Errorf("active signing key %s: %w", k.Kid, err)
 	}
 	return nil

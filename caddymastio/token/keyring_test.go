@@ -26,7 +26,7 @@ func TestKeyRingCreatesOneActiveKeyAndReloadsIt(t *testing.T) {
 	if ring.Active().Kid != created.Kid || len(created.Kid) != 43 {
 		t.Fatalf("kid %q", created.Kid)
 	}
-	if err := ring.Check(context.Background()); err != nil {
+	if err := ring.Check(); err != nil {
 		t.Fatal(err)
 	}
 	fi, err := os.Stat(filepath.Join(dir, "keys", "signing-"+created.Kid+".key"))
@@ -38,7 +38,7 @@ func TestKeyRingCreatesOneActiveKeyAndReloadsIt(t *testing.T) {
 		t.Fatalf("second open: %v %v", created2, err)
 	}
 	os.Remove(filepath.Join(dir, "keys", "signing-"+created.Kid+".key"))
-	if err := ring.Check(context.Background()); err == nil || !strings.Contains(err.Error(), created.Kid) {
+	if err := ring.Check(); err == nil || !strings.Contains(err.Error(), created.Kid) {
 		t.Fatalf("check with the key file gone: %v", err)
 	}
 }

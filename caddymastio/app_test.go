@@ -1,0 +1,312 @@
+package caddymastio
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+)
+
+const testSecret = "3f9c2a7d41b8e6054c1d9a2f7e8b3c61"
+
+// loadConfig runs (or reloads) the process-wide Caddy with a config holding
+// only the mastio app.
+func loadConfig(t *testing.T, app map[string]any) {
+	t.Helper()
+	cfg := map[string]any{
+		"admin":   map[string]any{"disabled": true},
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"level": "ERROR"}}},
+		"apps":    map[string]any{"mastio": app},
+	}
+	raw, _ := json.Marshal(cfg)
+	if err := caddy.Load(raw, true); err != nil {
+		t.Fatalf("loading config: %v", err)
+	}
+}
+
+func activeApp(t *testing.T) *App {
+	t.Helper()
+	v, err := caddy.ActiveContext().App("mastio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v.(*App)
+}
+
+func TestReloadSharesOneStateAndReleasesIt(t *testing.T) {
+	dir := t.TempDir()
+	t.Cleanup(func() { caddy.Stop() })
+	loadConfig(t, map[string]any{"data_dir": dir, "admin_secret": testSecret})
+	first := activeApp(t)
+	st := first.state
+
+	loadConfig(t, map[string]any{"data_dir": dir, "admin_secret": testSecret, "trust_domain": "example.org"})
+	second := activeApp(t)
+	if second == first {
+		t.Fatal("reload did not provision a new app")
+	}
+	if second.state != st {
+		t.Fatal("reload opened a second state (database handle and audit writer) for the same database")
+	}
+	if refs, _ := states.References(st.dbPath); refs != 1 {
+		t.Fatalf("pool holds %d references after the old config was cleaned up, want 1", refs)
+	}
+	if second.TrustDomainValue() != "example.org" {
+		t.Fatal("new config not in force")
+	}
+
+	// Both loads are in the one chain, which verifies.
+	res, err := audit.Verify(context.Background(), st.store.DB(), 1, 0)
+	if err != nil || !res.OK() {
+		t.Fatalf("chain: %+v %v", res, err)
+	}
+	var loads, starts int
+	st.store.DB().QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'config.load'`).Scan(&loads)
+	st.store.DB().QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'system.start'`).Scan(&starts)
+	if loads != 2 || starts != 1 {
+		t.Fatalf("config.load=%d system.start=%d, want 2 and 1", loads, starts)
+	}
+
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if refs, ok := states.References(st.dbPath); ok || refs != 0 {
+		t.Fatalf("state still referenced after stop: %d", refs)
+	}
+	if err := st.store.DB().Ping(); err == nil {
+		t.Fatal("database still open after the last config stopped")
+	}
+}
+
+func TestReloadsDoNotLeakGoroutines(t *testing.T) {
+	dir := t.TempDir()
+	t.Cleanup(func() { caddy.Stop() })
+	app := map[string]any{"data_dir": dir, "admin_secret": testSecret}
+	loadConfig(t, app)
+	loadConfig(t, app)
+	base := runtime.NumGoroutine()
+	for i := 0; i < 20; i++ {
+		app["trust_domain"] = "td" + string(rune('a'+i))
+		loadConfig(t, app)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base+2 {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			n := runtime.Stack(buf, true)
+			t.Fatalf("goroutines grew from %d to %d over 20 reloads:\n%s", base, runtime.NumGoroutine(), buf[:n])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// provision runs Provision on a fresh App the way Caddy would, and
+// registers its Cleanup.
+func provision(t *testing.T, a *App) error {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	err := a.Provision(ctx)
+	t.Cleanup(func() { a.Cleanup() })
+	return err
+}
+
+func TestAdminSecretRules(t *testing.T) {
+	t.Setenv(AdminSecretEnv, "")
+	os.Unsetenv(AdminSecretEnv)
+	cases := []struct {
+		name, secret, env, wantErr string
+	}{
+		{"empty placeholder", "{env.MASTIO_TEST_UNSET_VAR}", "", "resolves to an empty value"},
+		{"unknown placeholder", "{nope.nothing}", "", "resolves to an empty value"},
+		{"too short", "q7w3e1r5", "", "too short"},
+		{"published default", "change-me-in-production", "", "published default"},
+		{"repeated", strings.Repeat("a", 20), "", "repeated"},
+		{"short from env", "", "x9q2zk", "too short"},
+		{"default from env", "", "CHANGE-ME-IN-PRODUCTION", "published default"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.env != "" {
+				t.Setenv(AdminSecretEnv, c.env)
+			}
+			err := provision(t, &App{DataDir: t.TempDir(), AdminSecret: c.secret})
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Fatalf("got %v, want an error containing %q", err, c.wantErr)
+			}
+			for _, s := range []string{c.secret, c.env} {
+				if len(s) > 4 && !strings.HasPrefix(s, "{") && strings.Contains(err.Error(), s) {
+					t.Fatalf("error message reveals the secret: %v", err)
+				}
+			}
+		})
+	}
+}
+
+func TestAdminSecretSources(t *testing.T) {
+	os.Unsetenv(AdminSecretEnv)
+	dir := t.TempDir()
+	a := &App{DataDir: dir}
+	if err := provision(t, a); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(dir, "admin-secret"))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("generated secret file: %v %v", fi, err)
+	}
+	if len(a.adminSecret) != 64 || !strings.HasPrefix(a.adminSecretSource, "file ") {
+		t.Fatalf("generated secret: len %d source %q", len(a.adminSecret), a.adminSecretSource)
+	}
+	b := &App{DataDir: dir}
+	if err := provision(t, b); err != nil || b.adminSecret != a.adminSecret {
+		t.Fatalf("second start did not reuse the generated secret: %v", err)
+	}
+
+	t.Setenv(AdminSecretEnv, testSecret)
+	c := &App{DataDir: dir}
+	if err := provision(t, c); err != nil || c.adminSecret != testSecret || c.adminSecretSource != "env "+AdminSecretEnv {
+		t.Fatalf("env secret: %v %q", err, c.adminSecretSource)
+	}
+	t.Setenv("MASTIO_TEST_SECRET", "9b1e5c0d7a3f4e2b8c6d1a0f5e3b7c9d")
+	d := &App{DataDir: dir, AdminSecret: "{env.MASTIO_TEST_SECRET}"}
+	if err := provision(t, d); err != nil || d.adminSecret != "9b1e5c0d7a3f4e2b8c6d1a0f5e3b7c9d" || d.adminSecretSource != "config" {
+		t.Fatalf("placeholder secret: %v %q", err, d.adminSecretSource)
+	}
+}
+
+func TestOrgIDIsFixedAtFirstStart(t *testing.T) {
+	dir := t.TempDir()
+	a := &App{DataDir: dir, OrgID: "acme", AdminSecret: testSecret}
+	if err := provision(t, a); err != nil {
+		t.Fatal(err)
+	}
+	if a.OrgIDValue() != "acme" || a.CA().Root().Subject.Organization[0] != "acme" {
+		t.Fatalf("org id %q, root O=%v", a.OrgIDValue(), a.CA().Root().Subject.Organization)
+	}
+	a.Cleanup()
+	b := &App{DataDir: dir, OrgID: "globex", AdminSecret: testSecret}
+	if err := provision(t, b); err == nil || !strings.Contains(err.Error(), "cannot change") {
+		t.Fatalf("changed org_id: %v", err)
+	}
+	c := &App{DataDir: dir, AdminSecret: testSecret} // omitted: the stored one applies
+	if err := provision(t, c); err != nil || c.OrgIDValue() != "acme" {
+		t.Fatalf("omitted org_id: %v %q", err, c.OrgIDValue())
+	}
+}
+
+func TestDerivedOrgIDIsStable(t *testing.T) {
+	dir := t.TempDir()
+	a := &App{DataDir: dir, AdminSecret: testSecret}
+	if err := provision(t, a); err != nil {
+		t.Fatal(err)
+	}
+	org := a.OrgIDValue()
+	if len(org) != 16 {
+		t.Fatalf("derived org id %q", org)
+	}
+	a.Cleanup()
+	b := &App{DataDir: dir, AdminSecret: testSecret}
+	if err := provision(t, b); err != nil || b.OrgIDValue() != org {
+		t.Fatalf("org id changed across starts: %q -> %q (%v)", org, b.OrgIDValue(), err)
+	}
+}
+
+func TestMissingOrMismatchedCAIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	a := &App{DataDir: dir, AdminSecret: testSecret}
+	if err := provision(t, a); err != nil {
+		t.Fatal(err)
+	}
+	a.Cleanup()
+
+	// The CA directory vanished: refuse, and do not generate a new root.
+	pkiDir := filepath.Join(dir, "pki")
+	os.Rename(pkiDir, pkiDir+".bak")
+	b := &App{DataDir: dir, AdminSecret: testSecret}
+	if err := provision(t, b); err == nil || !strings.Contains(err.Error(), "refusing to generate a new CA") {
+		t.Fatalf("missing CA: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(pkiDir, "org-ca.crt")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatal("a new root was generated although the database belongs to another one")
+	}
+	os.RemoveAll(pkiDir)
+	os.Rename(pkiDir+".bak", pkiDir)
+
+	// Another installation's CA next to this database: refuse.
+	other := t.TempDir()
+	c := &App{DataDir: other, AdminSecret: testSecret}
+	if err := provision(t, c); err != nil {
+		t.Fatal(err)
+	}
+	c.Cleanup()
+	os.RemoveAll(filepath.Join(other, "pki"))
+	copyDir(t, pkiDir, filepath.Join(other, "pki"))
+	d := &App{DataDir: other, AdminSecret: testSecret}
+	if err := provision(t, d); err == nil || !strings.Contains(err.Error(), "not the one the database") {
+		t.Fatalf("mismatched CA: %v", err)
+	}
+}
+
+func TestDataDirProblemsAreReported(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "plain-file")
+	os.WriteFile(file, nil, 0o600)
+	a := &App{DataDir: filepath.Join(file, "data"), AdminSecret: testSecret}
+	if err := provision(t, a); err == nil || !strings.Contains(err.Error(), "data_dir") {
+		t.Fatalf("data_dir under a file: %v", err)
+	}
+	b := &App{DataDir: file, AdminSecret: testSecret}
+	if err := provision(t, b); err == nil || !strings.Contains(err.Error(), "not a directory") {
+		t.Fatalf("data_dir is a file: %v", err)
+	}
+	c := &App{DataDir: t.TempDir(), Database: "postgres://x@localhost/db", AdminSecret: testSecret}
+	if err := provision(t, c); err == nil || !strings.Contains(err.Error(), "Postgres") {
+		t.Fatalf("postgres URL: %v", err)
+	}
+}
+
+func TestStaticValidation(t *testing.T) {
+	bad := []App{
+		{OrgID: "a b"},
+		{TrustDomain: "Upper.Case"},
+		{PublicURL: "ftp://x"},
+		{PublicURL: "https://x/path"},
+		{PublicURL: "https://user@x"},
+		{AdminSecret: "short"},
+	}
+	for _, a := range bad {
+		if err := a.Validate(); err == nil {
+			t.Errorf("%+v: accepted", a)
+		}
+	}
+	good := App{OrgID: "acme", TrustDomain: "acme.internal", PublicURL: "https://Mastio.Example.com:9443/", AdminSecret: "{env.X}"}
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := parsePublicURL(good.PublicURL)
+	if u.String() != "https://mastio.example.com:9443" {
+		t.Fatalf("normalised public URL %q", u)
+	}
+}
+
+func copyDir(t *testing.T, from, to string) {
+	t.Helper()
+	os.MkdirAll(to, 0o700)
+	entries, _ := os.ReadDir(from)
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(from, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, _ := e.Info()
+		os.WriteFile(filepath.Join(to, e.Name()), data, info.Mode().Perm())
+	}
+}

@@ -1,0 +1,126 @@
+package caddymastio
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+func adapt(t *testing.T, src string) ([]byte, error) {
+	t.Helper()
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	out, _, err := adapter.Adapt([]byte(src), map[string]any{"filename": "Caddyfile"})
+	return out, err
+}
+
+// TestCaddyfileAdapt runs the golden files in testdata/caddyfile_adapt: a
+// Caddyfile, a line of dashes, and the JSON it must adapt to. They are the
+// reference for each directive's and option's JSON. Set
+// MASTIO_UPDATE_GOLDEN=1 to rewrite them after an intended change.
+func TestCaddyfileAdapt(t *testing.T) {
+	files, _ := filepath.Glob("testdata/caddyfile_adapt/*.caddyfiletest")
+	if len(files) == 0 {
+		t.Fatal("no golden files")
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, _ := os.ReadFile(f)
+			src, want, ok := strings.Cut(string(data), "\n----------\n")
+			if !ok {
+				t.Fatal("missing ---------- separator")
+			}
+			out, err := adapt(t, src)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got bytes.Buffer
+			json.Indent(&got, out, "", "\t")
+			if os.Getenv("MASTIO_UPDATE_GOLDEN") == "1" {
+				os.WriteFile(f, []byte(src+"\n----------\n"+got.String()+"\n"), 0o644)
+				return
+			}
+			if strings.TrimSpace(got.String()) != strings.TrimSpace(want) {
+				t.Fatalf("adapted JSON differs:\n%s", got.String())
+			}
+		})
+	}
+}
+
+func TestCaddyfileExampleAdapts(t *testing.T) {
+	src, err := os.ReadFile("../Caddyfile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := adapt(t, string(src))
+	if err != nil {
+		t.Fatalf("Caddyfile.example: %v", err)
+	}
+	var cfg struct {
+		Apps map[string]json.RawMessage `json:"apps"`
+	}
+	json.Unmarshal(out, &cfg)
+	for _, app := range []string{"mastio", "http", "tls"} {
+		if _, ok := cfg.Apps[app]; !ok {
+			t.Errorf("app %s missing from adapted Caddyfile.example", app)
+		}
+	}
+	if _, ok := cfg.Apps["pki"]; ok {
+		t.Error("Caddyfile.example sets up Caddy's pki app (a second, unused CA)")
+	}
+	for _, want := range []string{`"issuers":[{"module":"mastio"}]`, `"ca":{"provider":"mastio"}`, `"mode":"verify_if_given"`, `"handler":"mastio"`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("adapted Caddyfile.example lacks %s", want)
+		}
+	}
+}
+
+func TestCaddyfileErrorsNameOptionAndLine(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "a-file")
+	os.WriteFile(file, nil, 0o600)
+	cases := []struct{ name, src, want string }{
+		{"unknown option", "{\n\tmastio {\n\t\tdata_dri ./data\n\t}\n}\n", `unrecognized mastio option "data_dri"`},
+		{"duplicate option", "{\n\tmastio {\n\t\torg_id a\n\t\torg_id b\n\t}\n}\n", "org_id specified more than once"},
+		{"missing value", "{\n\tmastio {\n\t\ttrust_domain\n\t}\n}\n", "trust_domain needs a value"},
+		{"extra value", "{\n\tmastio {\n\t\torg_id a b\n\t}\n}\n", "org_id takes one value"},
+		{"bad org id", "{\n\tmastio {\n\t\torg_id a/b\n\t}\n}\n", "invalid org_id"},
+		{"bad trust domain", "{\n\tmastio {\n\t\ttrust_domain UPPER\n\t}\n}\n", "invalid trust domain"},
+		{"bad public url", "{\n\tmastio {\n\t\tpublic_url https://x/y\n\t}\n}\n", "public_url"},
+		{"literal weak secret", "{\n\tmastio {\n\t\tadmin_secret changeme\n\t}\n}\n", "too short"},
+		{"unwritable data dir", "{\n\tmastio {\n\t\tdata_dir " + file + "/data\n\t}\n}\n", "is not a directory"},
+		{"postgres", "{\n\tmastio {\n\t\tdatabase postgres://u@h/db\n\t}\n}\n", "Postgres store"},
+		{"args on option", "{\n\tmastio x\n}\n", "wrong argument count"},
+		{"bad issuer lifetime", "localhost {\n\ttls {\n\t\tissuer mastio {\n\t\t\tlifetime 3 days\n\t\t}\n\t}\n}\n", "lifetime"},
+		{"unparsable issuer lifetime", "localhost {\n\ttls {\n\t\tissuer mastio {\n\t\t\tlifetime soon\n\t\t}\n\t}\n}\n", `lifetime "soon"`},
+		{"unknown issuer option", "localhost {\n\ttls {\n\t\tissuer mastio {\n\t\t\tca local\n\t\t}\n\t}\n}\n", `unrecognized mastio issuer option "ca"`},
+		{"trust pool args", "localhost {\n\ttls {\n\t\tclient_auth {\n\t\t\ttrust_pool mastio extra\n\t\t}\n\t}\n}\n", "wrong argument count"},
+		{"handler args", "localhost {\n\tmastio extra\n}\n", "wrong argument count"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := adapt(t, c.src)
+			if err == nil {
+				t.Fatal("adapted without error")
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("error %q does not contain %q", err, c.want)
+			}
+			if !strings.Contains(err.Error(), "Caddyfile:") {
+				t.Fatalf("error %q does not name the file and line", err)
+			}
+		})
+	}
+}
+
+func TestGlobalOptionOnlyOnce(t *testing.T) {
+	_, err := adapt(t, "{\n\tmastio\n\tmastio\n}\n")
+	if err == nil {
+		t.Fatal("two mastio blocks adapted")
+	}
+}
