@@ -343,4 +343,3 @@ func contains(s string, subs ...string) bool {
 	}
 	return true
 }
-
