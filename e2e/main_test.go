@@ -169,7 +169,10 @@ func writeFile(t *testing.T, path, content string) {
 // command returns an exec.Cmd for the binary with the server's environment
 // and user.
 func (s *server) command(args ...string) *exec.Cmd {
-	cmd := exec.Command(caddyBin, args...)
+	return s.prepare(exec.Command(caddyBin, args...))
+}
+
+func (s *server) prepare(cmd *exec.Cmd) *exec.Cmd {
 	cmd.Dir = s.dir
 	cmd.Env = s.env
 	if asRoot() {
@@ -318,13 +321,7 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 func (s *server) runCaddy(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := s.command(args...)
-	cmd = exec.CommandContext(ctx, cmd.Path, cmd.Args[1:]...)
-	cmd.Dir, cmd.Env = s.dir, s.env
-	if asRoot() {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: testutil.NobodyUID, Gid: testutil.NobodyUID}}
-	}
-	out, err := cmd.CombinedOutput()
+	out, err := s.prepare(exec.CommandContext(ctx, caddyBin, args...)).CombinedOutput()
 	return string(out), err
 }
 
