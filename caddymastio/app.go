@@ -13,12 +13,15 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
+	"github.com/caddy-mastio/caddy-mastio/admin"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 )
 
 func init() {
@@ -94,6 +97,14 @@ type App struct {
 	// <data_dir>/admin-secret (mode 0600).
 	AdminSecret string `json:"admin_secret,omitempty"`
 
+	// Validity of agent certificates issued at enrollment, creation and
+	// rotation. Default: 365d. Never beyond the intermediate's expiry.
+	AgentCertLifetime caddy.Duration `json:"agent_cert_lifetime,omitempty"`
+
+	// How long an enrollment session waits for an administrator's decision
+	// before it expires. Default: 30m.
+	EnrollmentTTL caddy.Duration `json:"enrollment_ttl,omitempty"`
+
 	// runtime
 	ctx               caddy.Context
 	logger            *zap.Logger
@@ -103,6 +114,8 @@ type App struct {
 	publicURL         *url.URL
 	adminSecret       string
 	adminSecretSource string
+	secret            *admin.Secret
+	adminAPI          *admin.API
 	state             *state
 	stateKey          string
 }
@@ -181,7 +194,28 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.resolveAdminSecret(repl); err != nil {
 		return err
 	}
+	if a.secret, err = admin.NewSecret(a.adminSecret); err != nil {
+		return err
+	}
+	a.adminAPI = &admin.API{
+		Registry: a.state.registry,
+		Audit:    a.state.audit,
+		Logger:   a.logger.Named("admin"),
+		Secret:   func() *admin.Secret { return a.secret },
+		Policy:   a.Policy,
+		Failures: a.state.adminFailLimit,
+		ClientIP: clientIP,
+	}
 	return nil
+}
+
+// Policy returns the issuance settings of this config.
+func (a *App) Policy() registry.Policy {
+	return registry.Policy{
+		TrustDomain:       a.trustDomain,
+		AgentCertLifetime: time.Duration(a.AgentCertLifetime),
+		EnrollmentTTL:     time.Duration(a.EnrollmentTTL),
+	}
 }
 
 // resolveAdminSecret applies the admin_secret rules documented on the
@@ -269,6 +303,13 @@ func (a *App) validateStatic() error {
 			return err
 		}
 	}
+	if a.AgentCertLifetime < 0 || (a.AgentCertLifetime > 0 && time.Duration(a.AgentCertLifetime) < time.Hour) {
+		return errors.New("agent_cert_lifetime must be at least 1h")
+	}
+	if a.EnrollmentTTL < 0 || (a.EnrollmentTTL > 0 && time.Duration(a.EnrollmentTTL) < time.Minute) ||
+		time.Duration(a.EnrollmentTTL) > 7*24*time.Hour {
+		return errors.New("enrollment_ttl must be between 1m and 7d")
+	}
 	return nil
 }
 
@@ -308,6 +349,12 @@ func (a *App) Start() error {
 	})
 	if err != nil {
 		return fmt.Errorf("auditing system start: %w", err)
+	}
+	// Re-bootstrap the stored admin secret hash from the configured secret
+	// at every start, so rotating the secret and restarting (or reloading)
+	// recovers from a lockout.
+	if err := a.state.store.SetConfig(ctx, "admin_secret_hash", a.secret.String()); err != nil {
+		return fmt.Errorf("storing the admin secret hash: %w", err)
 	}
 	if _, err := a.state.audit.Append(ctx, audit.Event{Type: "config.load", Actor: "system", Subject: a.state.orgID,
 		Details: map[string]any{
@@ -364,6 +411,9 @@ func (a *App) PublicURLString() string {
 	}
 	return a.publicURL.String()
 }
+
+// Registry returns the agent registry.
+func (a *App) Registry() *registry.Registry { return a.state.registry }
 
 // CA returns the Org CA.
 func (a *App) CA() *pki.CA { return a.state.ca }

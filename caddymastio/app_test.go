@@ -44,7 +44,7 @@ func activeApp(t *testing.T) *App {
 
 func TestReloadSharesOneStateAndReleasesIt(t *testing.T) {
 	dir := t.TempDir()
-	t.Cleanup(func() { caddy.Stop() })
+	t.Cleanup(func() { quietCaddy() })
 	loadConfig(t, map[string]any{"data_dir": dir, "admin_secret": testSecret})
 	first := activeApp(t)
 	st := first.state
@@ -89,7 +89,7 @@ func TestReloadSharesOneStateAndReleasesIt(t *testing.T) {
 
 func TestReloadsDoNotLeakGoroutines(t *testing.T) {
 	dir := t.TempDir()
-	t.Cleanup(func() { caddy.Stop() })
+	t.Cleanup(func() { quietCaddy() })
 	app := map[string]any{"data_dir": dir, "admin_secret": testSecret}
 	loadConfig(t, app)
 	loadConfig(t, app)
@@ -111,9 +111,9 @@ func TestReloadsDoNotLeakGoroutines(t *testing.T) {
 
 // provision runs Provision on a fresh App the way Caddy would, and
 // registers its Cleanup.
-func provision(t *testing.T, a *App) error {
+func provision(t testing.TB, a *App) error {
 	t.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	ctx, cancel := caddy.NewContext(caddy.ActiveContext())
 	t.Cleanup(cancel)
 	err := a.Provision(ctx)
 	t.Cleanup(func() { a.Cleanup() })

@@ -1,6 +1,7 @@
 package caddymastio
 
 import (
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -23,6 +24,8 @@ func init() {
 //	    trust_domain <domain>
 //	    public_url   <https://host[:port]>
 //	    admin_secret <secret-placeholder>
+//	    agent_cert_lifetime <duration>
+//	    enrollment_ttl      <duration>
 //	}
 //
 // Every option is optional; see the App type for defaults.
@@ -47,6 +50,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		opt := d.Val()
 		var target *string
+		var durTarget *caddy.Duration
 		switch opt {
 		case "data_dir":
 			target = &a.DataDir
@@ -60,8 +64,37 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			target = &a.PublicURL
 		case "admin_secret":
 			target = &a.AdminSecret
+		case "agent_cert_lifetime":
+			durTarget = &a.AgentCertLifetime
+		case "enrollment_ttl":
+			durTarget = &a.EnrollmentTTL
 		default:
-			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, admin_secret)", opt)
+			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, "+
+				"admin_secret, agent_cert_lifetime, enrollment_ttl)", opt)
+		}
+		if durTarget != nil {
+			if *durTarget != 0 {
+				return d.Errf("mastio option %s specified more than once", opt)
+			}
+			if !d.NextArg() {
+				return d.Errf("mastio option %s needs a duration", opt)
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil {
+				return d.Errf("mastio option %s %q: %v", opt, d.Val(), err)
+			}
+			if dur <= 0 {
+				return d.Errf("mastio option %s must be positive, got %s", opt, d.Val())
+			}
+			*durTarget = caddy.Duration(dur)
+			if d.NextArg() {
+				return d.Errf("mastio option %s takes one value, got another: %q", opt, d.Val())
+			}
+			single := App{AgentCertLifetime: a.AgentCertLifetime, EnrollmentTTL: a.EnrollmentTTL}
+			if err := single.validateStatic(); err != nil {
+				return d.Errf("mastio option %s: %v", opt, err)
+			}
+			continue
 		}
 		if *target != "" {
 			return d.Errf("mastio option %s specified more than once", opt)

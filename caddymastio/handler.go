@@ -3,13 +3,15 @@ package caddymastio
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"net/http"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/caddy-mastio/caddy-mastio/admin"
+	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
 
 func init() {
@@ -20,12 +22,24 @@ func init() {
 // to the next handler, so it can sit in front of anything else a site
 // serves. Endpoints:
 //
-//	GET /healthz      liveness: 200 {"status":"ok"}
-//	GET /health       liveness with the version
-//	GET /readyz       readiness: 200 {"status":"ready","checks":{...}}, or 503
-//	                  naming the failing checks (database, pki, signing_keys)
-//	GET /pki/ca.crt   the Org root certificate (PEM) for agents to pin,
-//	                  with a strong ETag and Cache-Control
+//	GET  /healthz      liveness: 200 {"status":"ok"}
+//	GET  /health       liveness with the version
+//	GET  /readyz       readiness: 200 {"status":"ready","checks":{...}}, or 503
+//	                   naming the failing checks (database, pki, signing_keys)
+//	GET  /pki/ca.crt   the Org root certificate (PEM) for agents to pin,
+//	                   with a strong ETag and Cache-Control
+//	POST /v1/enrollment/start         an agent asks to enroll (proof of
+//	                                  possession of its key; 5/min per address)
+//	GET  /v1/enrollment/{sid}/status  the outcome, with X-Enrollment-Proof
+//	/v1/admin/..., /registry/agents/{id}/revoke|rotate-cert, /proxy/admin/agents
+//	                   the admin API (X-Admin-Secret; see package admin)
+//	GET  /v1/agents/me, /v1/agents/search
+//	                   agent routes: a client certificate pinned to an active
+//	                   agent is required, and re-checked on every request
+//
+// Agent routes answer 401 with a stable reason (client_cert_required,
+// client_cert_untrusted, client_cert_pin_mismatch, agent_revoked) and a
+// human message. Identity is read from the TLS connection only.
 //
 // The Caddyfile directive is `mastio`, ordered before basic_auth so the
 // gateway's own endpoints (which authenticate their callers themselves)
@@ -56,11 +70,28 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	switch r.URL.Path {
+	path := r.URL.Path
+	if strings.HasPrefix(path, "/v1/") || strings.HasPrefix(path, "/registry/") || path == "/proxy/admin/agents" {
+		// TLS early data can be replayed; nothing here may act on it.
+		if r.TLS != nil && !r.TLS.HandshakeComplete {
+			httpjson.Error(w, http.StatusTooEarly, "too_early", "retry after the TLS handshake completes")
+			return nil
+		}
+		switch {
+		case strings.HasPrefix(path, "/v1/enrollment/"):
+			return h.serveEnrollment(w, r)
+		case admin.Handles(path):
+			h.app.adminAPI.ServeHTTP(w, r)
+			return nil
+		case certRequired(path):
+			return h.serveAgentRoute(w, r)
+		}
+	}
+	switch path {
 	case "/healthz":
-		return h.get(w, r, func() { writeJSON(w, http.StatusOK, map[string]string{"status": "ok"}) })
+		return h.get(w, r, func() { httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok"}) })
 	case "/health":
-		return h.get(w, r, func() { writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "version": Version()}) })
+		return h.get(w, r, func() { httpjson.Write(w, http.StatusOK, map[string]string{"status": "ok", "version": Version()}) })
 	case "/readyz":
 		return h.get(w, r, func() { h.serveReadyz(w, r) })
 	case "/pki/ca.crt":
@@ -72,7 +103,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 func (h *Handler) get(w http.ResponseWriter, r *http.Request, serve func()) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET or HEAD")
+		httpjson.Error(w, http.StatusMethodNotAllowed, "method_not_allowed", "use GET or HEAD")
 		return nil
 	}
 	serve()
@@ -90,7 +121,7 @@ func (h *Handler) serveReadyz(w http.ResponseWriter, r *http.Request) {
 		body.Status, status = "not_ready", http.StatusServiceUnavailable
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	writeJSON(w, status, body)
+	httpjson.Write(w, status, body)
 }
 
 func (h *Handler) serveCACert(w http.ResponseWriter, r *http.Request) {
@@ -121,22 +152,6 @@ func etagMatch(header, etag string) bool {
 		}
 	}
 	return false
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	if w.Header().Get("Cache-Control") == "" {
-		w.Header().Set("Cache-Control", "no-store")
-	}
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
-}
-
-// writeError writes the JSON error shape every Mastio endpoint uses:
-// {"error": <stable token>, "message": <human text>}.
-func writeError(w http.ResponseWriter, status int, code, message string) {
-	writeJSON(w, status, map[string]string{"error": code, "message": message})
 }
 
 // Interface guards

@@ -11,12 +11,15 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
 )
@@ -41,12 +44,21 @@ type state struct {
 	orgID   string
 	logger  *zap.Logger
 
-	store *store.Store
-	audit *audit.Log
-	ca    *pki.CA
-	keys  *token.KeyRing
+	store    *store.Store
+	audit    *audit.Log
+	ca       *pki.CA
+	keys     *token.KeyRing
+	registry *registry.Registry
+
+	// Per-address limits on anonymous and failing requests. They live here
+	// so that a reload does not reset them.
+	enrollStartLimit  *ratelimit.Limiter
+	enrollStatusLimit *ratelimit.Limiter
+	adminFailLimit    *ratelimit.Limiter
 
 	startOnce sync.Once
+	stop      chan struct{}
+	stopped   chan struct{}
 
 	readyMu   sync.Mutex
 	lastReady map[string]string // check -> last reported value, to log changes only
@@ -133,19 +145,63 @@ func openState(dataDir, dbPath, orgHint string, logger *zap.Logger) (*state, err
 		return nil, fmt.Errorf("signing keys: %w", err)
 	}
 	s.keys = ring
+	if s.registry, err = registry.Open(ctx, registry.Config{DB: st.DB(), Audit: s.audit, CA: ca, Org: s.orgID,
+		BeforeCommit: st.CheckFile}); err != nil {
+		return nil, fmt.Errorf("agent registry: %w", err)
+	}
+	s.enrollStartLimit = ratelimit.New(5, time.Minute, 5, 100_000)
+	s.enrollStatusLimit = ratelimit.New(60, time.Minute, 60, 100_000)
+	s.adminFailLimit = ratelimit.New(10, time.Minute, 10, 100_000)
 	if newKey != nil {
 		if _, err := s.audit.Append(ctx, audit.Event{Type: "token.signing_key_created", Actor: "system", Subject: newKey.Kid,
 			Details: map[string]any{"alg": newKey.Alg, "status": newKey.Status}}); err != nil {
 			return nil, err
 		}
 	}
+	s.stop, s.stopped = make(chan struct{}), make(chan struct{})
+	go s.maintain()
 	ok = true
 	return s, nil
+}
+
+// maintain expires overdue enrollment sessions and ended certificate grace
+// periods once a minute (both are also enforced when they are looked at).
+func (s *state) maintain() {
+	defer close(s.stopped)
+	defer func() {
+		if err := recover(); err != nil {
+			s.logger.Error("maintenance loop panicked", zap.Any("error", err))
+		}
+	}()
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			ctx := context.Background()
+			if n, err := s.registry.ExpireEnrollments(ctx); err != nil {
+				s.logger.Error("expiring enrollment sessions", zap.Error(err))
+			} else if n > 0 {
+				s.logger.Info("expired enrollment sessions", zap.Int("count", n))
+			}
+			if n, err := s.registry.ExpireGrace(ctx); err != nil {
+				s.logger.Error("ending certificate grace periods", zap.Error(err))
+			} else if n > 0 {
+				s.logger.Info("ended certificate grace periods", zap.Int("count", n))
+			}
+		}
+	}
 }
 
 // Destruct implements caddy.Destructor: the last config using this data
 // location is gone, so flush the audit writer and close the database.
 func (s *state) Destruct() error {
+	if s.stop != nil {
+		close(s.stop)
+		<-s.stopped
+	}
 	if s.audit != nil {
 		s.audit.Close()
 	}

@@ -8,6 +8,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -340,3 +341,5 @@ func contains(s string, subs ...string) bool {
 	}
 	return true
 }
+
+func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }

@@ -330,3 +330,42 @@ func TestHashMatchesJCSForAwkwardStrings(t *testing.T) {
 		t.Fatalf("stored hash differs from SHA-256(prev ‖ JCS(row)) for %s", canon)
 	}
 }
+
+func TestAppendTxCommitsWithTheCallerAndInterleavesWithTheWriter(t *testing.T) {
+	l, st := newLog(t)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; i < 50; i++ {
+			if _, err := l.Append(ctx, audit.Event{Type: "t.bg", Actor: "a"}); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+	for i := 0; i < 20; i++ {
+		tx, err := st.DB().BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.AppendTx(ctx, tx, audit.Event{Type: "t.tx", Actor: "a", Details: map[string]int{"i": i}}); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			tx.Rollback() // rolled back together with whatever the caller did
+		} else if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
+	var n int
+	st.DB().QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 't.tx'`).Scan(&n)
+	if n != 10 {
+		t.Fatalf("%d committed tx rows, want 10", n)
+	}
+	res, err := audit.Verify(ctx, st.DB(), 1, 0)
+	if err != nil || !res.OK() || res.Checked != 60 {
+		t.Fatalf("verify: %+v %v", res, err)
+	}
+}

@@ -189,6 +189,39 @@ func (l *Log) commit(batch []*appendReq) ([]Record, error) {
 	return recs, nil
 }
 
+// AppendTx adds ev to the chain inside tx, a write transaction the caller
+// owns (begun with BEGIN IMMEDIATE, as the store's transactions are), so a
+// state change and its audit row commit or roll back together. The row is
+// durable once the caller commits; the chain head is read inside tx, which
+// serializes it with the group-commit writer.
+func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, ev Event) (Record, error) {
+	if err := ev.validate(); err != nil {
+		return Record{}, err
+	}
+	if ev.Result == "" {
+		ev.Result = ResultOK
+	}
+	details, err := canonicalDetails(ev.Details)
+	if err != nil {
+		return Record{}, err
+	}
+	seq, prev, err := head(ctx, tx)
+	if err != nil {
+		return Record{}, err
+	}
+	seq++
+	ts := l.opts.Now().UTC().Format(TimeFormat)
+	stamp, _ := time.Parse(TimeFormat, ts)
+	h := rowHash(prev, seq, ts, ev.Type, ev.Actor, ev.Subject, ev.Result, details)
+	if _, err := tx.ExecContext(ctx, `INSERT INTO audit_events
+		(seq, time, event_type, actor, subject, result, details, prev_hash, hash)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, seq, ts, ev.Type, ev.Actor, ev.Subject, ev.Result, string(details), prev, h); err != nil {
+		return Record{}, fmt.Errorf("audit: inserting row %d: %w", seq, err)
+	}
+	return Record{Seq: seq, Time: stamp, Type: ev.Type, Actor: ev.Actor, Subject: ev.Subject, Result: ev.Result,
+		Details: details, PrevHash: prev, Hash: h}, nil
+}
+
 type querier interface {
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
