@@ -7,5 +7,6 @@
 package caddymastio
 
 import (
+	_ "github.com/caddy-mastio/caddy-mastio/admin"
 	_ "github.com/caddy-mastio/caddy-mastio/caddymastio"
 )

@@ -74,7 +74,8 @@ func TestCaddyfileExampleAdapts(t *testing.T) {
 	if _, ok := cfg.Apps["pki"]; ok {
 		t.Error("Caddyfile.example sets up Caddy's pki app (a second, unused CA)")
 	}
-	for _, want := range []string{`"issuers":[{"module":"mastio"}]`, `"ca":{"provider":"mastio"}`, `"mode":"verify_if_given"`, `"handler":"mastio"`} {
+	for _, want := range []string{`"issuers":[{"module":"mastio"}]`, `"ca":{"provider":"mastio"}`, `"mode":"verify_if_given"`,
+		`"verifiers":[{"verifier":"mastio"}]`, `"handler":"mastio"`} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("adapted Caddyfile.example lacks %s", want)
 		}
@@ -101,6 +102,12 @@ func TestCaddyfileErrorsNameOptionAndLine(t *testing.T) {
 		{"unknown issuer option", "localhost {\n\ttls {\n\t\tissuer mastio {\n\t\t\tca local\n\t\t}\n\t}\n}\n", `unrecognized mastio issuer option "ca"`},
 		{"trust pool args", "localhost {\n\ttls {\n\t\tclient_auth {\n\t\t\ttrust_pool mastio extra\n\t\t}\n\t}\n}\n", "wrong argument count"},
 		{"handler args", "localhost {\n\tmastio extra\n}\n", "wrong argument count"},
+		{"verifier args", "localhost {\n\ttls {\n\t\tclient_auth {\n\t\t\tverifier mastio x\n\t\t}\n\t}\n}\n", "wrong argument count"},
+		{"bad cert lifetime", "{\n\tmastio {\n\t\tagent_cert_lifetime 90d 1y\n\t}\n}\n", "takes one value"},
+		{"unparsable cert lifetime", "{\n\tmastio {\n\t\tagent_cert_lifetime forever\n\t}\n}\n", `agent_cert_lifetime "forever"`},
+		{"short cert lifetime", "{\n\tmastio {\n\t\tagent_cert_lifetime 10m\n\t}\n}\n", "at least 1h"},
+		{"long enrollment ttl", "{\n\tmastio {\n\t\tenrollment_ttl 30d\n\t}\n}\n", "between 1m and 7d"},
+		{"duplicate ttl", "{\n\tmastio {\n\t\tenrollment_ttl 5m\n\t\tenrollment_ttl 6m\n\t}\n}\n", "more than once"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

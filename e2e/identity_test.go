@@ -529,3 +529,103 @@ func TestEnrollmentRefusalsOverTheWire(t *testing.T) {
 		t.Fatalf("enrollment start not rate limited: %d", last)
 	}
 }
+
+// TestOriginalSDKEnrollmentWireFormat runs an independent implementation of
+// the original SDK's enrollment (Python, `cryptography` and the standard
+// library's TLS) against the server, approving it through the admin API.
+func TestOriginalSDKEnrollmentWireFormat(t *testing.T) {
+	s := identityServer(t)
+	out := t.TempDir()
+	cmd := exec.Command(pythonWithCryptography(t), filepath.Join(repoRoot, "e2e", "testdata", "sdk_enroll.py"),
+		s.url(""), filepath.Join(s.dataDir, "pki", "org-ca.crt"), out)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("python3: %v", err)
+	}
+	lines := make(chan string, 4)
+	go func() {
+		defer close(lines)
+		buf := make([]byte, 4096)
+		var acc string
+		for {
+			n, err := stdout.Read(buf)
+			acc += string(buf[:n])
+			for {
+				i := strings.IndexByte(acc, '\n')
+				if i < 0 {
+					break
+				}
+				lines <- acc[:i]
+				acc = acc[i+1:]
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	first := <-lines
+	if !strings.HasPrefix(first, "SESSION ") {
+		cmd.Wait()
+		t.Fatalf("SDK start: %q\n%s", first, stderr.String())
+	}
+	sid := strings.TrimPrefix(first, "SESSION ")
+	code, appr := s.adminCall(t, "POST", "/v1/admin/enrollments/"+sid+"/approve", adminSecret,
+		map[string]any{"agent_id": "orga::sdk-agent", "capabilities": []string{"mcp:call"}})
+	if code != 200 {
+		t.Fatalf("approve: %d %v", code, appr["_raw"])
+	}
+	last := <-lines
+	if err := cmd.Wait(); err != nil || last != "AGENT orga::sdk-agent" {
+		t.Fatalf("SDK flow: %q %v\n%s", last, err, stderr.String())
+	}
+	if m := fileMode(t, filepath.Join(out, "identity", "agent.key")); m != 0o600 {
+		t.Fatalf("agent.key mode %04o", m)
+	}
+}
+
+// pythonWithCryptography finds a Python 3 that can import `cryptography`
+// (.ci/run installs Debian's python3-cryptography when none can).
+func pythonWithCryptography(t *testing.T) string {
+	t.Helper()
+	for _, py := range []string{"python3", "/usr/bin/python3"} {
+		if exec.Command(py, "-c", "import cryptography").Run() == nil {
+			return py
+		}
+	}
+	t.Fatal("no python3 with the cryptography package: apt-get install python3-cryptography")
+	return ""
+}
+
+// TestAdminLockoutRecovery is runbook section 7: put a new secret in
+// proxy.env, restart; the new one works, the old one no longer does, and
+// the stored hash was re-bootstrapped.
+func TestAdminLockoutRecovery(t *testing.T) {
+	s := identityServer(t)
+	if code, _ := s.adminCall(t, "GET", "/proxy/admin/agents", adminSecret, nil); code != 200 {
+		t.Fatalf("initial secret: %d", code)
+	}
+	s.stop()
+	var before string
+	openDB(t, s.dataDir).QueryRow(`SELECT value FROM config WHERE key = 'admin_secret_hash'`).Scan(&before)
+
+	const newSecret = "rotated-admin-secret-8d41f0c2e7b9a3"
+	writeFile(t, filepath.Join(s.dir, "proxy.env"), "MCP_PROXY_ADMIN_SECRET="+newSecret+"\n")
+	s.start()
+	if code, body := s.adminCall(t, "GET", "/proxy/admin/agents", adminSecret, nil); code != 403 {
+		t.Fatalf("old secret after rotation: %d %v", code, body["_raw"])
+	}
+	if code, body := s.adminCall(t, "GET", "/proxy/admin/agents", newSecret, nil); code != 200 {
+		t.Fatalf("new secret: %d %v", code, body["_raw"])
+	}
+	s.stop()
+	var after string
+	openDB(t, s.dataDir).QueryRow(`SELECT value FROM config WHERE key = 'admin_secret_hash'`).Scan(&after)
+	if before == "" || after == "" || before == after || strings.Contains(after, newSecret) || !strings.HasPrefix(after, "hmac-sha256$") {
+		t.Fatalf("stored hash before %q after %q", before, after)
+	}
+}
