@@ -1,0 +1,193 @@
+package jwt
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/go-jose/go-jose/v4"
+)
+
+// RFC 9449 §4.1 / Figure 2 example proof.
+const rfc9449Proof = "eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6IkVTMjU2IiwiandrIjp7Imt0eSI6IkVDIiwieCI6Imw4dEZyaHgtMzR0VjNoUklDUkRZOXpDa0RscEJoRjQyVVFVZldWQVdCRnMiLCJ5IjoiOVZFNGpmX09rX282NHpiVFRsY3VOSmFqSG10NnY5VERWclUwQ2R2R1JEQSIsImNydiI6IlAtMjU2In19.eyJqdGkiOiItQndDM0VTYzZhY2MybFRjIiwiaHRtIjoiUE9TVCIsImh0dSI6Imh0dHBzOi8vc2VydmVyLmV4YW1wbGUuY29tL3Rva2VuIiwiaWF0IjoxNTYyMjYyNjE2fQ.2-GxA6T8lP4vfrg8v-FdWP0A0zdrj8igiMLvqRMUvwnQg4PtFLbdLXiOSsX0x7NVY-FNyJK70nfbV37xRZT3Lg"
+
+func TestThumbprintVectors(t *testing.T) {
+	cases := []struct{ name, jwk, want string }{
+		{"RFC 9449 example EC key", `{"kty":"EC","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA","crv":"P-256"}`,
+			"0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"},
+		{"RFC 8037 A.3 Ed25519", `{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}`,
+			"kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"},
+		{"RFC 7638 §3.1 RSA", `{"kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB","alg":"RS256","kid":"2011-04-29"}`,
+			"NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"},
+	}
+	for _, c := range cases {
+		_, tp, err := ParseJWK([]byte(c.jwk))
+		if err != nil || tp != c.want {
+			t.Errorf("%s: %q %v, want %q", c.name, tp, err, c.want)
+		}
+		// Cross-check with go-jose.
+		var j jose.JSONWebKey
+		if err := j.UnmarshalJSON([]byte(c.jwk)); err != nil {
+			t.Fatal(err)
+		}
+		sum, _ := j.Thumbprint(crypto.SHA256)
+		if base64.RawURLEncoding.EncodeToString(sum) != c.want {
+			t.Errorf("%s: go-jose disagrees", c.name)
+		}
+	}
+}
+
+func TestRFC9449ExampleProofVerifies(t *testing.T) {
+	tok, err := Parse(rfc9449Proof)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.Typ != "dpop+jwt" || tok.Alg != ES256 {
+		t.Fatalf("typ %q alg %q", tok.Typ, tok.Alg)
+	}
+	key, tp, err := ParseJWK(tok.Header["jwk"])
+	if err != nil || tp != "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" {
+		t.Fatalf("%v %q", err, tp)
+	}
+	if err := tok.Verify(key, ES256, PS256, EdDSA); err != nil {
+		t.Fatalf("RFC example proof: %v", err)
+	}
+	var claims struct {
+		Jti, Htm, Htu string
+		Iat           json.RawMessage
+	}
+	json.Unmarshal(tok.Payload, &claims)
+	if iat, err := NumericDate(claims.Iat); err != nil || iat != 1562262616 || claims.Htu != "https://server.example.com/token" {
+		t.Fatalf("%+v %v", claims, err)
+	}
+	// One flipped bit in the signature must fail.
+	sig := []byte(rfc9449Proof)
+	i := len(sig) - 5
+	sig[i] ^= 0x01
+	if bad, err := Parse(string(sig)); err == nil {
+		if bad.Verify(key, ES256) == nil {
+			t.Fatal("tampered signature verified")
+		}
+	}
+}
+
+func TestATHVector(t *testing.T) {
+	// RFC 9449 §7.1 example access token and its ath.
+	sum := sha256.Sum256([]byte("Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU"))
+	if got := base64.RawURLEncoding.EncodeToString(sum[:]); got != "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo" {
+		t.Fatal(got)
+	}
+}
+
+func signers(t testing.TB) map[string]crypto.Signer {
+	ec256, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ec384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	_, ed, _ := ed25519.GenerateKey(rand.Reader)
+	return map[string]crypto.Signer{ES256: ec256, ES384: ec384, PS256: rsaKey, RS256: rsaKey, EdDSA: ed}
+}
+
+func TestInteropWithGoJose(t *testing.T) {
+	for alg, key := range signers(t) {
+		// ours -> go-jose
+		tok, err := Sign(key, map[string]any{"alg": alg, "typ": "JWT"}, map[string]any{"sub": "x"})
+		if err != nil {
+			t.Fatal(alg, err)
+		}
+		jws, err := jose.ParseSigned(tok, []jose.SignatureAlgorithm{jose.SignatureAlgorithm(alg)})
+		if err != nil {
+			t.Fatal(alg, err)
+		}
+		if _, err := jws.Verify(key.Public()); err != nil {
+			t.Errorf("%s: go-jose rejects our signature: %v", alg, err)
+		}
+		// go-jose -> ours
+		sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.SignatureAlgorithm(alg), Key: key}, nil)
+		if err != nil {
+			t.Fatal(alg, err)
+		}
+		obj, _ := sig.Sign([]byte(`{"sub":"y"}`))
+		compact, _ := obj.CompactSerialize()
+		parsed, err := Parse(compact)
+		if err != nil {
+			t.Fatal(alg, err)
+		}
+		if err := parsed.Verify(key.Public(), alg); err != nil {
+			t.Errorf("%s: we reject go-jose's signature: %v", alg, err)
+		}
+		// JWK round trip.
+		m, tp, err := PublicJWK(key.Public(), "", "", "")
+		if err != nil {
+			t.Fatal(alg, err)
+		}
+		raw, _ := json.Marshal(m)
+		j := jose.JSONWebKey{Key: key.Public()}
+		want, _ := j.Thumbprint(crypto.SHA256)
+		if tp != base64.RawURLEncoding.EncodeToString(want) {
+			t.Errorf("%s: thumbprint of %s differs from go-jose's", alg, raw)
+		}
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	keys := signers(t)
+	good, _ := Sign(keys[ES256], map[string]any{"typ": "JWT"}, map[string]any{"a": 1})
+	parts := strings.Split(good, ".")
+	hdr := func(h string) string { return base64.RawURLEncoding.EncodeToString([]byte(h)) }
+	cases := map[string]string{
+		"two segments":      parts[0] + "." + parts[1],
+		"four segments":     good + ".x",
+		"padded header":     parts[0] + "=." + parts[1] + "." + parts[2],
+		"std base64":        strings.ReplaceAll(good, "-", "+"),
+		"header not object": hdr(`[1]`) + "." + parts[1] + "." + parts[2],
+		"no alg":            hdr(`{"typ":"JWT"}`) + "." + parts[1] + "." + parts[2],
+		"crit":              hdr(`{"alg":"ES256","crit":["exp"]}`) + "." + parts[1] + "." + parts[2],
+		"empty signature":   parts[0] + "." + parts[1] + ".",
+		"huge":              strings.Repeat("a", MaxTokenSize+1),
+	}
+	for name, tok := range cases {
+		if _, err := Parse(tok); err == nil {
+			t.Errorf("%s: parsed", name)
+		}
+	}
+	tok, _ := Parse(good)
+	for _, alg := range []string{"none", "HS256", "RS256"} {
+		forged, _ := Parse(hdr(`{"alg":"`+alg+`"}`) + "." + parts[1] + "." + parts[2])
+		if forged != nil && forged.Verify(keys[ES256].Public(), ES256, PS256, EdDSA) == nil {
+			t.Errorf("alg %s accepted", alg)
+		}
+	}
+	if tok.Verify(keys[EdDSA].Public(), ES256) == nil {
+		t.Error("ES256 verified with an Ed25519 key")
+	}
+	if tok.Verify(keys[ES256].Public(), PS256) == nil {
+		t.Error("verified under an algorithm other than the token's")
+	}
+}
+
+func TestJWKRefusals(t *testing.T) {
+	for name, jwk := range map[string]string{
+		"private EC":     `{"kty":"EC","crv":"P-256","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA","d":"AAAA"}`,
+		"symmetric":      `{"kty":"oct","k":"c2VjcmV0"}`,
+		"off curve":      `{"kty":"EC","crv":"P-256","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"AVE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA"}`,
+		"short x":        `{"kty":"EC","crv":"P-256","x":"AAAA","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA"}`,
+		"secp256k1":      `{"kty":"EC","crv":"secp256k1","x":"AAAA","y":"AAAA"}`,
+		"small RSA":      `{"kty":"RSA","n":"` + strings.Repeat("A", 170) + `B","e":"AQAB"}`,
+		"no kty":         `{"x":"a"}`,
+		"X25519":         `{"kty":"OKP","crv":"X25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}`,
+		"not json":       `nope`,
+		"padded coords":  `{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo="}`,
+	} {
+		if _, _, err := ParseJWK([]byte(jwk)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
