@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"crypto"
 	"encoding/json"
 	"errors"
@@ -37,6 +38,7 @@ const MaxBodyBytes = 64 << 10
 //	DELETE /v1/admin/agents/{id}            revoke (also POST .../revoke, POST /registry/agents/{id}/revoke)
 //	POST   /v1/admin/agents/{id}/rotate-cert  new certificate (also POST /registry/agents/{id}/rotate-cert)
 //	POST   /v1/admin/agents/{id}/dpop-jwk   register the agent's DPoP public key
+//	POST   /v1/admin/keys/rotate            rotate the access-token signing key
 //	GET    /v1/admin/enrollments            list enrollment sessions
 //	POST   /v1/admin/enrollments/{sid}/approve|reject
 //
@@ -54,6 +56,8 @@ type API struct {
 	Failures *ratelimit.Limiter
 	// ClientIP returns the caller's address.
 	ClientIP func(*http.Request) string
+	// RotateKeys rotates the access-token signing key.
+	RotateKeys func(ctx context.Context, grace time.Duration, details map[string]any) (any, error)
 }
 
 // Handles reports whether path belongs to the admin API.
@@ -93,6 +97,8 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		handled = route("POST", a.rotate, segs[len(segs)-2])
 	case match(segs, "v1", "admin", "agents", "*", "dpop-jwk"):
 		handled = route("POST", a.setDPoP, segs[3])
+	case match(segs, "v1", "admin", "keys", "rotate"):
+		handled = route("POST", a.rotateKeys)
 	case match(segs, "v1", "admin", "enrollments"):
 		handled = route("GET", a.listEnrollments)
 	case match(segs, "v1", "admin", "enrollments", "*", "approve"):
@@ -396,6 +402,28 @@ func (a *API) setDPoP(w http.ResponseWriter, r *http.Request, args []string) {
 		return
 	}
 	httpjson.Write(w, 200, map[string]any{"agent_id": id, "dpop_jkt": agent.DPoPJKT, "agent": agent})
+}
+
+func (a *API) rotateKeys(w http.ResponseWriter, r *http.Request, _ []string) {
+	var req struct {
+		GraceSeconds int64 `json:"grace_seconds"`
+	}
+	if p := httpjson.Decode(w, r, MaxBodyBytes, true, &req); p != nil {
+		httpjson.WriteProblem(w, p)
+		return
+	}
+	if req.GraceSeconds < 0 || req.GraceSeconds > 90*24*3600 {
+		a.fail(w, r, &registry.Error{Status: 400, Code: "invalid_request", Field: "grace_seconds",
+			Message: "grace_seconds must be between 0 (default: 24h) and 7776000 (90 days)"})
+		return
+	}
+	rot, err := a.RotateKeys(r.Context(), time.Duration(req.GraceSeconds)*time.Second, a.details(r))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.Logger.Info("signing key rotated", zap.Any("rotation", rot))
+	httpjson.Write(w, 200, rot)
 }
 
 func (a *API) listEnrollments(w http.ResponseWriter, r *http.Request, _ []string) {

@@ -31,6 +31,9 @@ func (h *Handler) serveAgentRoute(w http.ResponseWriter, r *http.Request) error 
 	if !ok {
 		return nil
 	}
+	if strings.HasPrefix(r.URL.Path, "/v1/auth/") {
+		return h.serveAuthRoute(w, r, id)
+	}
 	switch r.URL.Path {
 	case "/v1/agents/me":
 		if r.Method != http.MethodGet {

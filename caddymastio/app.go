@@ -20,6 +20,7 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/admin"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 )
@@ -105,6 +106,25 @@ type App struct {
 	// before it expires. Default: 30m.
 	EnrollmentTTL caddy.Duration `json:"enrollment_ttl,omitempty"`
 
+	// Lifetime of access tokens minted at /v1/auth/token. Default: 5m.
+	TokenTTL caddy.Duration `json:"token_ttl,omitempty"`
+
+	// Mint tokens without a DPoP proof (unbound "Bearer" tokens) when a
+	// client sends none. Off by default: a token request without a DPoP
+	// proof is refused. Turning it on is logged as a warning at every
+	// config load, because a stolen unbound token works for anyone.
+	AllowBearerTokens bool `json:"allow_bearer_tokens,omitempty"`
+
+	// Server nonces in DPoP proofs (RFC 9449 §8, §9): "required" (default:
+	// every proof must carry a nonce from a DPoP-Nonce header, which bounds
+	// replays by server time on every instance), "optional" (checked when
+	// present) or "off".
+	DPoPNonce string `json:"dpop_nonce,omitempty"`
+
+	// How old a DPoP proof's iat may be. Default: 60s. Proofs from up to
+	// 10s in the future are accepted for clock skew.
+	DPoPIATWindow caddy.Duration `json:"dpop_iat_window,omitempty"`
+
 	// runtime
 	ctx               caddy.Context
 	logger            *zap.Logger
@@ -116,6 +136,8 @@ type App struct {
 	adminSecretSource string
 	secret            *admin.Secret
 	adminAPI          *admin.API
+	nonceMode         dpop.NonceMode
+	issuer            string
 	state             *state
 	stateKey          string
 }
@@ -135,6 +157,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
 	if err := a.validateStatic(); err != nil {
 		return err
+	}
+	if reg := ctx.GetMetricsRegistry(); reg != nil {
+		if err := registerMetrics(reg); err != nil {
+			return fmt.Errorf("registering metrics: %w", err)
+		}
 	}
 	repl := caddy.NewReplacer()
 
@@ -197,6 +224,17 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.secret, err = admin.NewSecret(a.adminSecret); err != nil {
 		return err
 	}
+	if a.nonceMode, err = dpop.ParseNonceMode(a.DPoPNonce); err != nil {
+		return err
+	}
+	a.issuer = "urn:mastio:" + a.state.orgID
+	if a.publicURL != nil {
+		a.issuer = a.publicURL.String()
+	}
+	if a.AllowBearerTokens {
+		a.logger.Warn("allow_bearer_tokens is on: token requests without a DPoP proof get unbound bearer tokens, " +
+			"which anyone who obtains them can use; turn it off once every client sends DPoP proofs")
+	}
 	a.adminAPI = &admin.API{
 		Registry: a.state.registry,
 		Audit:    a.state.audit,
@@ -205,6 +243,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		Policy:   a.Policy,
 		Failures: a.state.adminFailLimit,
 		ClientIP: clientIP,
+		RotateKeys: func(ctx context.Context, grace time.Duration, details map[string]any) (any, error) {
+			return a.state.keys.Rotate(ctx, a.state.audit, grace, a.state.store.CheckFile, "admin", details)
+		},
 	}
 	return nil
 }
@@ -310,6 +351,16 @@ func (a *App) validateStatic() error {
 		time.Duration(a.EnrollmentTTL) > 7*24*time.Hour {
 		return errors.New("enrollment_ttl must be between 1m and 7d")
 	}
+	if a.TokenTTL < 0 || (a.TokenTTL > 0 && time.Duration(a.TokenTTL) < 10*time.Second) || time.Duration(a.TokenTTL) > 24*time.Hour {
+		return errors.New("token_ttl must be between 10s and 24h")
+	}
+	if a.DPoPIATWindow < 0 || (a.DPoPIATWindow > 0 && time.Duration(a.DPoPIATWindow) < 5*time.Second) ||
+		time.Duration(a.DPoPIATWindow) > 10*time.Minute {
+		return errors.New("dpop_iat_window must be between 5s and 10m")
+	}
+	if _, err := dpop.ParseNonceMode(a.DPoPNonce); err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -411,6 +462,26 @@ func (a *App) PublicURLString() string {
 	}
 	return a.publicURL.String()
 }
+
+// tokenTTL is the access-token lifetime in force.
+func (a *App) tokenTTL() time.Duration {
+	if a.TokenTTL > 0 {
+		return time.Duration(a.TokenTTL)
+	}
+	return 5 * time.Minute
+}
+
+// iatWindow is how old a DPoP proof may be.
+func (a *App) iatWindow() time.Duration {
+	if a.DPoPIATWindow > 0 {
+		return time.Duration(a.DPoPIATWindow)
+	}
+	return 60 * time.Second
+}
+
+// Issuer is the iss (and aud) of the access tokens of this Mastio: the
+// public_url, or urn:mastio:<org_id> when none is configured.
+func (a *App) Issuer() string { return a.issuer }
 
 // Registry returns the agent registry.
 func (a *App) Registry() *registry.Registry { return a.state.registry }

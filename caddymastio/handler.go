@@ -5,12 +5,14 @@ import (
 	"encoding/hex"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/caddy-mastio/caddy-mastio/admin"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
 
@@ -36,6 +38,13 @@ func init() {
 //	GET  /v1/agents/me, /v1/agents/search
 //	                   agent routes: a client certificate pinned to an active
 //	                   agent is required, and re-checked on every request
+//	POST /v1/auth/token              access tokens for a client assertion
+//	                                 and a DPoP proof (RFC 9449, RFC 7523)
+//	POST /v1/auth/login-challenge, /v1/auth/sign-challenged-assertion
+//	                                 the original SDK's challenge login (mTLS)
+//	GET  /.well-known/jwks.json (and jwks-local.json)   token keys
+//	GET  /.well-known/oauth-authorization-server        RFC 8414 metadata
+//	GET  /.well-known/oauth-protected-resource[/path]   RFC 9728 metadata
 //
 // Agent routes answer 401 with a stable reason (client_cert_required,
 // client_cert_untrusted, client_cert_pin_mismatch, agent_revoked) and a
@@ -77,15 +86,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			httpjson.Error(w, http.StatusTooEarly, "too_early", "retry after the TLS handshake completes")
 			return nil
 		}
+		if strings.HasPrefix(path, "/v1/") && h.app.nonceMode != dpop.NonceOff {
+			// Clients pick up the current nonce from any response.
+			w.Header().Set("DPoP-Nonce", h.app.state.nonces.Current(time.Now()))
+		}
 		switch {
 		case strings.HasPrefix(path, "/v1/enrollment/"):
 			return h.serveEnrollment(w, r)
 		case admin.Handles(path):
 			h.app.adminAPI.ServeHTTP(w, r)
 			return nil
+		case path == "/v1/auth/token":
+			return h.serveToken(w, r)
 		case certRequired(path):
 			return h.serveAgentRoute(w, r)
 		}
+	}
+	switch {
+	case path == "/.well-known/jwks.json" || path == "/.well-known/jwks-local.json":
+		return h.get(w, r, func() { h.serveJWKS(w, r) })
+	case path == "/.well-known/oauth-authorization-server" || path == "/.well-known/oauth-protected-resource" ||
+		strings.HasPrefix(path, "/.well-known/oauth-protected-resource/"):
+		return h.get(w, r, func() { h.serveMetadata(w, r) })
 	}
 	switch path {
 	case "/healthz":

@@ -2,7 +2,10 @@ package caddymastio
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -17,6 +20,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
@@ -49,6 +53,12 @@ type state struct {
 	ca       *pki.CA
 	keys     *token.KeyRing
 	registry *registry.Registry
+	tokens   *token.Verifier
+	nonces   *dpop.Nonces
+	replay   dpop.ReplayCache
+	// challengeKey signs login challenges (stateless; single use through
+	// the replay cache).
+	challengeKey []byte
 
 	// Per-address limits on anonymous and failing requests. They live here
 	// so that a reload does not reset them.
@@ -149,6 +159,26 @@ func openState(dataDir, dbPath, orgHint string, logger *zap.Logger) (*state, err
 		BeforeCommit: st.CheckFile}); err != nil {
 		return nil, fmt.Errorf("agent registry: %w", err)
 	}
+	s.tokens = token.NewVerifier(ring, 100_000)
+	s.replay = dpop.NewMemoryCache(dpop.DefaultReplayCapacity)
+	// The DPoP nonce key is shared by everything that shares the database,
+	// so every instance issues and accepts the same nonces.
+	fresh := make([]byte, 32)
+	if _, err := rand.Read(fresh); err != nil {
+		return nil, err
+	}
+	keyB64, err := st.InitConfig(ctx, "dpop_nonce_key", base64.RawStdEncoding.EncodeToString(fresh))
+	if err != nil {
+		return nil, err
+	}
+	nonceKey, err := base64.RawStdEncoding.DecodeString(keyB64)
+	if err != nil || len(nonceKey) < 32 {
+		return nil, fmt.Errorf("config dpop_nonce_key is damaged")
+	}
+	s.nonces = dpop.NewNonces(nonceKey, dpop.DefaultNonceStep)
+	mac := hmac.New(sha256.New, nonceKey)
+	mac.Write([]byte("login-challenge key"))
+	s.challengeKey = mac.Sum(nil)
 	s.enrollStartLimit = ratelimit.New(5, time.Minute, 5, 100_000)
 	s.enrollStatusLimit = ratelimit.New(60, time.Minute, 60, 100_000)
 	s.adminFailLimit = ratelimit.New(10, time.Minute, 10, 100_000)
@@ -185,6 +215,9 @@ func (s *state) maintain() {
 				s.logger.Error("expiring enrollment sessions", zap.Error(err))
 			} else if n > 0 {
 				s.logger.Info("expired enrollment sessions", zap.Int("count", n))
+			}
+			if err := s.keys.Reload(ctx); err != nil {
+				s.logger.Error("reloading signing keys", zap.Error(err))
 			}
 			if n, err := s.registry.ExpireGrace(ctx); err != nil {
 				s.logger.Error("ending certificate grace periods", zap.Error(err))

@@ -175,16 +175,16 @@ func TestRefusals(t *testing.T) {
 
 func TestJWKRefusals(t *testing.T) {
 	for name, jwk := range map[string]string{
-		"private EC":     `{"kty":"EC","crv":"P-256","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA","d":"AAAA"}`,
-		"symmetric":      `{"kty":"oct","k":"c2VjcmV0"}`,
-		"off curve":      `{"kty":"EC","crv":"P-256","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"AVE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA"}`,
-		"short x":        `{"kty":"EC","crv":"P-256","x":"AAAA","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA"}`,
-		"secp256k1":      `{"kty":"EC","crv":"secp256k1","x":"AAAA","y":"AAAA"}`,
-		"small RSA":      `{"kty":"RSA","n":"` + strings.Repeat("A", 170) + `B","e":"AQAB"}`,
-		"no kty":         `{"x":"a"}`,
-		"X25519":         `{"kty":"OKP","crv":"X25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}`,
-		"not json":       `nope`,
-		"padded coords":  `{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo="}`,
+		"private EC":    `{"kty":"EC","crv":"P-256","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA","d":"AAAA"}`,
+		"symmetric":     `{"kty":"oct","k":"c2VjcmV0"}`,
+		"off curve":     `{"kty":"EC","crv":"P-256","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"AVE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA"}`,
+		"short x":       `{"kty":"EC","crv":"P-256","x":"AAAA","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA"}`,
+		"secp256k1":     `{"kty":"EC","crv":"secp256k1","x":"AAAA","y":"AAAA"}`,
+		"small RSA":     `{"kty":"RSA","n":"` + strings.Repeat("A", 170) + `B","e":"AQAB"}`,
+		"no kty":        `{"x":"a"}`,
+		"X25519":        `{"kty":"OKP","crv":"X25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}`,
+		"not json":      `nope`,
+		"padded coords": `{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo="}`,
 	} {
 		if _, _, err := ParseJWK([]byte(jwk)); err == nil {
 			t.Errorf("%s: accepted", name)

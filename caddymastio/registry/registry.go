@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -68,6 +69,7 @@ type pinEntry struct {
 type agentEntry struct {
 	revoked  bool
 	spiffeID string
+	caps     []string
 }
 
 // Open loads the pin view from db.
@@ -84,17 +86,19 @@ func Open(ctx context.Context, cfg Config) (*Registry, error) {
 
 func (r *Registry) reload(ctx context.Context) error {
 	agents := map[string]agentEntry{}
-	rows, err := r.cfg.DB.QueryContext(ctx, `SELECT agent_id, status, spiffe_id FROM agents`)
+	rows, err := r.cfg.DB.QueryContext(ctx, `SELECT agent_id, status, spiffe_id, capabilities FROM agents`)
 	if err != nil {
 		return fmt.Errorf("loading agents: %w", err)
 	}
 	for rows.Next() {
-		var id, status, spiffe string
-		if err := rows.Scan(&id, &status, &spiffe); err != nil {
+		var id, status, spiffe, caps string
+		if err := rows.Scan(&id, &status, &spiffe, &caps); err != nil {
 			rows.Close()
 			return err
 		}
-		agents[id] = agentEntry{revoked: status == statusRevoked, spiffeID: spiffe}
+		e := agentEntry{revoked: status == statusRevoked, spiffeID: spiffe}
+		json.Unmarshal([]byte(caps), &e.caps)
+		agents[id] = e
 	}
 	rows.Close()
 	pins := map[[32]byte]pinEntry{}
@@ -133,8 +137,9 @@ func (r *Registry) reload(ctx context.Context) error {
 
 // Identity is who a pinned client certificate belongs to.
 type Identity struct {
-	AgentID  string
-	SPIFFEID string
+	AgentID      string
+	SPIFFEID     string
+	Capabilities []string
 	// InGrace is true for a rotated-out certificate still inside the grace
 	// period an administrator granted.
 	InGrace bool
@@ -172,13 +177,25 @@ func (r *Registry) Check(sum [32]byte) (Identity, *CheckError) {
 	}
 	switch p.state {
 	case certActive:
-		return Identity{AgentID: p.agentID, SPIFFEID: a.spiffeID}, nil
+		return Identity{AgentID: p.agentID, SPIFFEID: a.spiffeID, Capabilities: a.caps}, nil
 	case certGrace:
 		if r.cfg.Now().Before(p.graceUntil) {
-			return Identity{AgentID: p.agentID, SPIFFEID: a.spiffeID, InGrace: true}, nil
+			return Identity{AgentID: p.agentID, SPIFFEID: a.spiffeID, Capabilities: a.caps, InGrace: true}, nil
 		}
 	}
 	return Identity{}, &CheckError{Code: DenyRotated, Message: "Certificate has been replaced by a newer one for this agent", AgentID: p.agentID}
+}
+
+// Lookup returns the identity of an active agent by id, from memory. It is
+// what token-authenticated requests use to refuse revoked agents at once.
+func (r *Registry) Lookup(agentID string) (Identity, bool) {
+	r.mu.RLock()
+	a, ok := r.agents[agentID]
+	r.mu.RUnlock()
+	if !ok || a.revoked {
+		return Identity{}, false
+	}
+	return Identity{AgentID: agentID, SPIFFEID: a.spiffeID, Capabilities: a.caps}, true
 }
 
 // CheckDER hashes der and calls Check.

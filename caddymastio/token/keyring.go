@@ -1,4 +1,7 @@
-// Package token holds the access-token signing key ring.
+// Package token holds the access-token signing key ring and the access
+// tokens it signs: ES256 JWTs (RFC 9068 "at+jwt") bound to a DPoP key
+// (cnf.jkt, RFC 9449) and, over mTLS, to the client certificate
+// (cnf.x5t#S256, RFC 8705).
 package token
 
 import (
@@ -8,15 +11,13 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"database/sql"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
-
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/jwt"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 )
@@ -43,6 +44,8 @@ type KeyRing struct {
 	mu     sync.RWMutex
 	active *SigningKey
 	all    map[string]*SigningKey
+	jwks   []byte
+	etag   string
 }
 
 // OpenKeyRing loads the ring, creating the first ES256 key when there is
@@ -71,35 +74,43 @@ func OpenKeyRing(ctx context.Context, db *sql.DB, keys pki.KeyStore) (ring *KeyR
 }
 
 func (r *KeyRing) createActive(ctx context.Context) (*SigningKey, error) {
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, fmt.Errorf("generating signing key: %w", err)
-	}
-	jwk := jose.JSONWebKey{Key: priv.Public(), Algorithm: "ES256", Use: "sig"}
-	tp, err := jwk.Thumbprint(crypto.SHA256)
-	if err != nil {
-		return nil, fmt.Errorf("signing key thumbprint: %w", err)
-	}
-	kid := base64.RawURLEncoding.EncodeToString(tp)
-	jwk.KeyID = kid
-	pub, err := json.Marshal(jwk)
+	k, pub, err := r.generate()
 	if err != nil {
 		return nil, err
-	}
-	keyPEM, err := pki.MarshalPrivateKey(priv)
-	if err != nil {
-		return nil, err
-	}
-	ref := "signing-" + kid + ".key"
-	if err := r.keys.Store(ref, keyPEM); err != nil {
-		return nil, fmt.Errorf("storing signing key: %w", err)
 	}
 	now := store.FormatTime(time.Now())
 	if _, err := r.db.ExecContext(ctx, `INSERT INTO signing_keys (kid, alg, public_jwk, key_ref, status, created_at, activated_at)
-		VALUES (?, 'ES256', ?, ?, 'active', ?, ?)`, kid, string(pub), ref, now, now); err != nil {
+		VALUES (?, 'ES256', ?, ?, 'active', ?, ?)`, k.Kid, pub, k.keyRef, now, now); err != nil {
 		return nil, fmt.Errorf("recording signing key: %w", err)
 	}
-	return &SigningKey{Kid: kid, Alg: "ES256", Status: "active", Public: priv.Public(), signer: priv, keyRef: ref}, nil
+	return k, nil
+}
+
+// generate makes a new ES256 key, stores its private half in the key
+// store, and returns it with its public JWK (JSON).
+func (r *KeyRing) generate() (*SigningKey, string, error) {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, "", fmt.Errorf("generating signing key: %w", err)
+	}
+	jwk, kid, err := jwt.PublicJWK(priv.Public(), "", jwt.ES256, "sig")
+	if err != nil {
+		return nil, "", fmt.Errorf("signing key JWK: %w", err)
+	}
+	jwk["kid"] = kid
+	pub, err := json.Marshal(jwk)
+	if err != nil {
+		return nil, "", err
+	}
+	keyPEM, err := pki.MarshalPrivateKey(priv)
+	if err != nil {
+		return nil, "", err
+	}
+	ref := "signing-" + kid + ".key"
+	if err := r.keys.Store(ref, keyPEM); err != nil {
+		return nil, "", fmt.Errorf("storing signing key: %w", err)
+	}
+	return &SigningKey{Kid: kid, Alg: "ES256", Status: "active", Public: priv.Public(), signer: priv, keyRef: ref}, string(pub), nil
 }
 
 func (r *KeyRing) load(ctx context.Context) error {
@@ -117,11 +128,11 @@ func (r *KeyRing) load(ctx context.Context) error {
 		if err := rows.Scan(&kid, &alg, &pubJSON, &ref, &status, &expires); err != nil {
 			return fmt.Errorf("reading signing keys: %w", err)
 		}
-		var jwk jose.JSONWebKey
-		if err := jwk.UnmarshalJSON([]byte(pubJSON)); err != nil {
+		pub, _, err := jwt.ParseJWK([]byte(pubJSON))
+		if err != nil {
 			return fmt.Errorf("signing key %s: public JWK: %w", kid, err)
 		}
-		k := &SigningKey{Kid: kid, Alg: alg, Status: status, Public: jwk.Key, keyRef: ref}
+		k := &SigningKey{Kid: kid, Alg: alg, Status: status, Public: pub, keyRef: ref}
 		if expires != "" {
 			if k.ExpiresAt, err = time.Parse(store.TimeFormat, expires); err != nil {
 				return fmt.Errorf("signing key %s: expires_at: %w", kid, err)
@@ -143,11 +154,16 @@ func (r *KeyRing) load(ctx context.Context) error {
 	if err := rows.Err(); err != nil {
 		return err
 	}
+	jwks, etag := buildJWKS(all, now)
 	r.mu.Lock()
-	r.active, r.all = active, all
+	r.active, r.all, r.jwks, r.etag = active, all, jwks, etag
 	r.mu.Unlock()
 	return nil
 }
+
+// Reload re-reads the ring from the database (after a rotation made by
+// another process sharing it).
+func (r *KeyRing) Reload(ctx context.Context) error { return r.load(ctx) }
 
 // Active returns the key new tokens are signed with (nil if none).
 func (r *KeyRing) Active() *SigningKey {

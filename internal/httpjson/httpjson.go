@@ -22,7 +22,9 @@ func Write(w http.ResponseWriter, status int, v any) {
 	}
 	h.Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(v)
 }
 
 // Problem is the error body every Mastio endpoint uses.

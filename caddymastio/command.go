@@ -1,0 +1,186 @@
+package caddymastio
+
+import (
+	"context"
+	"crypto/x509"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"time"
+
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/spf13/cobra"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/client"
+)
+
+func init() {
+	caddycmd.RegisterCommand(caddycmd.Command{
+		Name:  "mastio",
+		Short: "Agent and operator tools of caddy-mastio",
+		Long: `Agent side:
+  caddy mastio enroll --url https://mastio.example.com:9443 --dir ./identity --ca org-ca.crt --name "..." --email ...
+  caddy mastio token  --dir ./identity [--request GET https://mastio.example.com:9443/path]
+
+Operator side:
+  caddy mastio audit verify --db ./data/mastio.db`,
+		CobraFunc: func(cmd *cobra.Command) {
+			cmd.AddCommand(enrollCommand(), tokenCommand(), auditCommand())
+		},
+	})
+}
+
+func enrollCommand() *cobra.Command {
+	var url, dir, ca, name, email, reason string
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "enroll --url <mastio> --dir <identity-dir> --ca <org-ca.crt> --name <requester> --email <address>",
+		Short: "Enroll this agent: ask for a certificate, wait for an administrator's approval",
+		Long: `Creates the agent key and DPoP key in --dir (0600), starts an enrollment at the
+Mastio and prints the session to approve, then waits for the decision and
+writes the certificate chain, the Org CA and metadata.json into --dir.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			pool, err := loadPool(ca)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			defer stop()
+			ctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			p, err := client.StartEnrollment(ctx, client.EnrollOptions{URL: url, Dir: dir, RootCAs: pool,
+				Requester: client.Requester{Name: name, Email: email, Reason: reason}})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "enrollment session %s is waiting for approval (until %s)\n  approve: %s\n",
+				p.SessionID, p.ExpiresAt.Local().Format(time.RFC1123), p.EnrollURL)
+			id, err := p.Wait(ctx)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "enrolled as %s; identity written to %s\n", id.AgentID, dir)
+			fmt.Println(id.AgentID)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&url, "url", "", "base URL of the Mastio (required)")
+	c.Flags().StringVar(&dir, "dir", "", "identity directory to create (required)")
+	c.Flags().StringVar(&ca, "ca", "", "PEM file with the Org CA to trust (default: system roots)")
+	c.Flags().StringVar(&name, "name", "", "requester name shown to the approver (required)")
+	c.Flags().StringVar(&email, "email", "", "requester e-mail shown to the approver (required)")
+	c.Flags().StringVar(&reason, "reason", "", "why this agent needs access")
+	c.Flags().DurationVar(&timeout, "timeout", 30*time.Minute, "how long to wait for a decision")
+	for _, f := range []string{"url", "dir", "name", "email"} {
+		c.MarkFlagRequired(f)
+	}
+	return c
+}
+
+func tokenCommand() *cobra.Command {
+	var dir, url string
+	var request []string
+	c := &cobra.Command{
+		Use:   "token --dir <identity-dir> [--request <METHOD> <URL>]",
+		Short: "Mint an access token; with --request, print the headers for that request",
+		Long: `Mints a DPoP-bound access token with the identity in --dir (over mTLS, so the
+token is also bound to the agent certificate). Prints the token, or with
+--request METHOD URL the two headers that request needs, ready for curl:
+
+  caddy mastio token --dir ./identity --request GET https://localhost:9443/api | \
+    curl -H @- --cacert ./identity/ca.crt --cert ./identity/agent.crt --key ./identity/agent.key \
+    https://localhost:9443/api
+
+A DPoP proof is single-use: print new headers for every request.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			id, err := client.LoadIdentity(dir)
+			if err != nil {
+				return err
+			}
+			if url == "" {
+				url = id.URL
+			}
+			s, err := id.NewSession(url, nil)
+			if err != nil {
+				return err
+			}
+			tok, err := s.Token(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if len(request) == 0 {
+				fmt.Println(tok)
+				return nil
+			}
+			if len(request) != 2 {
+				return errors.New("--request takes a method and a URL: --request GET https://host/path")
+			}
+			proof, err := s.Proof(request[0], request[1], tok)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("Authorization: DPoP %s\nDPoP: %s\n", tok, proof)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&dir, "dir", "", "identity directory written by enroll (required)")
+	c.Flags().StringVar(&url, "url", "", "base URL of the Mastio (default: the one enrolled with)")
+	c.Flags().StringSliceVar(&request, "request", nil, "METHOD,URL of the request to sign a DPoP proof for")
+	c.MarkFlagRequired("dir")
+	return c
+}
+
+func auditCommand() *cobra.Command {
+	var db string
+	var from, to int64
+	verify := &cobra.Command{
+		Use:   "verify --db <mastio.db> [--from N] [--to N]",
+		Short: "Verify the audit hash chain offline",
+		Long: `Walks the audit chain of a database (a live one or a backup copy) and reports
+the first row whose link or content is wrong. Exit status 0: intact; 1:
+broken at the reported seq; 2: could not be read.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			h, err := sql.Open("sqlite", "file:"+db+"?mode=ro&_pragma=busy_timeout(5000)")
+			if err != nil {
+				return err
+			}
+			defer h.Close()
+			res, err := audit.Verify(cmd.Context(), h, from, to)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "audit verify:", err)
+				os.Exit(2)
+			}
+			if !res.OK() {
+				fmt.Printf("BROKEN at seq %d: %s (%d rows verified before it)\n", res.FirstBad, res.Reason, res.Checked)
+				os.Exit(1)
+			}
+			fmt.Printf("OK: %d rows verified (seq %d-%d), head %x\n", res.Checked, res.From, res.To, res.HeadHash)
+			return nil
+		},
+	}
+	verify.Flags().StringVar(&db, "db", "./data/mastio.db", "the database file")
+	verify.Flags().Int64Var(&from, "from", 1, "first seq")
+	verify.Flags().Int64Var(&to, "to", 0, "last seq (0: the newest)")
+	c := &cobra.Command{Use: "audit", Short: "Audit log tools"}
+	c.AddCommand(verify)
+	return c
+}
+
+func loadPool(file string) (*x509.CertPool, error) {
+	if file == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	return pool, nil
+}

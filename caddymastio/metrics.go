@@ -1,0 +1,29 @@
+package caddymastio
+
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are package-level so that counts survive config reloads; each
+// config's registry gets them registered (caddy_mastio_*), served at the
+// admin endpoint's /metrics and by the metrics handler.
+var (
+	authCounter = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mastio", Name: "auth_total",
+		Help: "Authentication decisions on tokens, DPoP proofs and client certificates, by result and reason.",
+	}, []string{"result", "reason"})
+)
+
+func registerMetrics(reg *prometheus.Registry) error {
+	for _, c := range []prometheus.Collector{authCounter} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
