@@ -26,6 +26,10 @@ func init() {
 //	    admin_secret <secret-placeholder>
 //	    agent_cert_lifetime <duration>
 //	    enrollment_ttl      <duration>
+//	    token_ttl           <duration>
+//	    dpop_iat_window     <duration>
+//	    dpop_nonce          off|optional|required
+//	    allow_bearer_tokens
 //	}
 //
 // Every option is optional; see the App type for defaults.
@@ -68,9 +72,24 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			durTarget = &a.AgentCertLifetime
 		case "enrollment_ttl":
 			durTarget = &a.EnrollmentTTL
+		case "token_ttl":
+			durTarget = &a.TokenTTL
+		case "dpop_iat_window":
+			durTarget = &a.DPoPIATWindow
+		case "dpop_nonce":
+			target = &a.DPoPNonce
+		case "allow_bearer_tokens":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if a.AllowBearerTokens {
+				return d.Errf("mastio option %s specified more than once", opt)
+			}
+			a.AllowBearerTokens = true
+			continue
 		default:
 			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, "+
-				"admin_secret, agent_cert_lifetime, enrollment_ttl)", opt)
+				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_nonce, allow_bearer_tokens)", opt)
 		}
 		if durTarget != nil {
 			if *durTarget != 0 {
@@ -90,7 +109,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.Errf("mastio option %s takes one value, got another: %q", opt, d.Val())
 			}
-			single := App{AgentCertLifetime: a.AgentCertLifetime, EnrollmentTTL: a.EnrollmentTTL}
+			single := App{AgentCertLifetime: a.AgentCertLifetime, EnrollmentTTL: a.EnrollmentTTL, TokenTTL: a.TokenTTL,
+				DPoPIATWindow: a.DPoPIATWindow}
 			if err := single.validateStatic(); err != nil {
 				return d.Errf("mastio option %s: %v", opt, err)
 			}
@@ -136,6 +156,8 @@ func (a *App) checkOption(opt string) error {
 		single.PublicURL = a.PublicURL
 	case "admin_secret":
 		single.AdminSecret = a.AdminSecret
+	case "dpop_nonce":
+		single.DPoPNonce = a.DPoPNonce
 	}
 	return single.validateStatic()
 }

@@ -107,6 +107,12 @@ func TestCaddyfileErrorsNameOptionAndLine(t *testing.T) {
 		{"unparsable cert lifetime", "{\n\tmastio {\n\t\tagent_cert_lifetime forever\n\t}\n}\n", `agent_cert_lifetime "forever"`},
 		{"short cert lifetime", "{\n\tmastio {\n\t\tagent_cert_lifetime 10m\n\t}\n}\n", "at least 1h"},
 		{"long enrollment ttl", "{\n\tmastio {\n\t\tenrollment_ttl 30d\n\t}\n}\n", "between 1m and 7d"},
+		{"bad nonce mode", "{\n\tmastio {\n\t\tdpop_nonce sometimes\n\t}\n}\n", "want off, optional or required"},
+		{"short token ttl", "{\n\tmastio {\n\t\ttoken_ttl 1s\n\t}\n}\n", "token_ttl must be between"},
+		{"bearer with value", "{\n\tmastio {\n\t\tallow_bearer_tokens yes\n\t}\n}\n", "wrong argument count"},
+		{"auth bad mode", "localhost {\n\tmastio_auth password\n}\n", "not token or mtls"},
+		{"auth unknown option", "localhost {\n\tmastio_auth {\n\t\trealm x\n\t}\n}\n", `unrecognized mastio_auth option "realm"`},
+		{"auth scope without value", "localhost {\n\tmastio_auth {\n\t\tscope\n\t}\n}\n", "wrong argument count"},
 		{"duplicate ttl", "{\n\tmastio {\n\t\tenrollment_ttl 5m\n\t\tenrollment_ttl 6m\n\t}\n}\n", "more than once"},
 	}
 	for _, c := range cases {

@@ -418,8 +418,10 @@ func TestServerCertificateRenewsAndReMints(t *testing.T) {
 var ourModules = []string{
 	"mastio",
 	"http.handlers.mastio",
+	"http.handlers.mastio_auth",
 	"tls.issuance.mastio",
 	"tls.ca_pool.source.mastio",
+	"tls.client_auth.verifier.mastio",
 }
 
 func listModules(t *testing.T, bin string) []string {

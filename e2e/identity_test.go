@@ -534,10 +534,10 @@ func TestEnrollmentRefusalsOverTheWire(t *testing.T) {
 // the original SDK's enrollment (Python, `cryptography` and the standard
 // library's TLS) against the server, approving it through the admin API.
 func TestOriginalSDKEnrollmentWireFormat(t *testing.T) {
-	s := identityServer(t)
+	s, _ := tokenServer(t)
 	out := t.TempDir()
 	cmd := exec.Command(pythonWithCryptography(t), filepath.Join(repoRoot, "e2e", "testdata", "sdk_enroll.py"),
-		s.url(""), filepath.Join(s.dataDir, "pki", "org-ca.crt"), out)
+		s.url(""), filepath.Join(s.dataDir, "pki", "org-ca.crt"), out, "/api/sdk")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -579,9 +579,13 @@ func TestOriginalSDKEnrollmentWireFormat(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("approve: %d %v", code, appr["_raw"])
 	}
-	last := <-lines
-	if err := cmd.Wait(); err != nil || last != "AGENT orga::sdk-agent" {
-		t.Fatalf("SDK flow: %q %v\n%s", last, err, stderr.String())
+	agentLine, called := <-lines, <-lines
+	if err := cmd.Wait(); err != nil || agentLine != "AGENT orga::sdk-agent" {
+		t.Fatalf("SDK enrollment: %q %v\n%s", agentLine, err, stderr.String())
+	}
+	// Part B: challenge login, token with a fresh DPoP key, a guarded call.
+	if !strings.HasPrefix(called, "CALLED 200 ") || !strings.Contains(called, `"agent":"orga::sdk-agent"`) {
+		t.Fatalf("SDK login and call: %q\n%s", called, stderr.String())
 	}
 	if m := fileMode(t, filepath.Join(out, "identity", "agent.key")); m != 0o600 {
 		t.Fatalf("agent.key mode %04o", m)

@@ -2,10 +2,13 @@
 part A), in an independent implementation: Python's `cryptography` for the
 keys and signatures, the standard library for HTTP and TLS.
 
-Usage: sdk_enroll.py <base-url> <ca-file> <identity-dir>
+Usage: sdk_enroll.py <base-url> <ca-file> <identity-dir> [<guarded-path>]
 Prints "SESSION <id>" once started, then "AGENT <agent_id>" after it used
-the issued certificate on GET /v1/agents/me. Exits non-zero on any
-deviation from the contract.
+the issued certificate on GET /v1/agents/me. With a guarded path it then
+logs in as the SDK does (wire-contract part B: login-challenge,
+sign-challenged-assertion, token with a fresh DPoP key and the nonce
+retry) and calls the path with Authorization: DPoP and a proof, printing
+"CALLED <status> <body>". Exits non-zero on any deviation.
 """
 import base64
 import hashlib
@@ -16,9 +19,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 base, ca_file, out_dir = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3]
 ctx = ssl.create_default_context(cafile=ca_file)
@@ -29,18 +35,34 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def call(method, path, body=None, headers=None, context=ctx):
+last_nonce = [None]
+
+
+def call(method, path, body=None, headers=None, context=ctx, raw=False):
     data = json.dumps(body).encode() if body is not None else None
     h = dict(HEADERS)
     if data is not None:
         h["Content-Type"] = "application/json"
+    elif method == "POST":
+        data = b""  # Content-Length: 0, no Content-Type, as httpx sends
     h.update(headers or {})
     req = urllib.request.Request(base + path, data=data, method=method, headers=h)
     try:
-        with urllib.request.urlopen(req, context=context) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
+        resp = urllib.request.urlopen(req, context=context)
+        status, payload, hdrs = resp.status, resp.read(), resp.headers
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+        status, payload, hdrs = e.code, e.read(), e.headers
+    if hdrs.get("DPoP-Nonce"):
+        last_nonce[0] = hdrs.get("DPoP-Nonce")
+    if raw:
+        return status, payload
+    return status, json.loads(payload or b"{}")
+
+
+def jws(key, header, claims):
+    signing_input = b64url(json.dumps(header).encode()) + "." + b64url(json.dumps(claims).encode())
+    r, s_ = decode_dss_signature(key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    return signing_input + "." + b64url(r.to_bytes(32, "big") + s_.to_bytes(32, "big"))
 
 
 key = ec.generate_private_key(ec.SECP256R1())
@@ -99,3 +121,51 @@ mtls.load_cert_chain(os.path.join(ident, "agent.crt"), key_path)
 status, me = call("GET", "/v1/agents/me", context=mtls)
 assert status == 200 and me["agent_id"] == st["agent_id"], (status, me)
 print("AGENT", me["agent_id"], flush=True)
+
+if len(sys.argv) < 5:
+    sys.exit(0)
+guarded = sys.argv[4]
+
+# Part B: login with the certificate, then DPoP-bound calls.
+status, ch = call("POST", "/v1/auth/login-challenge", context=mtls)
+assert status == 200 and ch["agent_id"] == st["agent_id"] and ch["nonce"], (status, ch)
+chain = [x509.load_pem_x509_certificate(c.encode() + b"-----END CERTIFICATE-----\n")
+         for c in st["cert_pem"].split("-----END CERTIFICATE-----\n") if c.strip()]
+x5c = [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in chain]
+now = int(time.time())
+assertion = jws(key, {"alg": "ES256", "typ": "JWT", "x5c": x5c},
+                {"sub": st["agent_id"], "iss": st["agent_id"], "aud": "agent-trust-broker", "iat": now, "exp": now + 300,
+                 "jti": str(uuid.uuid4()), "nonce": ch["nonce"]})
+status, signed = call("POST", "/v1/auth/sign-challenged-assertion", {"client_assertion": assertion, "nonce": ch["nonce"]}, context=mtls)
+assert status == 200 and signed["client_assertion"] and signed["agent_id"] == st["agent_id"], (status, signed)
+assert "mastio_signature" in signed, signed
+
+# A fresh ephemeral key for DPoP, not the enrolled one.
+eph = ec.generate_private_key(ec.SECP256R1())
+n = eph.public_key().public_numbers()
+eph_jwk = {"crv": "P-256", "kty": "EC", "x": b64url(n.x.to_bytes(32, "big")), "y": b64url(n.y.to_bytes(32, "big"))}
+
+
+def proof(method, url, access_token=None):
+    claims = {"jti": str(uuid.uuid4()), "htm": method, "htu": url, "iat": int(time.time())}
+    if last_nonce[0]:
+        claims["nonce"] = last_nonce[0]
+    if access_token:
+        claims["ath"] = b64url(hashlib.sha256(access_token.encode()).digest())
+    return jws(eph, {"alg": "ES256", "jwk": eph_jwk, "typ": "dpop+jwt"}, claims)
+
+
+def with_nonce_retry(send):
+    status, body = send()
+    if status == 401 and b"use_dpop_nonce" in body:
+        status, body = send()
+    return status, body
+
+
+status, body = with_nonce_retry(lambda: call("POST", "/v1/auth/token", {"client_assertion": signed["client_assertion"]},
+                                             headers={"DPoP": proof("POST", base + "/v1/auth/token")}, context=mtls, raw=True))
+assert status == 200, (status, body)
+access_token = json.loads(body)["access_token"]
+status, body = with_nonce_retry(lambda: call("GET", guarded, headers={
+    "Authorization": "DPoP " + access_token, "DPoP": proof("GET", base + guarded, access_token)}, context=mtls, raw=True))
+print("CALLED", status, body.decode(), flush=True)
