@@ -86,7 +86,9 @@ func (id *Identity) NewSession(baseURL string, base http.RoundTripper) (*Session
 func (s *Session) JKT() string { return s.jkt }
 
 // HTTPClient returns a client whose transport is the session.
-func (s *Session) HTTPClient() *http.Client { return &http.Client{Transport: s, Timeout: 60 * time.Second} }
+func (s *Session) HTTPClient() *http.Client {
+	return &http.Client{Transport: s, Timeout: 60 * time.Second}
+}
 
 // Assertion signs a client assertion with the agent key: x5c holds the
 // certificate chain, sub and iss the agent id, exp five minutes ahead.
