@@ -66,13 +66,7 @@ func Open(db *sql.DB, opts Options) *Log {
 // durable. It fails, and nothing is stored, if ev is invalid or the batch
 // cannot be committed.
 func (l *Log) Append(ctx context.Context, ev Event) (Record, error) {
-	if err := ev.validate(); err != nil {
-		return Record{}, err
-	}
-	if ev.Result == "" {
-		ev.Result = ResultOK
-	}
-	details, err := canonicalDetails(ev.Details)
+	ev, details, err := prepare(ev)
 	if err != nil {
 		return Record{}, err
 	}
@@ -155,28 +149,19 @@ func (l *Log) commit(batch []*appendReq) ([]Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	stmt, err := tx.PrepareContext(ctx, `INSERT INTO audit_events
-		(seq, time, event_type, actor, subject, result, details, prev_hash, hash)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
+	stmt, err := tx.PrepareContext(ctx, insertSQL)
 	if err != nil {
 		return nil, fmt.Errorf("audit: prepare: %w", err)
 	}
 	defer stmt.Close()
 
-	now := l.opts.Now().UTC()
-	ts := now.Format(TimeFormat)
-	stamp, _ := time.Parse(TimeFormat, ts) // the time as stored, for the returned records
+	ts := l.opts.Now().UTC().Format(TimeFormat)
 	recs := make([]Record, len(batch))
 	for i, r := range batch {
-		seq++
-		h := rowHash(prev, seq, ts, r.ev.Type, r.ev.Actor, r.ev.Subject, r.ev.Result, r.details)
-		if _, err := stmt.ExecContext(ctx, seq, ts, r.ev.Type, r.ev.Actor, r.ev.Subject, r.ev.Result,
-			string(r.details), prev, h); err != nil {
-			return nil, fmt.Errorf("audit: inserting row %d: %w", seq, err)
+		if recs[i], err = insertRow(ctx, stmt.ExecContext, seq+1, ts, r.ev, r.details, prev); err != nil {
+			return nil, err
 		}
-		recs[i] = Record{Seq: seq, Time: stamp, Type: r.ev.Type, Actor: r.ev.Actor, Subject: r.ev.Subject,
-			Result: r.ev.Result, Details: r.details, PrevHash: prev, Hash: h}
-		prev = h
+		seq, prev = recs[i].Seq, recs[i].Hash
 	}
 	if l.opts.BeforeCommit != nil {
 		if err := l.opts.BeforeCommit(); err != nil {
@@ -195,13 +180,7 @@ func (l *Log) commit(batch []*appendReq) ([]Record, error) {
 // durable once the caller commits; the chain head is read inside tx, which
 // serializes it with the group-commit writer.
 func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, ev Event) (Record, error) {
-	if err := ev.validate(); err != nil {
-		return Record{}, err
-	}
-	if ev.Result == "" {
-		ev.Result = ResultOK
-	}
-	details, err := canonicalDetails(ev.Details)
+	ev, details, err := prepare(ev)
 	if err != nil {
 		return Record{}, err
 	}
@@ -209,15 +188,36 @@ func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, ev Event) (Record, error
 	if err != nil {
 		return Record{}, err
 	}
-	seq++
-	ts := l.opts.Now().UTC().Format(TimeFormat)
-	stamp, _ := time.Parse(TimeFormat, ts)
+	exec := func(ctx context.Context, args ...any) (sql.Result, error) { return tx.ExecContext(ctx, insertSQL, args...) }
+	return insertRow(ctx, exec, seq+1, l.opts.Now().UTC().Format(TimeFormat), ev, details, prev)
+}
+
+// prepare validates ev, defaults its result and canonicalizes its details.
+func prepare(ev Event) (Event, []byte, error) {
+	if err := ev.validate(); err != nil {
+		return ev, nil, err
+	}
+	if ev.Result == "" {
+		ev.Result = ResultOK
+	}
+	details, err := canonicalDetails(ev.Details)
+	return ev, details, err
+}
+
+const insertSQL = `INSERT INTO audit_events (seq, time, event_type, actor, subject, result, details, prev_hash, hash)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
+// execFunc runs insertSQL with args (a prepared statement's ExecContext,
+// or a transaction's with the query bound).
+type execFunc func(ctx context.Context, args ...any) (sql.Result, error)
+
+// insertRow chains ev after prev as row seq, stamped ts.
+func insertRow(ctx context.Context, exec execFunc, seq int64, ts string, ev Event, details, prev []byte) (Record, error) {
 	h := rowHash(prev, seq, ts, ev.Type, ev.Actor, ev.Subject, ev.Result, details)
-	if _, err := tx.ExecContext(ctx, `INSERT INTO audit_events
-		(seq, time, event_type, actor, subject, result, details, prev_hash, hash)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, seq, ts, ev.Type, ev.Actor, ev.Subject, ev.Result, string(details), prev, h); err != nil {
+	if _, err := exec(ctx, seq, ts, ev.Type, ev.Actor, ev.Subject, ev.Result, string(details), prev, h); err != nil {
 		return Record{}, fmt.Errorf("audit: inserting row %d: %w", seq, err)
 	}
+	stamp, _ := time.Parse(TimeFormat, ts)
 	return Record{Seq: seq, Time: stamp, Type: ev.Type, Actor: ev.Actor, Subject: ev.Subject, Result: ev.Result,
 		Details: details, PrevHash: prev, Hash: h}, nil
 }
