@@ -188,7 +188,9 @@ func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, ev Event) (Record, error
 	if err != nil {
 		return Record{}, err
 	}
-	exec := func(ctx context.Context, args ...any) (sql.Result, error) { return tx.ExecContext(ctx, insertSQL, args...) }
+	exec := func(ctx context.Context, args ...any) (sql.Result, error) {
+		return tx.ExecContext(ctx, insertSQL, args...)
+	}
 	return insertRow(ctx, exec, seq+1, l.opts.Now().UTC().Format(TimeFormat), ev, details, prev)
 }
 
