@@ -1,0 +1,205 @@
+// Package policy decides whether an agent may use an MCP tool, resource
+// or prompt. Rules are lines of text:
+//
+//	<effect> <principal> <action> <resource>   [# comment]
+//
+//	allow capability:mcp:call  tools/call      weather/*
+//	allow group:research       *               github/search_*
+//	deny  agent:orga::intern   tools/call      */delete_*
+//	allow agent:orga::ops      resources/read  docs/file:///runbooks/*
+//
+// effect is allow or deny. principal is *, agent:<agent id or glob>,
+// group:<name> or capability:<name>. action is an MCP method that uses a
+// named item — tools/call, resources/read, prompts/get — or a glob of
+// them. resource is <server>/<name> (a tool or prompt name, or a resource
+// URI), globs allowed; "*" in a glob matches any run of characters.
+//
+// Decisions: a matching deny always wins; otherwise a matching allow
+// allows; otherwise the request is denied. Every decision names the rule
+// (source and line) or says that no rule allowed it.
+package policy
+
+import (
+	"fmt"
+	"strings"
+)
+
+// Actions that name an item and are subject to policy.
+var Actions = []string{"tools/call", "resources/read", "prompts/get"}
+
+// Rule is one parsed line.
+type Rule struct {
+	// ID is <source>:<line>, e.g. "config:3" or "store:12".
+	ID        string `json:"id"`
+	Effect    string `json:"effect"`
+	Principal string `json:"principal"`
+	Action    string `json:"action"`
+	Resource  string `json:"resource"`
+	Comment   string `json:"comment,omitempty"`
+}
+
+func (r Rule) String() string {
+	s := r.Effect + " " + r.Principal + " " + r.Action + " " + r.Resource
+	if r.Comment != "" {
+		s += "  # " + r.Comment
+	}
+	return s
+}
+
+// ParseError is a rule that cannot be used, with its line.
+type ParseError struct {
+	Source string
+	Line   int
+	Text   string
+	Msg    string
+}
+
+func (e *ParseError) Error() string {
+	return fmt.Sprintf("%s line %d: %s: %q", e.Source, e.Line, e.Msg, e.Text)
+}
+
+// Parse reads rules from text. Blank lines and lines starting with # are
+// ignored. The first bad line is reported.
+func Parse(source, text string) ([]Rule, error) {
+	var rules []Rule
+	for i, line := range strings.Split(text, "\n") {
+		body, comment, _ := strings.Cut(line, "#")
+		f := strings.Fields(body)
+		if len(f) == 0 {
+			continue
+		}
+		bad := func(format string, args ...any) error {
+			return &ParseError{Source: source, Line: i + 1, Text: strings.TrimSpace(line), Msg: fmt.Sprintf(format, args...)}
+		}
+		if len(f) != 4 {
+			return nil, bad("want 4 fields (effect principal action resource), got %d", len(f))
+		}
+		r := Rule{ID: fmt.Sprintf("%s:%d", source, i+1), Effect: f[0], Principal: f[1], Action: f[2], Resource: f[3],
+			Comment: strings.TrimSpace(comment)}
+		if r.Effect != "allow" && r.Effect != "deny" {
+			return nil, bad("effect %q: want allow or deny", r.Effect)
+		}
+		if err := checkPrincipal(r.Principal); err != nil {
+			return nil, bad("%v", err)
+		}
+		if err := checkAction(r.Action); err != nil {
+			return nil, bad("%v", err)
+		}
+		if r.Resource != "*" && !strings.Contains(r.Resource, "/") {
+			return nil, bad("resource %q: want <server>/<name> (globs allowed) or *", r.Resource)
+		}
+		rules = append(rules, r)
+	}
+	return rules, nil
+}
+
+func checkPrincipal(p string) error {
+	if p == "*" {
+		return nil
+	}
+	kind, val, ok := strings.Cut(p, ":")
+	if !ok || val == "" {
+		return fmt.Errorf("principal %q: want *, agent:<id>, group:<name> or capability:<name>", p)
+	}
+	switch kind {
+	case "agent", "group", "capability":
+		return nil
+	}
+	return fmt.Errorf("principal %q: unknown kind %q (want agent, group or capability)", p, kind)
+}
+
+func checkAction(a string) error {
+	for _, known := range Actions {
+		if match(a, known) {
+			return nil
+		}
+	}
+	return fmt.Errorf("action %q matches none of %s", a, strings.Join(Actions, ", "))
+}
+
+// match reports whether s matches pattern, where * matches any run of
+// characters (including none and including '/').
+func match(pattern, s string) bool {
+	for {
+		star := strings.IndexByte(pattern, '*')
+		if star < 0 {
+			return pattern == s
+		}
+		if !strings.HasPrefix(s, pattern[:star]) {
+			return false
+		}
+		s = s[star:]
+		pattern = pattern[star+1:]
+		if pattern == "" {
+			return true
+		}
+		// Try every position for the rest of the pattern.
+		for i := 0; i <= len(s); i++ {
+			if match(pattern, s[i:]) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// Principal is who asks.
+type Principal struct {
+	AgentID      string
+	Groups       []string
+	Capabilities []string
+}
+
+func (p Principal) matches(spec string) bool {
+	if spec == "*" {
+		return true
+	}
+	kind, val, _ := strings.Cut(spec, ":")
+	switch kind {
+	case "agent":
+		return match(val, p.AgentID)
+	case "group":
+		return has(p.Groups, val)
+	case "capability":
+		return has(p.Capabilities, val)
+	}
+	return false
+}
+
+func has(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Decision is the outcome of Decide.
+type Decision struct {
+	Allowed bool   `json:"allowed"`
+	Rule    *Rule  `json:"rule,omitempty"`
+	Reason  string `json:"reason"`
+}
+
+// Decide applies rules: a matching deny wins, then a matching allow,
+// else deny.
+func Decide(rules []Rule, p Principal, action, resource string) Decision {
+	var allow *Rule
+	for i := range rules {
+		r := &rules[i]
+		if !match(r.Action, action) || !match(r.Resource, resource) || !p.matches(r.Principal) {
+			continue
+		}
+		if r.Effect == "deny" {
+			return Decision{Allowed: false, Rule: r, Reason: "denied by rule " + r.ID}
+		}
+		if allow == nil {
+			allow = r
+		}
+	}
+	if allow != nil {
+		return Decision{Allowed: true, Rule: allow, Reason: "allowed by rule " + allow.ID}
+	}
+	return Decision{Allowed: false, Reason: "no rule allows it (default deny)"}
+}
