@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"net/url"
@@ -16,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
@@ -39,6 +41,11 @@ const MaxBodyBytes = 64 << 10
 //	POST   /v1/admin/agents/{id}/rotate-cert  new certificate (also POST /registry/agents/{id}/rotate-cert)
 //	POST   /v1/admin/agents/{id}/dpop-jwk   register the agent's DPoP public key
 //	POST   /v1/admin/keys/rotate            rotate the access-token signing key
+//	GET    /v1/admin/policies               the MCP policy (config and stored rules)
+//	PUT    /v1/admin/policies               replace the stored rules (text, or {"rules": "..."})
+//	POST   /v1/admin/policies/check         dry run: {"agent_id","action","server","name"}
+//	POST   /v1/admin/bindings               {"agent_id","server"}: allow the agent everything on the server
+//	DELETE /v1/admin/bindings               {"agent_id","server"}: remove that binding
 //	GET    /v1/admin/enrollments            list enrollment sessions
 //	POST   /v1/admin/enrollments/{sid}/approve|reject
 //
@@ -58,6 +65,23 @@ type API struct {
 	ClientIP func(*http.Request) string
 	// RotateKeys rotates the access-token signing key.
 	RotateKeys func(ctx context.Context, grace time.Duration, details map[string]any) (any, error)
+	// Policies holds the MCP policy.
+	Policies PolicyStore
+}
+
+// PolicyStore is the MCP policy as the admin API manages it.
+type PolicyStore interface {
+	// PolicyText returns the rules from the config (read-only here) and
+	// the stored rules.
+	PolicyText() (config, stored string)
+	// Rules returns every rule in force.
+	Rules() []policy.Rule
+	// SetPolicy replaces the stored rules after validating them.
+	SetPolicy(ctx context.Context, text string, details map[string]any) ([]policy.Rule, error)
+	// CheckPolicy answers "may this agent do this?" with the deciding rule.
+	CheckPolicy(agentID, action, resource string) (policy.Decision, error)
+	// SetBinding adds or removes the rule "allow agent:<id> * <server>/*".
+	SetBinding(ctx context.Context, agentID, server string, present bool, details map[string]any) ([]policy.Rule, error)
 }
 
 // Handles reports whether path belongs to the admin API.
@@ -99,6 +123,12 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		handled = route("POST", a.setDPoP, segs[3])
 	case match(segs, "v1", "admin", "keys", "rotate"):
 		handled = route("POST", a.rotateKeys)
+	case match(segs, "v1", "admin", "policies"):
+		handled = route("GET", a.getPolicies) || route("PUT", a.putPolicies)
+	case match(segs, "v1", "admin", "policies", "check"):
+		handled = route("POST", a.checkPolicy)
+	case match(segs, "v1", "admin", "bindings"):
+		handled = route("POST", a.binding(true)) || route("DELETE", a.binding(false))
 	case match(segs, "v1", "admin", "enrollments"):
 		handled = route("GET", a.listEnrollments)
 	case match(segs, "v1", "admin", "enrollments", "*", "approve"):
@@ -424,6 +454,103 @@ func (a *API) rotateKeys(w http.ResponseWriter, r *http.Request, _ []string) {
 	}
 	a.Logger.Info("signing key rotated", zap.Any("rotation", rot))
 	httpjson.Write(w, 200, rot)
+}
+
+func (a *API) getPolicies(w http.ResponseWriter, r *http.Request, _ []string) {
+	cfg, stored := a.Policies.PolicyText()
+	httpjson.Write(w, 200, map[string]any{"config": cfg, "stored": stored, "rules": a.Policies.Rules()})
+}
+
+func (a *API) putPolicies(w http.ResponseWriter, r *http.Request, _ []string) {
+	raw, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		httpjson.Error(w, 413, "request_too_large", fmt.Sprintf("the policy exceeds %d bytes", MaxBodyBytes))
+		return
+	}
+	text := string(raw)
+	if t := strings.TrimSpace(text); strings.HasPrefix(t, "{") {
+		var req struct {
+			Rules string `json:"rules"`
+		}
+		r.Body = io.NopCloser(strings.NewReader(t))
+		if p := httpjson.Decode(w, r, MaxBodyBytes, false, &req); p != nil {
+			httpjson.WriteProblem(w, p)
+			return
+		}
+		text = req.Rules
+	}
+	rules, err := a.Policies.SetPolicy(r.Context(), text, a.details(r))
+	var pe *policy.ParseError
+	if errors.As(err, &pe) {
+		httpjson.Write(w, 400, map[string]any{"error": "invalid_policy", "message": pe.Error(), "line": pe.Line, "rule": pe.Text})
+		return
+	}
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	a.Logger.Info("MCP policy updated", zap.Int("rules", len(rules)))
+	httpjson.Write(w, 200, map[string]any{"rules": rules, "count": len(rules)})
+}
+
+func (a *API) checkPolicy(w http.ResponseWriter, r *http.Request, _ []string) {
+	var req struct {
+		AgentID string `json:"agent_id"`
+		Action  string `json:"action"`
+		Server  string `json:"server"`
+		Name    string `json:"name"`
+	}
+	if p := httpjson.Decode(w, r, MaxBodyBytes, false, &req); p != nil {
+		httpjson.WriteProblem(w, p)
+		return
+	}
+	if req.Action == "" {
+		req.Action = "tools/call"
+	}
+	id, err := a.agentID(req.AgentID)
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if req.Server == "" || req.Name == "" {
+		a.fail(w, r, &registry.Error{Status: 400, Code: "invalid_request", Field: "server", Message: "server and name are required"})
+		return
+	}
+	d, err := a.Policies.CheckPolicy(id, req.Action, req.Server+"/"+req.Name)
+	if err != nil {
+		a.fail(w, r, &registry.Error{Status: 404, Code: "agent_not_found", Message: err.Error()})
+		return
+	}
+	httpjson.Write(w, 200, map[string]any{"agent_id": id, "action": req.Action, "resource": req.Server + "/" + req.Name,
+		"allowed": d.Allowed, "rule": d.Rule, "reason": d.Reason})
+}
+
+func (a *API) binding(present bool) func(http.ResponseWriter, *http.Request, []string) {
+	return func(w http.ResponseWriter, r *http.Request, _ []string) {
+		var req struct {
+			AgentID string `json:"agent_id"`
+			Server  string `json:"server"`
+		}
+		if p := httpjson.Decode(w, r, MaxBodyBytes, false, &req); p != nil {
+			httpjson.WriteProblem(w, p)
+			return
+		}
+		id, err := a.agentID(req.AgentID)
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		if req.Server == "" || strings.ContainsAny(req.Server, "/ \t*") {
+			a.fail(w, r, &registry.Error{Status: 400, Code: "invalid_request", Field: "server", Message: "server must be a server name"})
+			return
+		}
+		rules, err := a.Policies.SetBinding(r.Context(), id, req.Server, present, a.details(r))
+		if err != nil {
+			a.fail(w, r, err)
+			return
+		}
+		httpjson.Write(w, 200, map[string]any{"agent_id": id, "server": req.Server, "bound": present, "rules": rules})
+	}
 }
 
 func (a *API) listEnrollments(w http.ResponseWriter, r *http.Request, _ []string) {

@@ -22,6 +22,7 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 )
 
@@ -125,6 +126,13 @@ type App struct {
 	// 10s in the future are accepted for clock skew.
 	DPoPIATWindow caddy.Duration `json:"dpop_iat_window,omitempty"`
 
+	// MCP policy rules, one per line (see package policy):
+	// "<allow|deny> <principal> <action> <server>/<name>". They apply
+	// together with the rules managed through the admin API
+	// (/v1/admin/policies); a deny in either wins, and calls no rule
+	// allows are denied.
+	PolicyRules string `json:"policy,omitempty"`
+
 	// runtime
 	ctx               caddy.Context
 	logger            *zap.Logger
@@ -138,6 +146,7 @@ type App struct {
 	adminAPI          *admin.API
 	nonceMode         dpop.NonceMode
 	issuer            string
+	policyRules       []policy.Rule
 	state             *state
 	stateKey          string
 }
@@ -227,6 +236,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.nonceMode, err = dpop.ParseNonceMode(a.DPoPNonce); err != nil {
 		return err
 	}
+	if a.policyRules, err = policy.Parse("config", a.PolicyRules); err != nil {
+		return err
+	}
 	a.issuer = "urn:mastio:" + a.state.orgID
 	if a.publicURL != nil {
 		a.issuer = a.publicURL.String()
@@ -246,6 +258,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		RotateKeys: func(ctx context.Context, grace time.Duration, details map[string]any) (any, error) {
 			return a.state.keys.Rotate(ctx, a.state.audit, grace, a.state.store.CheckFile, "admin", details)
 		},
+		Policies: a,
 	}
 	return nil
 }
@@ -359,6 +372,9 @@ func (a *App) validateStatic() error {
 		return errors.New("dpop_iat_window must be between 5s and 10m")
 	}
 	if _, err := dpop.ParseNonceMode(a.DPoPNonce); err != nil {
+		return err
+	}
+	if _, err := policy.Parse("config", a.PolicyRules); err != nil {
 		return err
 	}
 	return nil

@@ -1,6 +1,7 @@
 package caddymastio
 
 import (
+	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -239,7 +240,15 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	if h.app.nonceMode != dpop.NonceOff && h.Require == "token" {
 		w.Header().Set("DPoP-Nonce", h.app.state.nonces.Current(time.Now()))
 	}
-	return next.ServeHTTP(w, r)
+	return next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+}
+
+type principalKey struct{}
+
+// principalFrom returns the caller mastio_auth authenticated, if any.
+func principalFrom(r *http.Request) *Principal {
+	p, _ := r.Context().Value(principalKey{}).(*Principal)
+	return p
 }
 
 // parseAuthDirective sets up the guard from Caddyfile tokens. Syntax:

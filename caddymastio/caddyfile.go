@@ -1,11 +1,16 @@
 package caddymastio
 
 import (
+	"errors"
+	"strings"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
 )
 
 func init() {
@@ -30,6 +35,10 @@ func init() {
 //	    dpop_iat_window     <duration>
 //	    dpop_nonce          off|optional|required
 //	    allow_bearer_tokens
+//	    policy {
+//	        <allow|deny> <principal> <action> <server>/<name>
+//	        ...
+//	    }
 //	}
 //
 // Every option is optional; see the App type for defaults.
@@ -78,6 +87,30 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			durTarget = &a.DPoPIATWindow
 		case "dpop_nonce":
 			target = &a.DPoPNonce
+		case "policy":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if a.PolicyRules != "" {
+				return d.Errf("mastio option policy specified more than once")
+			}
+			var lines []string
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				line := strings.Join(append([]string{d.Val()}, d.RemainingArgs()...), " ")
+				if _, err := policy.Parse("config", line); err != nil {
+					var pe *policy.ParseError
+					if errors.As(err, &pe) {
+						return d.Errf("policy rule %q: %s", line, pe.Msg)
+					}
+					return d.Errf("policy rule %q: %v", line, err)
+				}
+				lines = append(lines, line)
+			}
+			if len(lines) == 0 {
+				return d.Err("policy block is empty")
+			}
+			a.PolicyRules = strings.Join(lines, "\n") + "\n"
+			continue
 		case "allow_bearer_tokens":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -89,7 +122,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		default:
 			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, "+
-				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_nonce, allow_bearer_tokens)", opt)
+				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_nonce, allow_bearer_tokens, policy)", opt)
 		}
 		if durTarget != nil {
 			if *durTarget != 0 {

@@ -14,10 +14,20 @@ var (
 		Namespace: "caddy", Subsystem: "mastio", Name: "auth_total",
 		Help: "Authentication decisions on tokens, DPoP proofs and client certificates, by result and reason.",
 	}, []string{"result", "reason"})
+
+	mcpCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mastio", Name: "mcp_calls_total",
+		Help: "MCP calls (tools/call, resources/read, prompts/get) by server and policy decision.",
+	}, []string{"server", "decision"})
+
+	mcpRateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mastio", Name: "mcp_rate_limited_total",
+		Help: "MCP calls refused by a rate limit, by server and scope (agent or item).",
+	}, []string{"server", "scope"})
 )
 
 func registerMetrics(reg *prometheus.Registry) error {
-	for _, c := range []prometheus.Collector{authCounter} {
+	for _, c := range []prometheus.Collector{authCounter, mcpCalls, mcpRateLimited} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

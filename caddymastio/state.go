@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -54,8 +55,13 @@ type state struct {
 	keys     *token.KeyRing
 	registry *registry.Registry
 	tokens   *token.Verifier
-	nonces   *dpop.Nonces
-	replay   dpop.ReplayCache
+	policy   atomic.Pointer[storedPolicy]
+	// limiters are the MCP rate limiters, by route and scope.
+	limitersMu sync.Mutex
+	limiters   map[string]*ratelimit.Limiter
+	sessions   mcpSessions
+	nonces     *dpop.Nonces
+	replay     dpop.ReplayCache
 	// challengeKey signs login challenges (stateless; single use through
 	// the replay cache).
 	challengeKey []byte
@@ -160,6 +166,10 @@ func openState(dataDir, dbPath, orgHint string, logger *zap.Logger) (*state, err
 		return nil, fmt.Errorf("agent registry: %w", err)
 	}
 	s.tokens = token.NewVerifier(ring, 100_000)
+	s.limiters = map[string]*ratelimit.Limiter{}
+	if err := s.loadPolicy(ctx); err != nil {
+		return nil, err
+	}
 	s.replay = dpop.NewMemoryCache(dpop.DefaultReplayCapacity)
 	// The DPoP nonce key is shared by everything that shares the database,
 	// so every instance issues and accepts the same nonces.
@@ -226,6 +236,20 @@ func (s *state) maintain() {
 			}
 		}
 	}
+}
+
+// limiter returns the shared limiter for key, creating it (n events per
+// period, burst) on first use. Limiters outlive config reloads.
+func (s *state) limiter(key string, n int, period time.Duration, burst int) *ratelimit.Limiter {
+	s.limitersMu.Lock()
+	defer s.limitersMu.Unlock()
+	k := fmt.Sprintf("%s|%d|%s|%d", key, n, period, burst)
+	l, ok := s.limiters[k]
+	if !ok {
+		l = ratelimit.New(n, period, burst, 100_000)
+		s.limiters[k] = l
+	}
+	return l
 }
 
 // Destruct implements caddy.Destructor: the last config using this data

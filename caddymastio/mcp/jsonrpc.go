@@ -20,8 +20,10 @@ const (
 	CodeMethodNotFound = -32601
 	CodeInvalidParams  = -32602
 	CodeInternal       = -32603
-	// CodeForbidden: the policy does not allow this agent this item.
-	CodeForbidden = -32003
+	// CodeForbidden: the policy does not allow this agent this item. It is
+	// the original Mastio's "not authorized" code; -32003 and -32004 must
+	// be avoided: MCP SDKs read them as "client/server is closing".
+	CodeForbidden = -32000
 	// CodeRateLimited: the agent or tool is over its rate limit.
 	CodeRateLimited = -32029
 	// CodeUpstream: the upstream MCP server failed or is unreachable.

@@ -185,17 +185,25 @@ type Decision struct {
 // Decide applies rules: a matching deny wins, then a matching allow,
 // else deny.
 func Decide(rules []Rule, p Principal, action, resource string) Decision {
+	return DecideSets(p, action, resource, rules)
+}
+
+// DecideSets is Decide over several rule sets taken together (the
+// config's and the stored ones).
+func DecideSets(p Principal, action, resource string, sets ...[]Rule) Decision {
 	var allow *Rule
-	for i := range rules {
-		r := &rules[i]
-		if !match(r.Action, action) || !match(r.Resource, resource) || !p.matches(r.Principal) {
-			continue
-		}
-		if r.Effect == "deny" {
-			return Decision{Allowed: false, Rule: r, Reason: "denied by rule " + r.ID}
-		}
-		if allow == nil {
-			allow = r
+	for _, rules := range sets {
+		for i := range rules {
+			r := &rules[i]
+			if !match(r.Action, action) || !match(r.Resource, resource) || !p.matches(r.Principal) {
+				continue
+			}
+			if r.Effect == "deny" {
+				return Decision{Allowed: false, Rule: r, Reason: "denied by rule " + r.ID}
+			}
+			if allow == nil {
+				allow = r
+			}
 		}
 	}
 	if allow != nil {

@@ -223,7 +223,7 @@ func (r *Registry) createAgent(ctx context.Context, p Policy, na NewAgent, withi
 		return nil, err
 	}
 	r.mu.Lock()
-	r.agents[id] = agentEntry{spiffeID: spiffe, caps: caps}
+	r.agents[id] = agentEntry{spiffeID: spiffe, caps: caps, groups: groups}
 	r.pins[sha256.Sum256(cert.Raw)] = pinEntry{agentID: id, state: certActive}
 	r.mu.Unlock()
 	iss.Agent, err = r.GetAgent(ctx, id)

@@ -70,6 +70,7 @@ type agentEntry struct {
 	revoked  bool
 	spiffeID string
 	caps     []string
+	groups   []string
 }
 
 // Open loads the pin view from db.
@@ -86,18 +87,19 @@ func Open(ctx context.Context, cfg Config) (*Registry, error) {
 
 func (r *Registry) reload(ctx context.Context) error {
 	agents := map[string]agentEntry{}
-	rows, err := r.cfg.DB.QueryContext(ctx, `SELECT agent_id, status, spiffe_id, capabilities FROM agents`)
+	rows, err := r.cfg.DB.QueryContext(ctx, `SELECT agent_id, status, spiffe_id, capabilities, groups_json FROM agents`)
 	if err != nil {
 		return fmt.Errorf("loading agents: %w", err)
 	}
 	for rows.Next() {
-		var id, status, spiffe, caps string
-		if err := rows.Scan(&id, &status, &spiffe, &caps); err != nil {
+		var id, status, spiffe, caps, groups string
+		if err := rows.Scan(&id, &status, &spiffe, &caps, &groups); err != nil {
 			rows.Close()
 			return err
 		}
 		e := agentEntry{revoked: status == statusRevoked, spiffeID: spiffe}
 		json.Unmarshal([]byte(caps), &e.caps)
+		json.Unmarshal([]byte(groups), &e.groups)
 		agents[id] = e
 	}
 	rows.Close()
@@ -140,6 +142,7 @@ type Identity struct {
 	AgentID      string
 	SPIFFEID     string
 	Capabilities []string
+	Groups       []string
 	// InGrace is true for a rotated-out certificate still inside the grace
 	// period an administrator granted.
 	InGrace bool
@@ -177,10 +180,10 @@ func (r *Registry) Check(sum [32]byte) (Identity, *CheckError) {
 	}
 	switch p.state {
 	case certActive:
-		return Identity{AgentID: p.agentID, SPIFFEID: a.spiffeID, Capabilities: a.caps}, nil
+		return Identity{AgentID: p.agentID, SPIFFEID: a.spiffeID, Capabilities: a.caps, Groups: a.groups}, nil
 	case certGrace:
 		if r.cfg.Now().Before(p.graceUntil) {
-			return Identity{AgentID: p.agentID, SPIFFEID: a.spiffeID, Capabilities: a.caps, InGrace: true}, nil
+			return Identity{AgentID: p.agentID, SPIFFEID: a.spiffeID, Capabilities: a.caps, Groups: a.groups, InGrace: true}, nil
 		}
 	}
 	return Identity{}, &CheckError{Code: DenyRotated, Message: "Certificate has been replaced by a newer one for this agent", AgentID: p.agentID}
@@ -195,7 +198,7 @@ func (r *Registry) Lookup(agentID string) (Identity, bool) {
 	if !ok || a.revoked {
 		return Identity{}, false
 	}
-	return Identity{AgentID: agentID, SPIFFEID: a.spiffeID, Capabilities: a.caps}, true
+	return Identity{AgentID: agentID, SPIFFEID: a.spiffeID, Capabilities: a.caps, Groups: a.groups}, true
 }
 
 // CheckDER hashes der and calls Check.

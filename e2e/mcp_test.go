@@ -1,0 +1,250 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/client"
+)
+
+// mcpUpstream is a real MCP server built with the official Go SDK: tools
+// get_forecast, set_alert, delete_everything and slow (sleeps 3s).
+func mcpUpstream(t *testing.T, jsonResponses bool) *httptest.Server {
+	server := mcp.NewServer(&mcp.Implementation{Name: "weather", Version: "1.0.0"}, nil)
+	type cityIn struct {
+		City string `json:"city"`
+	}
+	mcp.AddTool(server, &mcp.Tool{Name: "get_forecast", Description: "Forecast for a city"},
+		func(ctx context.Context, req *mcp.CallToolRequest, in cityIn) (*mcp.CallToolResult, any, error) {
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "sunny in " + in.City}}}, nil, nil
+		})
+	mcp.AddTool(server, &mcp.Tool{Name: "set_alert", Description: "Set an alert"},
+		func(ctx context.Context, req *mcp.CallToolRequest, in cityIn) (*mcp.CallToolResult, any, error) {
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "alert set for " + in.City}}}, nil, nil
+		})
+	mcp.AddTool(server, &mcp.Tool{Name: "delete_everything", Description: "Dangerous"},
+		func(ctx context.Context, req *mcp.CallToolRequest, in struct{}) (*mcp.CallToolResult, any, error) {
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "everything deleted"}}}, nil, nil
+		})
+	mcp.AddTool(server, &mcp.Tool{Name: "slow", Description: "Takes 3 seconds"},
+		func(ctx context.Context, req *mcp.CallToolRequest, in struct{}) (*mcp.CallToolResult, any, error) {
+			select {
+			case <-time.After(3 * time.Second):
+			case <-ctx.Done():
+			}
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "done"}}}, nil, nil
+		})
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, &mcp.StreamableHTTPOptions{JSONResponse: jsonResponses})
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+const mcpRoutes = `
+	handle /mcp/json {
+		mastio_auth
+		mastio_mcp weather {
+			timeout 2s
+		}
+		reverse_proxy {$MCP_JSON_UPSTREAM}
+	}
+	handle /mcp/sse {
+		mastio_auth
+		mastio_mcp weather
+		reverse_proxy {$MCP_SSE_UPSTREAM}
+	}
+	handle /mcp/limited {
+		mastio_mcp weather {
+			item_rate 3
+		}
+		reverse_proxy {$MCP_JSON_UPSTREAM}
+	}
+	handle /mcp/down {
+		mastio_mcp weather
+		reverse_proxy 127.0.0.1:{$MCP_DOWN_PORT}
+	}
+`
+
+func mcpServer(t *testing.T) *server {
+	t.Helper()
+	jsonUp, sseUp := mcpUpstream(t, true), mcpUpstream(t, false)
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	downPort := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	dir := workDir(t)
+	data, _ := os.ReadFile(filepath.Join(repoRoot, "Caddyfile.example"))
+	cf := strings.Replace(string(data), "trust_domain mastio.local", `trust_domain mastio.local
+		org_id orga
+		policy {
+			allow capability:mcp:call tools/call weather/get_forecast
+			allow capability:mcp:call tools/call weather/slow
+			deny * tools/call */delete_*
+		}`, 1)
+	cf = strings.Replace(cf, "\t# Health, readiness", mcpRoutes+"\n\t# Health, readiness", 1)
+	s := newServer(t, dir, cf, "MCP_JSON_UPSTREAM="+jsonUp.URL, "MCP_SSE_UPSTREAM="+sseUp.URL, fmt.Sprintf("MCP_DOWN_PORT=%d", downPort))
+	writeFile(t, filepath.Join(dir, "proxy.env"), "MCP_PROXY_ADMIN_SECRET="+adminSecret+"\n")
+	s.configArgs = append(s.configArgs, "--envfile", filepath.Join(dir, "proxy.env"))
+	s.start()
+	return s
+}
+
+// openSessions are closed before a server stops (they hold SSE streams).
+var openSessions []*mcp.ClientSession
+
+func closeSessions() {
+	for _, cs := range openSessions {
+		cs.Close()
+	}
+	openSessions = nil
+}
+
+func connectMCP(t *testing.T, s *server, id *client.Identity, path string) *mcp.ClientSession {
+	t.Helper()
+	c := mcp.NewClient(&mcp.Implementation{Name: "e2e-agent", Version: "1.0.0"}, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: s.url(path), HTTPClient: id.Session().HTTPClient(), MaxRetries: -1}, nil)
+	if err != nil {
+		t.Fatalf("connect %s: %v", path, err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	openSessions = append(openSessions, cs)
+	return cs
+}
+
+func toolNames(t *testing.T, cs *mcp.ClientSession) []string {
+	t.Helper()
+	res, err := cs.ListTools(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tool := range res.Tools {
+		names = append(names, tool.Name)
+	}
+	sort.Strings(names)
+	return names
+}
+
+func callText(cs *mcp.ClientSession, name string, args map[string]any) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: name, Arguments: args})
+	if err != nil {
+		return "", err
+	}
+	var out []string
+	for _, c := range res.Content {
+		if tc, ok := c.(*mcp.TextContent); ok {
+			out = append(out, tc.Text)
+		}
+	}
+	return strings.Join(out, " "), nil
+}
+
+func rpcCode(err error) int64 {
+	var we *jsonrpc.Error
+	if errors.As(err, &we) {
+		return we.Code
+	}
+	return 0
+}
+
+func TestMCPGatewayPolicyFilteringAndAudit(t *testing.T) {
+	s := mcpServer(t)
+	caller := makeIdentity(t, s, "caller", "mcp:call")
+	stranger := makeIdentity(t, s, "stranger")
+	for _, path := range []string{"/mcp/json", "/mcp/sse"} {
+		t.Run(path, func(t *testing.T) {
+			cs := connectMCP(t, s, caller, path)
+			if got := toolNames(t, cs); strings.Join(got, ",") != "get_forecast,slow" {
+				t.Fatalf("caller's tools/list: %v", got)
+			}
+			if text, err := callText(cs, "get_forecast", map[string]any{"city": "Rome"}); err != nil || text != "sunny in Rome" {
+				t.Fatalf("allowed call: %q %v", text, err)
+			}
+			_, err := callText(cs, "delete_everything", nil)
+			if rpcCode(err) != -32000 || !strings.Contains(err.Error(), "denied by rule config:") {
+				t.Fatalf("denied call: %v", err)
+			}
+			_, err = callText(cs, "set_alert", map[string]any{"city": "Oslo"})
+			if rpcCode(err) != -32000 || !strings.Contains(err.Error(), "no rule allows it") {
+				t.Fatalf("unlisted call: %v", err)
+			}
+			other := connectMCP(t, s, stranger, path)
+			if got := toolNames(t, other); len(got) != 0 {
+				t.Fatalf("stranger's tools/list: %v", got)
+			}
+		})
+	}
+
+	// A policy change through the admin API applies to the next call.
+	code, body := s.adminCall(t, "PUT", "/v1/admin/policies", adminSecret, "allow agent:orga::caller tools/call weather/set_alert\n")
+	if code != 200 {
+		t.Fatalf("PUT policy: %d %v", code, body["_raw"])
+	}
+	cs := connectMCP(t, s, caller, "/mcp/sse")
+	if text, err := callText(cs, "set_alert", map[string]any{"city": "Oslo"}); err != nil || text != "alert set for Oslo" {
+		t.Fatalf("after the policy change: %q %v", text, err)
+	}
+	if got := toolNames(t, cs); strings.Join(got, ",") != "get_forecast,set_alert,slow" {
+		t.Fatalf("tools/list after the policy change: %v", got)
+	}
+	// The config's deny still wins over a stored allow.
+	s.adminCall(t, "PUT", "/v1/admin/policies", adminSecret, "allow agent:orga::caller * weather/*\n")
+	if _, err := callText(cs, "delete_everything", nil); rpcCode(err) != -32000 {
+		t.Fatalf("deny overridden: %v", err)
+	}
+	// A bad rule is refused with its line; the policy in force is kept.
+	code, body = s.adminCall(t, "PUT", "/v1/admin/policies", adminSecret, "allow agent:orga::caller * weather/*\npermit * * x/y\n")
+	if code != 400 || body["error"] != "invalid_policy" || body["line"] != float64(2) {
+		t.Fatalf("bad policy: %d %v", code, body["_raw"])
+	}
+	code, body = s.adminCall(t, "POST", "/v1/admin/policies/check", adminSecret, map[string]any{"agent_id": "orga::caller", "server": "weather", "name": "set_alert"})
+	if code != 200 || body["allowed"] != true || body["rule"].(map[string]any)["id"] != "store:1" {
+		t.Fatalf("dry run: %d %v", code, body["_raw"])
+	}
+
+	// Revocation cuts the agent off mid-session.
+	s.adminCall(t, "POST", "/registry/agents/orga::caller/revoke", adminSecret, nil)
+	if _, err := callText(cs, "get_forecast", map[string]any{"city": "Rome"}); err == nil {
+		t.Fatal("a revoked agent's session still calls tools")
+	}
+
+	closeSessions()
+	s.stop()
+	db := openDB(t, s.dataDir)
+	var allowed, denied int
+	db.QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'mcp.call' AND result = 'ok'`).Scan(&allowed)
+	db.QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'mcp.call' AND result = 'denied'`).Scan(&denied)
+	if allowed < 3 || denied < 5 {
+		t.Fatalf("mcp.call audit rows: %d allowed, %d denied", allowed, denied)
+	}
+	var details string
+	db.QueryRow(`SELECT details FROM audit_events WHERE event_type = 'mcp.call' AND result = 'ok' ORDER BY seq LIMIT 1`).Scan(&details)
+	var d map[string]any
+	json.Unmarshal([]byte(details), &d)
+	for _, k := range []string{"server", "name", "decision", "rule", "args_sha256", "duration_ms", "upstream_status", "jkt"} {
+		if d[k] == nil || d[k] == "" {
+			t.Errorf("audit detail %s missing in %s", k, details)
+		}
+	}
+	if strings.Contains(details, "Rome") {
+		t.Error("the audit row holds the call's arguments, not their digest")
+	}
+	verifyChain(t, db)
+}
