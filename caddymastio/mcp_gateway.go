@@ -410,7 +410,10 @@ func (x *exchange) auditCall(c *call, outcome string, upstreamStatus int, detail
 }
 
 // upstreamFailed answers every forwarded request with a JSON-RPC error
-// when the upstream could not be reached or timed out.
+// when the upstream could not be reached or timed out. The answer is HTTP
+// 200: MCP clients surface JSON-RPC errors only from successful HTTP
+// responses (a 502 or 504 reaches the user as a bare transport error); the
+// HTTP status the upstream failure stands for is in the audit row.
 func (x *exchange) upstreamFailed(w http.ResponseWriter, ctx context.Context, err error) error {
 	msg := "the MCP server " + x.g.Server + " is unavailable"
 	status := http.StatusBadGateway
@@ -426,9 +429,15 @@ func (x *exchange) upstreamFailed(w http.ResponseWriter, ctx context.Context, er
 		}
 	}
 	for _, m := range x.forwarded {
-		answers = append(answers, mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeUpstream, Message: msg}))
+		if m.IsRequest() {
+			answers = append(answers, mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeUpstream, Message: msg}))
+		}
 	}
-	writeRPC(w, status, x.joined(answers))
+	if len(answers) == 0 && len(x.denied) == 0 {
+		w.WriteHeader(http.StatusAccepted) // only notifications were sent
+		return nil
+	}
+	writeRPC(w, http.StatusOK, x.joined(answers))
 	return nil
 }
 

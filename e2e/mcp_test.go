@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -73,6 +74,10 @@ const mcpRoutes = `
 		}
 		reverse_proxy {$MCP_JSON_UPSTREAM}
 	}
+	handle /mcp/batch {
+		mastio_mcp weather
+		reverse_proxy {$MCP_BATCH_UPSTREAM}
+	}
 	handle /mcp/down {
 		mastio_mcp weather
 		reverse_proxy 127.0.0.1:{$MCP_DOWN_PORT}
@@ -82,6 +87,7 @@ const mcpRoutes = `
 func mcpServer(t *testing.T) *server {
 	t.Helper()
 	jsonUp, sseUp := mcpUpstream(t, true), mcpUpstream(t, false)
+	batchUp := batchUpstream(t)
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	downPort := l.Addr().(*net.TCPAddr).Port
 	l.Close()
@@ -95,7 +101,7 @@ func mcpServer(t *testing.T) *server {
 			deny * tools/call */delete_*
 		}`, 1)
 	cf = strings.Replace(cf, "\t# Health, readiness", mcpRoutes+"\n\t# Health, readiness", 1)
-	s := newServer(t, dir, cf, "MCP_JSON_UPSTREAM="+jsonUp.URL, "MCP_SSE_UPSTREAM="+sseUp.URL, fmt.Sprintf("MCP_DOWN_PORT=%d", downPort))
+	s := newServer(t, dir, cf, "MCP_JSON_UPSTREAM="+jsonUp.URL, "MCP_SSE_UPSTREAM="+sseUp.URL, "MCP_BATCH_UPSTREAM="+batchUp.URL, fmt.Sprintf("MCP_DOWN_PORT=%d", downPort))
 	writeFile(t, filepath.Join(dir, "proxy.env"), "MCP_PROXY_ADMIN_SECRET="+adminSecret+"\n")
 	s.configArgs = append(s.configArgs, "--envfile", filepath.Join(dir, "proxy.env"))
 	s.start()
@@ -247,4 +253,175 @@ func TestMCPGatewayPolicyFilteringAndAudit(t *testing.T) {
 		t.Error("the audit row holds the call's arguments, not their digest")
 	}
 	verifyChain(t, db)
+}
+
+// batchUpstream answers JSON-RPC batches as 2025-03-26 servers did: every
+// request gets a result naming what it was; tools/list lists three tools.
+func batchUpstream(t *testing.T) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var msgs []map[string]json.RawMessage
+		var body json.RawMessage
+		json.NewDecoder(r.Body).Decode(&body)
+		batch := len(body) > 0 && body[0] == '['
+		if batch {
+			json.Unmarshal(body, &msgs)
+		} else {
+			var m map[string]json.RawMessage
+			json.Unmarshal(body, &m)
+			msgs = append(msgs, m)
+		}
+		var out []map[string]any
+		for _, m := range msgs {
+			var method string
+			json.Unmarshal(m["method"], &method)
+			res := map[string]any{"echo": method, "params": m["params"]}
+			if method == "tools/list" {
+				res = map[string]any{"tools": []map[string]string{{"name": "get_forecast"}, {"name": "set_alert"}, {"name": "delete_everything"}},
+					"nextCursor": "page-2"}
+			}
+			out = append(out, map[string]any{"jsonrpc": "2.0", "id": m["id"], "result": res})
+		}
+		w.Header().Set("Content-Type", "application/json")
+		if batch {
+			json.NewEncoder(w).Encode(out)
+		} else {
+			json.NewEncoder(w).Encode(out[0])
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// rawMCP posts body to path with the agent's DPoP session.
+func rawMCP(t *testing.T, s *server, sess *client.Session, path string, hdr map[string]string, body string) (int, http.Header, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", s.url(path), strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	start := time.Now()
+	resp, err := sess.HTTPClient().Do(req)
+	if err != nil {
+		t.Fatalf("POST %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("POST %s took %s", path, d)
+	}
+	return resp.StatusCode, resp.Header, string(raw)
+}
+
+func TestMCPGatewayRobustness(t *testing.T) {
+	s := mcpServer(t)
+	caller := makeIdentity(t, s, "caller", "mcp:call")
+	sess := caller.Session()
+	call := func(name string) string {
+		return `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"` + name + `","arguments":{"city":"Rome"}}}`
+	}
+	cases := []struct {
+		name, path, body string
+		hdr              map[string]string
+		status           int
+		want             []string
+	}{
+		{"malformed JSON", "/mcp/json", `{"jsonrpc":"2.0","id":1,"method":`, nil, 400, []string{`"code":-32700`}},
+		{"not JSON-RPC", "/mcp/json", `{"hello":"world"}`, nil, 400, []string{`"code":-32600`}},
+		{"tool name not a string", "/mcp/batch", `{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":42}}`, nil, 200, []string{`"code":-32602`}},
+		{"oversized body", "/mcp/json", `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_forecast","arguments":{"x":"` + strings.Repeat("a", 1<<20) + `"}}}`, nil, 413, []string{`"code":-32600`, "exceeds"}},
+		{"Mcp-Method disagrees with the body", "/mcp/json", call("delete_everything"), map[string]string{"Mcp-Method": "tools/list"}, 400, []string{`"code":-32020`, "HeaderMismatch"}},
+		{"Mcp-Name disagrees with the body", "/mcp/json", call("delete_everything"), map[string]string{"Mcp-Method": "tools/call", "Mcp-Name": "get_forecast"}, 400, []string{`"code":-32020`}},
+		{"2026-07-28 without Mcp-Method", "/mcp/json", call("get_forecast"), map[string]string{"Mcp-Protocol-Version": "2026-07-28"}, 400, []string{`"code":-32020`}},
+		{"upstream down", "/mcp/down", call("get_forecast"), nil, 200, []string{`"code":-32001`, "weather is unavailable"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, body := rawMCP(t, s, sess, c.path, c.hdr, c.body)
+			if code != c.status {
+				t.Fatalf("status %d, want %d: %.300s", code, c.status, body)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(body, w) {
+					t.Fatalf("body lacks %s: %.400s", w, body)
+				}
+			}
+			if strings.Contains(body, "everything deleted") {
+				t.Fatal("a denied call reached the server")
+			}
+		})
+	}
+	// A batch mixing an allowed call, a denied call and a list: the denied
+	// call never reaches the server, the list is filtered, order aside.
+	code, _, body := rawMCP(t, s, sess, "/mcp/batch", nil, `[`+call("get_forecast")+
+		`,{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"delete_everything"}},{"jsonrpc":"2.0","id":9,"method":"tools/list"}]`)
+	var answers []struct {
+		ID     int             `json:"id"`
+		Result json.RawMessage `json:"result"`
+		Error  *struct {
+			Code    int    `json:"code"`
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(body), &answers); code != 200 || err != nil || len(answers) != 3 {
+		t.Fatalf("batch: %d %v %s", code, err, body)
+	}
+	byID := map[int]int{}
+	for i, a := range answers {
+		byID[a.ID] = i
+	}
+	if a := answers[byID[7]]; a.Error != nil || !strings.Contains(string(a.Result), `"echo":"tools/call"`) {
+		t.Fatalf("allowed call in the batch: %s", body)
+	}
+	if a := answers[byID[8]]; a.Error == nil || a.Error.Code != -32000 {
+		t.Fatalf("denied call in the batch: %s", body)
+	}
+	if a := answers[byID[9]]; !strings.Contains(string(a.Result), "page-2") || strings.Contains(string(a.Result), "delete_everything") {
+		t.Fatalf("list in the batch: %s", body)
+	}
+	// A single list is filtered and keeps its cursor.
+	_, _, body = rawMCP(t, s, sess, "/mcp/batch", nil, `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`)
+	if !strings.Contains(body, "get_forecast") || strings.Contains(body, "delete_everything") || !strings.Contains(body, "page-2") {
+		t.Fatalf("filtered list: %s", body)
+	}
+
+	// A slow upstream: a clear JSON-RPC error at the route's 2s timeout.
+	cs := connectMCP(t, s, caller, "/mcp/json")
+	start := time.Now()
+	_, err := callText(cs, "slow", nil)
+	if rpcCode(err) != -32001 || time.Since(start) > 8*time.Second || !strings.Contains(err.Error(), "did not answer within 2s") {
+		t.Fatalf("slow upstream: %v after %s", err, time.Since(start))
+	}
+
+	// Rate limit per agent per tool (3 a minute on /mcp/limited).
+	var last int
+	var retry string
+	for i := 0; i < 4; i++ {
+		code, hdr, _ := rawMCP(t, s, sess, "/mcp/limited", nil, call("get_forecast"))
+		last, retry = code, hdr.Get("Retry-After")
+	}
+	if last != 429 || retry == "" {
+		t.Fatalf("rate limit: %d Retry-After=%q", last, retry)
+	}
+
+	// A session opened by one agent cannot be used by another.
+	other := makeIdentity(t, s, "other", "mcp:call")
+	sid := cs.ID()
+	if sid == "" {
+		t.Fatal("no session id")
+	}
+	code, _, body = rawMCP(t, s, other.Session(), "/mcp/json", map[string]string{"Mcp-Session-Id": sid}, `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`)
+	if code != 403 || !strings.Contains(body, "belongs to another agent") {
+		t.Fatalf("session hijack: %d %s", code, body)
+	}
+	closeSessions()
+	s.stop()
+	db := openDB(t, s.dataDir)
+	var limited, upstreamErr int
+	db.QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'mcp.call' AND details LIKE '%"outcome":"rate_limited"%'`).Scan(&limited)
+	db.QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'mcp.call' AND details LIKE '%"outcome":"upstream_error"%'`).Scan(&upstreamErr)
+	if limited != 1 || upstreamErr < 2 {
+		t.Fatalf("audit: %d rate limited, %d upstream errors", limited, upstreamErr)
+	}
 }
