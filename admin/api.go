@@ -44,6 +44,9 @@ const MaxBodyBytes = 64 << 10
 //	GET    /v1/admin/policies               the MCP policy (config and stored rules)
 //	PUT    /v1/admin/policies               replace the stored rules (text, or {"rules": "..."})
 //	POST   /v1/admin/policies/check         dry run: {"agent_id","action","server","name"}
+//	GET    /v1/admin/mcp-servers            the MCP servers of the /v1/mcp aggregator (no secrets)
+//	POST   /v1/admin/mcp-servers            register: {"name","url","headers","bearer_token","prefix","timeout"...}
+//	DELETE /v1/admin/mcp-servers/{name}     unregister a server registered here
 //	POST   /v1/admin/bindings               {"agent_id","server"}: allow the agent everything on the server
 //	DELETE /v1/admin/bindings               {"agent_id","server"}: remove that binding
 //	GET    /v1/admin/enrollments            list enrollment sessions
@@ -67,6 +70,18 @@ type API struct {
 	RotateKeys func(ctx context.Context, grace time.Duration, details map[string]any) (any, error)
 	// Policies holds the MCP policy.
 	Policies PolicyStore
+	// Upstreams is the MCP server registry.
+	Upstreams Upstreams
+}
+
+// Upstreams is the MCP server registry as the admin API manages it. The
+// server settings are the JSON of caddymastio.MCPServer.
+type Upstreams interface {
+	ListServers(ctx context.Context) ([]map[string]any, error)
+	// PutServerJSON registers or replaces a stored server from its JSON
+	// settings; a literal bearerToken goes to the key store.
+	PutServerJSON(ctx context.Context, name string, settings json.RawMessage, bearerToken string, details map[string]any) error
+	DeleteServer(ctx context.Context, name string, details map[string]any) (bool, error)
 }
 
 // PolicyStore is the MCP policy as the admin API manages it.
@@ -127,6 +142,10 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		handled = route("GET", a.getPolicies) || route("PUT", a.putPolicies)
 	case match(segs, "v1", "admin", "policies", "check"):
 		handled = route("POST", a.checkPolicy)
+	case match(segs, "v1", "admin", "mcp-servers"):
+		handled = route("GET", a.listServers) || route("POST", a.putServer)
+	case match(segs, "v1", "admin", "mcp-servers", "*"):
+		handled = route("DELETE", a.deleteServer, segs[3])
 	case match(segs, "v1", "admin", "bindings"):
 		handled = route("POST", a.binding(true)) || route("DELETE", a.binding(false))
 	case match(segs, "v1", "admin", "enrollments"):
@@ -551,6 +570,58 @@ func (a *API) binding(present bool) func(http.ResponseWriter, *http.Request, []s
 		}
 		httpjson.Write(w, 200, map[string]any{"agent_id": id, "server": req.Server, "bound": present, "rules": rules})
 	}
+}
+
+func (a *API) listServers(w http.ResponseWriter, r *http.Request, _ []string) {
+	list, err := a.Upstreams.ListServers(r.Context())
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	httpjson.Write(w, 200, map[string]any{"servers": list, "count": len(list)})
+}
+
+func (a *API) putServer(w http.ResponseWriter, r *http.Request, _ []string) {
+	var req struct {
+		Name             string            `json:"name"`
+		URL              string            `json:"url"`
+		Headers          map[string]string `json:"headers"`
+		BearerToken      string            `json:"bearer_token"`
+		Prefix           string            `json:"prefix"`
+		TimeoutSeconds   int64             `json:"timeout_seconds"`
+		MaxArgumentBytes int64             `json:"max_argument_bytes"`
+	}
+	if p := httpjson.Decode(w, r, MaxBodyBytes, false, &req); p != nil {
+		httpjson.WriteProblem(w, p)
+		return
+	}
+	settings, _ := json.Marshal(map[string]any{"url": req.URL, "headers": req.Headers, "prefix": req.Prefix,
+		"timeout": req.TimeoutSeconds * int64(time.Second), "max_argument_bytes": req.MaxArgumentBytes})
+	if err := a.Upstreams.PutServerJSON(r.Context(), req.Name, settings, req.BearerToken, a.details(r)); err != nil {
+		a.fail(w, r, &registry.Error{Status: 400, Code: "invalid_request", Message: err.Error()})
+		return
+	}
+	list, _ := a.Upstreams.ListServers(r.Context())
+	for _, s := range list {
+		if s["name"] == req.Name {
+			httpjson.Write(w, 201, s)
+			return
+		}
+	}
+	httpjson.Write(w, 201, map[string]any{"name": req.Name})
+}
+
+func (a *API) deleteServer(w http.ResponseWriter, r *http.Request, args []string) {
+	found, err := a.Upstreams.DeleteServer(r.Context(), args[0], a.details(r))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	if !found {
+		httpjson.Error(w, 404, "server_not_found", "no MCP server "+args[0]+" registered through the admin API")
+		return
+	}
+	httpjson.Write(w, 200, map[string]any{"name": args[0], "removed": true})
 }
 
 func (a *API) listEnrollments(w http.ResponseWriter, r *http.Request, _ []string) {

@@ -133,6 +133,11 @@ type App struct {
 	// allows are denied.
 	PolicyRules string `json:"policy,omitempty"`
 
+	// MCP servers the /v1/mcp aggregator serves, by name (the <server> of
+	// policy resources). More can be registered at runtime through the
+	// admin API (/v1/admin/mcp-servers).
+	MCPServers map[string]*MCPServer `json:"mcp_servers,omitempty"`
+
 	// runtime
 	ctx               caddy.Context
 	logger            *zap.Logger
@@ -258,7 +263,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 		RotateKeys: func(ctx context.Context, grace time.Duration, details map[string]any) (any, error) {
 			return a.state.keys.Rotate(ctx, a.state.audit, grace, a.state.store.CheckFile, "admin", details)
 		},
-		Policies: a,
+		Policies:  a,
+		Upstreams: a,
 	}
 	return nil
 }
@@ -376,6 +382,14 @@ func (a *App) validateStatic() error {
 	}
 	if _, err := policy.Parse("config", a.PolicyRules); err != nil {
 		return err
+	}
+	for name, s := range a.MCPServers {
+		if s == nil {
+			return fmt.Errorf("mcp_servers: %s has no settings", name)
+		}
+		if err := s.validate(name); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package caddymastio
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -38,6 +39,14 @@ func init() {
 //	    policy {
 //	        <allow|deny> <principal> <action> <server>/<name>
 //	        ...
+//	    }
+//	    mcp_server <name> {
+//	        url                <https://host/path>
+//	        header             <name> <value-or-placeholder>
+//	        bearer_secret      <key-store-name>
+//	        prefix             <tool-prefix>
+//	        timeout            <duration>
+//	        max_argument_bytes <bytes>
 //	    }
 //	}
 //
@@ -111,6 +120,76 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			a.PolicyRules = strings.Join(lines, "\n") + "\n"
 			continue
+		case "mcp_server":
+			if !d.NextArg() {
+				return d.Err("mcp_server needs a name")
+			}
+			name := d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if _, dup := a.MCPServers[name]; dup {
+				return d.Errf("mcp_server %s defined more than once", name)
+			}
+			srv := &MCPServer{}
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				sub := d.Val()
+				args := d.RemainingArgs()
+				one := func() (string, error) {
+					if len(args) != 1 {
+						return "", d.Errf("mcp_server %s: %s takes one value", name, sub)
+					}
+					return args[0], nil
+				}
+				var err error
+				switch sub {
+				case "url":
+					srv.URL, err = one()
+				case "prefix":
+					srv.Prefix, err = one()
+				case "bearer_secret":
+					srv.BearerSecret, err = one()
+				case "header":
+					if len(args) != 2 {
+						return d.Errf("mcp_server %s: header takes a name and a value", name)
+					}
+					if srv.Headers == nil {
+						srv.Headers = map[string]string{}
+					}
+					srv.Headers[args[0]] = args[1]
+				case "timeout":
+					var v string
+					if v, err = one(); err == nil {
+						dur, perr := caddy.ParseDuration(v)
+						if perr != nil || dur <= 0 {
+							return d.Errf("mcp_server %s: timeout %q: want a positive duration", name, v)
+						}
+						srv.Timeout = caddy.Duration(dur)
+					}
+				case "max_argument_bytes":
+					var v string
+					if v, err = one(); err == nil {
+						n, perr := strconv.ParseInt(v, 10, 64)
+						if perr != nil || n <= 0 {
+							return d.Errf("mcp_server %s: max_argument_bytes %q: want a positive number", name, v)
+						}
+						srv.MaxArgumentBytes = n
+					}
+				default:
+					return d.Errf("mcp_server %s: unrecognized option %q", name, sub)
+				}
+				if err != nil {
+					return err
+				}
+			}
+			if err := srv.validate(name); err != nil {
+				return d.Err(err.Error())
+			}
+			if a.MCPServers == nil {
+				a.MCPServers = map[string]*MCPServer{}
+			}
+			a.MCPServers[name] = srv
+			continue
 		case "allow_bearer_tokens":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -122,7 +201,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		default:
 			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, "+
-				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_nonce, allow_bearer_tokens, policy)", opt)
+				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_nonce, allow_bearer_tokens, policy, mcp_server)", opt)
 		}
 		if durTarget != nil {
 			if *durTarget != 0 {

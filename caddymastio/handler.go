@@ -38,6 +38,8 @@ func init() {
 //	GET  /v1/agents/me, /v1/agents/search
 //	                   agent routes: a client certificate pinned to an active
 //	                   agent is required, and re-checked on every request
+//	POST /v1/mcp                     the MCP aggregator over every registered
+//	                                 MCP server (DPoP-bound token; see serveAggregator)
 //	POST /v1/auth/token              access tokens for a client assertion
 //	                                 and a DPoP proof (RFC 9449, RFC 7523)
 //	POST /v1/auth/login-challenge, /v1/auth/sign-challenged-assertion
@@ -98,6 +100,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return nil
 		case path == "/v1/auth/token":
 			return h.serveToken(w, r)
+		case path == "/v1/mcp":
+			return h.serveAggregator(w, r)
 		case certRequired(path):
 			return h.serveAgentRoute(w, r)
 		}

@@ -21,7 +21,6 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mcp"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
@@ -377,36 +376,9 @@ func (x *exchange) joined(upstream []json.RawMessage) []byte {
 // auditCall records a call decision and, for forwarded calls, its
 // outcome. It returns only when the row is durable.
 func (x *exchange) auditCall(c *call, outcome string, upstreamStatus int, detail string) error {
-	result := audit.ResultOK
-	switch outcome {
-	case "denied", "rate_limited":
-		result = audit.ResultDenied
-	case "error", "upstream_error", "no_response":
-		result = audit.ResultError
-	}
-	rule := ""
-	if c.decision.Rule != nil {
-		rule = c.decision.Rule.ID
-	}
-	d := map[string]any{
-		"server": x.g.Server, "action": c.action, "name": c.name, "decision": map[bool]string{true: "allow", false: "deny"}[c.decision.Allowed],
-		"rule": rule, "reason": c.decision.Reason, "args_sha256": c.argsSum, "outcome": outcome, "jkt": x.p.JKT,
-		"request_id": string(c.msg.ID), "session_id": x.sessionID,
-	}
-	if c.decision.Allowed {
-		d["duration_ms"] = float64(time.Since(c.start).Microseconds()) / 1000
-		d["upstream_status"] = upstreamStatus
-	}
-	if detail != "" {
-		d["detail"] = detail
-	}
-	_, err := x.g.app.Audit().Append(context.WithoutCancel(x.r.Context()), audit.Event{Type: "mcp.call", Actor: "agent:" + x.p.AgentID,
-		Subject: x.g.Server + "/" + c.name, Result: result, Details: d})
-	if err != nil {
-		x.g.logger.Error("auditing an MCP call", zap.Error(err))
-		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("the audit log cannot be written: %w", err))
-	}
-	return nil
+	return x.g.app.auditMCPCall(x.r.Context(), mcpCallRecord{p: x.p, server: x.g.Server, action: c.action, name: c.name,
+		decision: c.decision, argsSum: c.argsSum, outcome: outcome, upstreamStatus: upstreamStatus, start: c.start,
+		requestID: string(c.msg.ID), sessionID: x.sessionID, detail: detail})
 }
 
 // upstreamFailed answers every forwarded request with a JSON-RPC error

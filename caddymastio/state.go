@@ -60,8 +60,12 @@ type state struct {
 	limitersMu sync.Mutex
 	limiters   map[string]*ratelimit.Limiter
 	sessions   mcpSessions
-	nonces     *dpop.Nonces
-	replay     dpop.ReplayCache
+	upstreams  upstreamPool
+	// keyStore holds secrets the Mastio uses (signing keys, upstream
+	// credentials): data/keys, files 0600.
+	keyStore pki.KeyStore
+	nonces   *dpop.Nonces
+	replay   dpop.ReplayCache
 	// challengeKey signs login challenges (stateless; single use through
 	// the replay cache).
 	challengeKey []byte
@@ -156,7 +160,8 @@ func openState(dataDir, dbPath, orgHint string, logger *zap.Logger) (*state, err
 		}
 	}
 
-	ring, newKey, err := token.OpenKeyRing(ctx, st.DB(), pki.FileKeyStore{Dir: filepath.Join(dataDir, "keys")})
+	s.keyStore = pki.FileKeyStore{Dir: filepath.Join(dataDir, "keys")}
+	ring, newKey, err := token.OpenKeyRing(ctx, st.DB(), s.keyStore)
 	if err != nil {
 		return nil, fmt.Errorf("signing keys: %w", err)
 	}
@@ -259,6 +264,7 @@ func (s *state) Destruct() error {
 		close(s.stop)
 		<-s.stopped
 	}
+	s.upstreams.closeAll()
 	if s.audit != nil {
 		s.audit.Close()
 	}

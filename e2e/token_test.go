@@ -92,6 +92,19 @@ func makeIdentity(t *testing.T, s *server, name string, caps ...string) *client.
 	if code != 201 {
 		t.Fatalf("create %s: %d %v", name, code, created["_raw"])
 	}
+	return identityFrom(t, s, created)
+}
+
+// identityFrom writes the identity directory of a created agent.
+func identityFrom(t *testing.T, s *server, created map[string]any) *client.Identity {
+	t.Helper()
+	caps := []string{}
+	if agent, ok := created["agent"].(map[string]any); ok {
+		for _, c := range agent["capabilities"].([]any) {
+			caps = append(caps, c.(string))
+		}
+	}
+	name := strings.SplitN(created["agent_id"].(string), "::", 2)[1]
 	dir := filepath.Join(t.TempDir(), name)
 	os.MkdirAll(dir, 0o700)
 	ca, _ := os.ReadFile(filepath.Join(s.dataDir, "pki", "org-ca.crt"))

@@ -119,6 +119,18 @@ CREATE TABLE health_probe (
 	checked_at TEXT NOT NULL
 );
 `},
+	{2, "mcp servers", `
+-- MCP servers registered through the admin API (servers in the Caddyfile
+-- or JSON config are not stored). config is the JSON of the server's
+-- settings; credential values are placeholders or key-store references,
+-- never literal secrets.
+CREATE TABLE mcp_servers (
+	name       TEXT PRIMARY KEY,
+	config     TEXT NOT NULL,
+	created_at TEXT NOT NULL,
+	updated_at TEXT NOT NULL
+);
+`},
 }
 
 // LatestVersion is the newest schema version this binary knows.

@@ -1,0 +1,301 @@
+package caddymastio
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	gomcp "github.com/modelcontextprotocol/go-sdk/mcp"
+	"go.uber.org/zap"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/mcp"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
+)
+
+// Protocol versions the aggregator speaks (initialize negotiation).
+var aggregatorVersions = []string{"2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"}
+
+// serveAggregator is POST /v1/mcp: one MCP endpoint for every registered
+// upstream server. Tools are listed as <prefix>.<tool> (the prefix is the
+// server's name unless configured), filtered by policy, and each call is
+// routed to its server through a pooled session of the official MCP Go
+// SDK, with the server's own credentials. It is a stateless Streamable
+// HTTP endpoint answering application/json, so the original Mastio SDK —
+// which sends tools/list and tools/call without initialize — and standard
+// MCP clients both work.
+func (h *Handler) serveAggregator(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		writeRPC(w, http.StatusMethodNotAllowed, mcp.ErrorResponse(nil, &mcp.Error{Code: mcp.CodeInvalidRequest,
+			Message: "this endpoint is stateless: POST JSON-RPC messages (no GET stream, no session to delete)"}))
+		return nil
+	}
+	p, aerr := h.app.AuthenticateToken(r)
+	if aerr != nil {
+		authCounter.WithLabelValues("deny", aerr.Reason).Inc()
+		h.app.writeAuthError(w, r, aerr)
+		return nil
+	}
+	authCounter.WithLabelValues("success", p.Method).Inc()
+	pol, ok := h.app.principalFor(p.AgentID)
+	if !ok {
+		h.app.writeAuthError(w, r, &authError{Status: 401, Code: "invalid_token", Description: "the agent has been revoked", Reason: "agent_revoked"})
+		return nil
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+	if err != nil {
+		writeRPC(w, http.StatusRequestEntityTooLarge, mcp.ErrorResponse(nil, &mcp.Error{Code: mcp.CodeInvalidRequest,
+			Message: "the request body exceeds 1048576 bytes"}))
+		return nil
+	}
+	msgs, batch, perr := mcp.ParseBody(body)
+	if perr != nil {
+		writeRPC(w, http.StatusBadRequest, mcp.ErrorResponse(nil, perr))
+		return nil
+	}
+	if herr := checkHeaders(r, msgs, batch); herr != nil {
+		writeRPC(w, http.StatusBadRequest, mcp.ErrorResponse(msgs[0].ID, herr))
+		return nil
+	}
+	var answers []json.RawMessage
+	limited := time.Duration(0)
+	for _, m := range msgs {
+		if !m.IsRequest() {
+			continue
+		}
+		a, wait, err := h.aggregate(r, p, pol, m)
+		if err != nil {
+			return err
+		}
+		limited = max(limited, wait)
+		answers = append(answers, a)
+	}
+	if len(answers) == 0 {
+		w.WriteHeader(http.StatusAccepted)
+		return nil
+	}
+	out := answers[0]
+	if batch {
+		out, _ = json.Marshal(answers)
+	}
+	status := http.StatusOK
+	if limited > 0 && !batch {
+		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(limited.Seconds()))))
+		status = http.StatusTooManyRequests
+	}
+	writeRPC(w, status, out)
+	return nil
+}
+
+func result(id json.RawMessage, v any) json.RawMessage {
+	b, _ := json.Marshal(struct {
+		JSONRPC string          `json:"jsonrpc"`
+		ID      json.RawMessage `json:"id"`
+		Result  any             `json:"result"`
+	}{"2.0", id, v})
+	return b
+}
+
+// aggregate answers one request.
+func (h *Handler) aggregate(r *http.Request, p *Principal, pol policy.Principal, m *mcp.Message) (json.RawMessage, time.Duration, error) {
+	switch m.Method {
+	case "initialize":
+		var params struct {
+			ProtocolVersion string `json:"protocolVersion"`
+		}
+		json.Unmarshal(m.Params, &params)
+		version := aggregatorVersions[0]
+		for _, v := range aggregatorVersions {
+			if v == params.ProtocolVersion {
+				version = v
+			}
+		}
+		return result(m.ID, map[string]any{
+			"protocolVersion": version,
+			"capabilities":    map[string]any{"tools": map[string]any{"listChanged": false}},
+			"serverInfo":      map[string]any{"name": "caddy-mastio", "version": Version()},
+			"instructions":    "Tools of the organisation's MCP servers, named <server>.<tool>; calls are checked against policy and audited.",
+		}), 0, nil
+	case "ping":
+		return result(m.ID, map[string]any{}), 0, nil
+	case "tools/list":
+		return h.aggregateTools(r, pol, m), 0, nil
+	case "prompts/list":
+		return result(m.ID, map[string]any{"prompts": []any{}}), 0, nil
+	case "resources/list":
+		return result(m.ID, map[string]any{"resources": []any{}}), 0, nil
+	case "resources/templates/list":
+		return result(m.ID, map[string]any{"resourceTemplates": []any{}}), 0, nil
+	case "tools/call":
+		return h.aggregateCall(r, p, pol, m)
+	}
+	return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeMethodNotFound, Message: "Method not found: " + m.Method}), 0, nil
+}
+
+// aggregateTools lists the tools the agent may call on every server. A
+// server that cannot be reached is left out (and logged), so one broken
+// upstream does not hide the others.
+func (h *Handler) aggregateTools(r *http.Request, pol policy.Principal, m *mcp.Message) json.RawMessage {
+	servers, _, err := h.app.servers(r.Context())
+	if err != nil {
+		return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeInternal, Message: "the server registry cannot be read"})
+	}
+	names := make([]string, 0, len(servers))
+	for n := range servers {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	tools := []json.RawMessage{}
+	for _, name := range names {
+		s := servers[name]
+		list, err := h.app.upstreamTools(r.Context(), name, s)
+		if err != nil {
+			h.logger.Warn("MCP server left out of the tool list", zap.String("server", name), zap.Error(err))
+			continue
+		}
+		for _, t := range list {
+			if !h.app.decide(pol, "tools/call", name+"/"+t.Name).Allowed {
+				continue
+			}
+			raw, _ := json.Marshal(t)
+			var obj map[string]json.RawMessage
+			json.Unmarshal(raw, &obj)
+			obj["name"], _ = json.Marshal(s.prefix(name) + "." + t.Name)
+			raw, _ = json.Marshal(obj)
+			tools = append(tools, raw)
+		}
+	}
+	return result(m.ID, map[string]any{"tools": tools})
+}
+
+// aggregateCall routes a tools/call to its server after policy and rate
+// limits, and audits it before answering.
+func (h *Handler) aggregateCall(r *http.Request, p *Principal, pol policy.Principal, m *mcp.Message) (json.RawMessage, time.Duration, error) {
+	_, full, _, terr := mcp.Target(m)
+	if terr != nil {
+		return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeInvalidParams, Message: "Invalid params: " + terr.Error()}), 0, nil
+	}
+	servers, _, err := h.app.servers(r.Context())
+	if err != nil {
+		return nil, 0, err
+	}
+	var server, tool string
+	var s *MCPServer
+	for name, cand := range servers { // the longest matching prefix wins
+		if pre := cand.prefix(name) + "."; strings.HasPrefix(full, pre) && len(pre) > len(server) {
+			server, tool, s = name, strings.TrimPrefix(full, pre), cand
+		}
+	}
+	if s == nil || tool == "" {
+		return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeInvalidParams,
+			Message: fmt.Sprintf("Unknown tool %q: tools are named <server>.<tool> (see tools/list)", full)}), 0, nil
+	}
+	args := mcp.Arguments(m)
+	rec := mcpCallRecord{p: p, server: server, action: "tools/call", name: tool, start: time.Now(), requestID: string(m.ID)}
+	if args != nil {
+		sum := sha256.Sum256(args)
+		rec.argsSum = hex.EncodeToString(sum[:])
+	}
+	if int64(len(args)) > s.maxArgs() {
+		rec.outcome, rec.decision = "denied", policy.Decision{Reason: "arguments too large"}
+		if err := h.app.auditMCPCall(r.Context(), rec); err != nil {
+			return nil, 0, err
+		}
+		return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeInvalidParams,
+			Message: fmt.Sprintf("the arguments exceed %d bytes", s.maxArgs())}), 0, nil
+	}
+	l := h.app.state.limiter("mcp|aggregate|"+server+"|agent", 600, time.Minute, 600)
+	if ok, wait := l.Allow(p.AgentID); !ok {
+		mcpRateLimited.WithLabelValues(server, "agent").Inc()
+		rec.outcome, rec.decision = "rate_limited", policy.Decision{Reason: "rate limited"}
+		if err := h.app.auditMCPCall(r.Context(), rec); err != nil {
+			return nil, 0, err
+		}
+		return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeRateLimited, Message: "rate limit exceeded for " + full}), wait, nil
+	}
+	rec.decision = h.app.decide(pol, "tools/call", server+"/"+tool)
+	if !rec.decision.Allowed {
+		mcpCalls.WithLabelValues(server, "deny").Inc()
+		rec.outcome = "denied"
+		if err := h.app.auditMCPCall(r.Context(), rec); err != nil {
+			return nil, 0, err
+		}
+		return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeForbidden,
+			Message: fmt.Sprintf("tools/call %q is not allowed for %s (%s)", full, p.AgentID, rec.decision.Reason)}), 0, nil
+	}
+	mcpCalls.WithLabelValues(server, "allow").Inc()
+	res, status, cerr := h.callUpstream(r.Context(), server, s, tool, args)
+	rec.upstreamStatus = status
+	var answer json.RawMessage
+	switch {
+	case cerr == nil:
+		rec.outcome = "ok"
+		if res.IsError {
+			rec.outcome = "tool_error"
+		}
+		answer = result(m.ID, res)
+	case isRPCError(cerr):
+		rec.outcome, rec.detail = "error", cerr.Error()
+		answer = mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeUpstream, Message: "the MCP server " + server + " answered with an error: " + cerr.Error()})
+	default:
+		rec.outcome, rec.detail = "upstream_error", cerr.Error()
+		msg := "the MCP server " + server + " is unavailable"
+		if errors.Is(cerr, context.DeadlineExceeded) {
+			msg = fmt.Sprintf("the MCP server %s did not answer within %s", server, s.timeout())
+		}
+		answer = mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeUpstream, Message: msg})
+	}
+	if err := h.app.auditMCPCall(r.Context(), rec); err != nil {
+		return nil, 0, err
+	}
+	return answer, 0, nil
+}
+
+// isRPCError reports an error the upstream answered (a JSON-RPC error),
+// as opposed to a transport failure.
+func isRPCError(err error) bool {
+	var we *jsonrpc.Error
+	return errors.As(err, &we)
+}
+
+// callUpstream calls the tool through the pooled session, reconnecting
+// once if the session broke.
+func (h *Handler) callUpstream(ctx context.Context, name string, s *MCPServer, tool string, args json.RawMessage) (*gomcp.CallToolResult, int, error) {
+	var arguments any = map[string]any{}
+	if len(args) > 0 {
+		arguments = args
+	}
+	for attempt := 0; ; attempt++ {
+		c, err := h.app.upstreamSession(ctx, name, s)
+		if err != nil {
+			return nil, http.StatusBadGateway, err
+		}
+		cctx, cancel := context.WithTimeout(ctx, s.timeout())
+		res, err := c.session.CallTool(cctx, &gomcp.CallToolParams{Name: tool, Arguments: arguments})
+		cancel()
+		if err == nil {
+			return res, http.StatusOK, nil
+		}
+		if errors.Is(err, context.DeadlineExceeded) {
+			return nil, http.StatusGatewayTimeout, err
+		}
+		if isRPCError(err) {
+			return nil, http.StatusOK, err
+		}
+		h.app.state.upstreams.drop(name)
+		if attempt > 0 {
+			return nil, http.StatusBadGateway, err
+		}
+	}
+}
