@@ -18,7 +18,7 @@ import (
 
 // guardedUpstream is a real MCP server that only answers requests carrying
 // its own credential, and records whether an agent's token ever reached it.
-func guardedUpstream(t *testing.T, token string, jsonResponses bool, leaked *[]string) *httptest.Server {
+func guardedUpstream(t testing.TB, token string, jsonResponses bool, leaked *[]string) *httptest.Server {
 	inner := mcpUpstream(t, jsonResponses)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Header.Get("DPoP") != "" || strings.HasPrefix(r.Header.Get("Authorization"), "DPoP ") {

@@ -23,7 +23,7 @@ import (
 )
 
 // openDB opens the server's database read-only from the test.
-func openDB(t *testing.T, dataDir string) *sql.DB {
+func openDB(t testing.TB, dataDir string) *sql.DB {
 	t.Helper()
 	db, err := sql.Open("sqlite", "file:"+filepath.Join(dataDir, "mastio.db")+"?mode=ro&_pragma=busy_timeout(5000)")
 	if err != nil {
@@ -33,7 +33,7 @@ func openDB(t *testing.T, dataDir string) *sql.DB {
 	return db
 }
 
-func eventCounts(t *testing.T, db *sql.DB) map[string]int {
+func eventCounts(t testing.TB, db *sql.DB) map[string]int {
 	t.Helper()
 	rows, err := db.Query(`SELECT event_type, COUNT(*) FROM audit_events GROUP BY event_type`)
 	if err != nil {
@@ -50,7 +50,7 @@ func eventCounts(t *testing.T, db *sql.DB) map[string]int {
 	return out
 }
 
-func verifyChain(t *testing.T, db *sql.DB) int64 {
+func verifyChain(t testing.TB, db *sql.DB) int64 {
 	t.Helper()
 	res, err := audit.Verify(context.Background(), db, 1, 0)
 	if err != nil || !res.OK() {
@@ -59,7 +59,7 @@ func verifyChain(t *testing.T, db *sql.DB) int64 {
 	return res.Checked
 }
 
-func fileMode(t *testing.T, path string) os.FileMode {
+func fileMode(t testing.TB, path string) os.FileMode {
 	t.Helper()
 	fi, err := os.Stat(path)
 	if err != nil {
@@ -365,7 +365,7 @@ localhost:{$MASTIO_HTTPS_PORT} {
 }
 `
 
-func servedCert(t *testing.T, s *server) *x509.Certificate {
+func servedCert(t testing.TB, s *server) *x509.Certificate {
 	t.Helper()
 	conn, err := tls.Dial("tcp", fmt.Sprintf("localhost:%d", s.httpsPort), &tls.Config{RootCAs: s.rootPool(), ServerName: "localhost"})
 	if err != nil {
@@ -424,7 +424,7 @@ var ourModules = []string{
 	"tls.client_auth.verifier.mastio",
 }
 
-func listModules(t *testing.T, bin string) []string {
+func listModules(t testing.TB, bin string) []string {
 	t.Helper()
 	out, err := exec.Command(bin, "list-modules").CombinedOutput()
 	if err != nil {

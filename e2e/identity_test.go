@@ -32,7 +32,7 @@ const adminSecret = "e2e-admin-secret-3b9f1c7a52d84e06"
 
 // identityServer starts Caddyfile.example with org id "orga" and the admin
 // secret in proxy.env, run as the runbook does: caddy run --envfile proxy.env.
-func identityServer(t *testing.T) *server {
+func identityServer(t testing.TB) *server {
 	t.Helper()
 	dir := workDir(t)
 	data, err := os.ReadFile(filepath.Join(repoRoot, "Caddyfile.example"))
@@ -49,7 +49,7 @@ func identityServer(t *testing.T) *server {
 
 // adminCall sends an admin API request with the secret (or the given
 // header value) and decodes the JSON answer.
-func (s *server) adminCall(t *testing.T, method, path, secret string, body any) (int, map[string]any) {
+func (s *server) adminCall(t testing.TB, method, path, secret string, body any) (int, map[string]any) {
 	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
@@ -99,7 +99,7 @@ func newAgentClient(s *server, cert tls.Certificate, h2 bool) *agentClient {
 	return &agentClient{c: &http.Client{Timeout: 10 * time.Second, Transport: tr}, s: s}
 }
 
-func (a *agentClient) get(t *testing.T, path string) (int, map[string]any, error) {
+func (a *agentClient) get(t testing.TB, path string) (int, map[string]any, error) {
 	t.Helper()
 	trace := &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { a.reused = i.Reused }}
 	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", a.s.url(path), nil)
@@ -113,7 +113,7 @@ func (a *agentClient) get(t *testing.T, path string) (int, map[string]any, error
 	return resp.StatusCode, out, nil
 }
 
-func keyPair(t *testing.T, certPEM, keyPEM string) tls.Certificate {
+func keyPair(t testing.TB, certPEM, keyPEM string) tls.Certificate {
 	t.Helper()
 	c, err := tls.X509KeyPair([]byte(certPEM), []byte(keyPEM))
 	if err != nil {
@@ -122,7 +122,7 @@ func keyPair(t *testing.T, certPEM, keyPEM string) tls.Certificate {
 	return c
 }
 
-func expectHandshakeRefused(t *testing.T, s *server, cert tls.Certificate, what string) {
+func expectHandshakeRefused(t testing.TB, s *server, cert tls.Certificate, what string) {
 	t.Helper()
 	ac := newAgentClient(s, cert, false)
 	code, body, err := ac.get(t, "/v1/agents/me")
@@ -594,7 +594,7 @@ func TestOriginalSDKEnrollmentWireFormat(t *testing.T) {
 
 // pythonWithCryptography finds a Python 3 that can import `cryptography`
 // (.ci/run installs Debian's python3-cryptography when none can).
-func pythonWithCryptography(t *testing.T) string {
+func pythonWithCryptography(t testing.TB) string {
 	t.Helper()
 	for _, py := range []string{"python3", "/usr/bin/python3"} {
 		if exec.Command(py, "-c", "import cryptography").Run() == nil {

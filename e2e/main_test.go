@@ -73,7 +73,7 @@ func run(m *testing.M) (int, error) {
 func asRoot() bool { return os.Geteuid() == 0 }
 
 // workDir is a fresh directory the server user owns and can reach.
-func workDir(t *testing.T) string {
+func workDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "mastio-e2e-")
 	if err != nil {
@@ -87,7 +87,7 @@ func workDir(t *testing.T) string {
 	return dir
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -99,7 +99,7 @@ func freePort(t *testing.T) int {
 
 // server is one running caddy process.
 type server struct {
-	t          *testing.T
+	t          testing.TB
 	dir        string
 	dataDir    string
 	httpsPort  int
@@ -131,7 +131,7 @@ func (b *syncBuffer) String() string {
 
 // newServer prepares (but does not start) a server in dir using the given
 // Caddyfile text; Caddyfile.example is the default.
-func newServer(t *testing.T, dir, caddyfile string, extraEnv ...string) *server {
+func newServer(t testing.TB, dir, caddyfile string, extraEnv ...string) *server {
 	t.Helper()
 	if caddyfile == "" {
 		data, err := os.ReadFile(filepath.Join(repoRoot, "Caddyfile.example"))
@@ -157,7 +157,7 @@ func newServer(t *testing.T, dir, caddyfile string, extraEnv ...string) *server 
 	return s
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
@@ -306,7 +306,7 @@ func (s *server) admin(method, path string, body io.Reader) (int, string) {
 }
 
 // waitFor polls cond until it is true or the deadline passes.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -326,7 +326,7 @@ func (s *server) runCaddy(args ...string) (string, error) {
 	return string(out), err
 }
 
-func decodeJSON(t *testing.T, s string, v any) {
+func decodeJSON(t testing.TB, s string, v any) {
 	t.Helper()
 	if err := json.Unmarshal([]byte(s), v); err != nil {
 		t.Fatalf("decoding %q: %v", s, err)

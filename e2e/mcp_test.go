@@ -24,7 +24,7 @@ import (
 
 // mcpUpstream is a real MCP server built with the official Go SDK: tools
 // get_forecast, set_alert, delete_everything and slow (sleeps 3s).
-func mcpUpstream(t *testing.T, jsonResponses bool) *httptest.Server {
+func mcpUpstream(t testing.TB, jsonResponses bool) *httptest.Server {
 	server := mcp.NewServer(&mcp.Implementation{Name: "weather", Version: "1.0.0"}, nil)
 	type cityIn struct {
 		City string `json:"city"`
@@ -84,7 +84,7 @@ const mcpRoutes = `
 	}
 `
 
-func mcpServer(t *testing.T) *server {
+func mcpServer(t testing.TB) *server {
 	t.Helper()
 	jsonUp, sseUp := mcpUpstream(t, true), mcpUpstream(t, false)
 	batchUp := batchUpstream(t)
@@ -118,7 +118,7 @@ func closeSessions() {
 	openSessions = nil
 }
 
-func connectMCP(t *testing.T, s *server, id *client.Identity, path string) *mcp.ClientSession {
+func connectMCP(t testing.TB, s *server, id *client.Identity, path string) *mcp.ClientSession {
 	t.Helper()
 	c := mcp.NewClient(&mcp.Implementation{Name: "e2e-agent", Version: "1.0.0"}, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -132,7 +132,7 @@ func connectMCP(t *testing.T, s *server, id *client.Identity, path string) *mcp.
 	return cs
 }
 
-func toolNames(t *testing.T, cs *mcp.ClientSession) []string {
+func toolNames(t testing.TB, cs *mcp.ClientSession) []string {
 	t.Helper()
 	res, err := cs.ListTools(context.Background(), nil)
 	if err != nil {
@@ -257,7 +257,7 @@ func TestMCPGatewayPolicyFilteringAndAudit(t *testing.T) {
 
 // batchUpstream answers JSON-RPC batches as 2025-03-26 servers did: every
 // request gets a result naming what it was; tools/list lists three tools.
-func batchUpstream(t *testing.T) *httptest.Server {
+func batchUpstream(t testing.TB) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var msgs []map[string]json.RawMessage
 		var body json.RawMessage
@@ -293,7 +293,7 @@ func batchUpstream(t *testing.T) *httptest.Server {
 }
 
 // rawMCP posts body to path with the agent's DPoP session.
-func rawMCP(t *testing.T, s *server, sess *client.Session, path string, hdr map[string]string, body string) (int, http.Header, string) {
+func rawMCP(t testing.TB, s *server, sess *client.Session, path string, hdr map[string]string, body string) (int, http.Header, string) {
 	t.Helper()
 	req, _ := http.NewRequest("POST", s.url(path), strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")

@@ -33,7 +33,7 @@ import (
 
 // echoUpstream answers with what reached it: the identity headers the
 // gateway set and whether the agent's credentials were passed through.
-func echoUpstream(t *testing.T) *httptest.Server {
+func echoUpstream(t testing.TB) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		json.NewEncoder(w).Encode(map[string]string{
 			"agent": r.Header.Get("X-Agent"), "scope": r.Header.Get("X-Scope"), "jkt": r.Header.Get("X-JKT"),
@@ -70,7 +70,7 @@ const guardedRoutes = `
 `
 
 // tokenServer is identityServer plus guarded routes to an echo upstream.
-func tokenServer(t *testing.T) (*server, *httptest.Server) {
+func tokenServer(t testing.TB) (*server, *httptest.Server) {
 	t.Helper()
 	up := echoUpstream(t)
 	dir := workDir(t)
@@ -86,7 +86,7 @@ func tokenServer(t *testing.T) (*server, *httptest.Server) {
 
 // makeIdentity registers an agent through the admin API and writes an
 // identity directory for it, as enrollment would.
-func makeIdentity(t *testing.T, s *server, name string, caps ...string) *client.Identity {
+func makeIdentity(t testing.TB, s *server, name string, caps ...string) *client.Identity {
 	t.Helper()
 	code, created := s.adminCall(t, "POST", "/v1/admin/agents", adminSecret, map[string]any{"agent_name": name, "capabilities": caps})
 	if code != 201 {
@@ -96,7 +96,7 @@ func makeIdentity(t *testing.T, s *server, name string, caps ...string) *client.
 }
 
 // identityFrom writes the identity directory of a created agent.
-func identityFrom(t *testing.T, s *server, created map[string]any) *client.Identity {
+func identityFrom(t testing.TB, s *server, created map[string]any) *client.Identity {
 	t.Helper()
 	caps := []string{}
 	if agent, ok := created["agent"].(map[string]any); ok {
@@ -122,7 +122,7 @@ func identityFrom(t *testing.T, s *server, created map[string]any) *client.Ident
 	return id
 }
 
-func readBody(t *testing.T, resp *http.Response) map[string]any {
+func readBody(t testing.TB, resp *http.Response) map[string]any {
 	t.Helper()
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
@@ -270,7 +270,7 @@ func TestKeyRotationMidTrafficFailsNothing(t *testing.T) {
 // the server's signing key and nonce key (read from the data directory),
 // and a DPoP key of its own.
 type attacker struct {
-	t        *testing.T
+	t        testing.TB
 	s        *server
 	id       *client.Identity
 	signer   crypto.Signer
@@ -282,7 +282,7 @@ type attacker struct {
 	issuer   string
 }
 
-func newAttacker(t *testing.T, s *server, id *client.Identity) *attacker {
+func newAttacker(t testing.TB, s *server, id *client.Identity) *attacker {
 	keys, _ := filepath.Glob(filepath.Join(s.dataDir, "keys", "signing-*.key"))
 	if len(keys) != 1 {
 		t.Fatalf("signing keys: %v", keys)
@@ -515,7 +515,7 @@ func TestTokenRejections(t *testing.T) {
 }
 
 // do sends a request with exact header lists and an optional client cert.
-func (s *server) do(t *testing.T, method, path string, header map[string][]string, cert *tls.Certificate, body []byte) *http.Response {
+func (s *server) do(t testing.TB, method, path string, header map[string][]string, cert *tls.Certificate, body []byte) *http.Response {
 	t.Helper()
 	cfg := &tls.Config{RootCAs: s.rootPool(), ServerName: "localhost"}
 	if cert != nil {

@@ -64,7 +64,7 @@ func TestXcaddyBuildHasTheSameModules(t *testing.T) {
 // the local replacement. Some proxies, such as the one CI uses, answer 403
 // instead, which the go command treats as fatal; the empty proxy turns
 // that into the 404 every user's build sees.
-func proxyWithNotFoundFallback(t *testing.T) string {
+func proxyWithNotFoundFallback(t testing.TB) string {
 	t.Helper()
 	out, err := exec.Command("go", "env", "GOPROXY").Output()
 	if err != nil {

@@ -80,19 +80,16 @@ func canonicalDetails(d any) ([]byte, error) {
 	if d == nil {
 		return []byte("{}"), nil
 	}
-	var raw []byte
+	var c []byte
+	var err error
 	switch v := d.(type) {
 	case json.RawMessage:
-		raw = v
+		c, err = jcs.Canonicalize(v)
 	case []byte:
-		raw = v
+		c, err = jcs.Canonicalize(v)
 	default:
-		var err error
-		if raw, err = json.Marshal(d); err != nil {
-			return nil, fmt.Errorf("audit: encoding details: %w", err)
-		}
+		c, err = jcs.Marshal(d)
 	}
-	c, err := jcs.Canonicalize(raw)
 	if err != nil {
 		return nil, fmt.Errorf("audit: details: %w", err)
 	}

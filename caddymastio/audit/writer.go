@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -35,6 +36,14 @@ type Log struct {
 	mu     sync.RWMutex
 	closed bool
 	done   chan struct{}
+
+	// The chain head as of the writer's last commit, so a commit need not
+	// read it back. Only the run goroutine touches these; AppendTx sets
+	// headStale, since it extends the chain behind the writer's back.
+	headKnown bool
+	headSeq   int64
+	headHash  []byte
+	headStale atomic.Bool
 }
 
 type appendReq struct {
@@ -137,7 +146,25 @@ func (l *Log) run() {
 	}
 }
 
+// commit writes batch in one transaction. It chains from the cached head
+// when it can; if that fails (another process appended to the database),
+// it tries once more from the head read back.
 func (l *Log) commit(batch []*appendReq) ([]Record, error) {
+	recs, err := l.commitOnce(batch)
+	if err != nil && l.headKnown {
+		l.headKnown = false
+		recs, err = l.commitOnce(batch)
+	}
+	if err != nil {
+		l.headKnown = false
+		return nil, err
+	}
+	last := recs[len(recs)-1]
+	l.headKnown, l.headSeq, l.headHash = true, last.Seq, last.Hash
+	return recs, nil
+}
+
+func (l *Log) commitOnce(batch []*appendReq) ([]Record, error) {
 	ctx := context.Background()
 	tx, err := l.db.BeginTx(ctx, nil) // BEGIN IMMEDIATE via the store's DSN
 	if err != nil {
@@ -145,9 +172,14 @@ func (l *Log) commit(batch []*appendReq) ([]Record, error) {
 	}
 	defer tx.Rollback()
 
-	seq, prev, err := head(ctx, tx)
-	if err != nil {
-		return nil, err
+	// The write lock is held from here: an AppendTx that ran before has
+	// committed or rolled back, and it marked the cached head stale.
+	seq, prev := l.headSeq, l.headHash
+	if l.headStale.Swap(false) || !l.headKnown {
+		l.headKnown = false
+		if seq, prev, err = head(ctx, tx); err != nil {
+			return nil, err
+		}
 	}
 	stmt, err := tx.PrepareContext(ctx, insertSQL)
 	if err != nil {
@@ -184,6 +216,7 @@ func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, ev Event) (Record, error
 	if err != nil {
 		return Record{}, err
 	}
+	l.headStale.Store(true)
 	seq, prev, err := head(ctx, tx)
 	if err != nil {
 		return Record{}, err

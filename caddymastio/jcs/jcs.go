@@ -42,7 +42,14 @@ func Canonicalize(data []byte) ([]byte, error) {
 }
 
 // Marshal encodes v with encoding/json and canonicalizes the result.
+// Plain Go values (maps with string keys, slices, strings, booleans, nil
+// and numbers) are encoded directly, without the round trip through
+// encoding/json; the output is the same either way.
 func Marshal(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	if encodeGo(&buf, v) {
+		return buf.Bytes(), nil
+	}
 	raw, err := json.Marshal(v)
 	if err != nil {
 		return nil, fmt.Errorf("jcs: %w", err)
@@ -164,6 +171,105 @@ func encode(buf *bytes.Buffer, v any) error {
 		return fmt.Errorf("jcs: unsupported value %T", v)
 	}
 	return nil
+}
+
+// encodeGo writes the canonical form of v if v is built only of the
+// types it knows, and reports whether it did.
+func encodeGo(buf *bytes.Buffer, v any) bool {
+	switch t := v.(type) {
+	case nil:
+		buf.WriteString("null")
+	case bool:
+		return encode(buf, t) == nil
+	case string:
+		if !utf8.ValidString(t) {
+			return false // encoding/json substitutes U+FFFD; leave it to it
+		}
+		writeString(buf, t)
+	case int:
+		return encodeInt(buf, int64(t))
+	case int64:
+		return encodeInt(buf, t)
+	case float64:
+		s, err := FormatNumber(t)
+		if err != nil {
+			return false
+		}
+		buf.WriteString(s)
+	case []string:
+		if t == nil {
+			buf.WriteString("null")
+			return true
+		}
+		buf.WriteByte('[')
+		for i, e := range t {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			if !encodeGo(buf, e) {
+				return false
+			}
+		}
+		buf.WriteByte(']')
+	case []any:
+		if t == nil {
+			buf.WriteString("null")
+			return true
+		}
+		buf.WriteByte('[')
+		for i, e := range t {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			if !encodeGo(buf, e) {
+				return false
+			}
+		}
+		buf.WriteByte(']')
+	case map[string]any:
+		if t == nil {
+			buf.WriteString("null")
+			return true
+		}
+		keys := make([]string, 0, len(t))
+		for k := range t {
+			if !utf8.ValidString(k) {
+				return false
+			}
+			keys = append(keys, k)
+		}
+		sort.Slice(keys, func(i, j int) bool { return lessUTF16(keys[i], keys[j]) })
+		buf.WriteByte('{')
+		for i, k := range keys {
+			if i > 0 {
+				buf.WriteByte(',')
+			}
+			writeString(buf, k)
+			buf.WriteByte(':')
+			if !encodeGo(buf, t[k]) {
+				return false
+			}
+		}
+		buf.WriteByte('}')
+	default:
+		return false
+	}
+	return true
+}
+
+// encodeInt writes i as JCS does: as the IEEE double it becomes, so
+// integers beyond 2^53 are rounded exactly as a JSON parser would.
+func encodeInt(buf *bytes.Buffer, i int64) bool {
+	if i > -(1<<53) && i < 1<<53 {
+		buf.WriteString(strconv.FormatInt(i, 10))
+		return true
+	}
+	s, err := FormatNumber(float64(i))
+	if err != nil {
+		return false
+	}
+	buf.WriteString(s)
+	return true
 }
 
 // lessUTF16 orders a and b by their UTF-16 code units without converting

@@ -1,6 +1,7 @@
 package jcs
 
 import (
+	"encoding/json"
 	"math"
 	"testing"
 )
@@ -101,5 +102,37 @@ func TestCanonicalizeIsIdempotent(t *testing.T) {
 	}
 	if string(once) != string(twice) {
 		t.Fatalf("not idempotent: %s vs %s", once, twice)
+	}
+}
+
+// Marshal encodes plain Go values directly; its output must be exactly
+// what encoding/json followed by Canonicalize gives.
+func TestMarshalDirectMatchesCanonicalize(t *testing.T) {
+	values := []any{
+		nil, true, false, "", "plain", "quote\" back\\ nl\n tab\t ctl\x01 <&> \u2028 é 😀",
+		0, -1, 42, int64(1) << 53, int64(1)<<53 + 1, int64(-1) << 62, 1.5, 1e21, -0.0, 5e-324, 0.000001,
+		[]string{"b", "a"}, []string(nil), []any{1, "x", nil, []any{}},
+		map[string]any{}, map[string]any(nil),
+		map[string]any{"b": 1, "a": "x", "\u20ac": true, "\U0001F600": 2, "\ufb33": 3, "aa": map[string]any{"z": []string{"q"}, "y": nil}},
+		map[string]any{"agent": "orga::bot", "args_sha256": "ab12", "duration_ms": 3, "upstream_status": 200, "rule": "line 2: allow ..."},
+		"bad utf8 \xff",                         // falls back to encoding/json's U+FFFD
+		map[string]any{"k": struct{ A int }{1}}, // unknown type: falls back
+	}
+	for i, v := range values {
+		raw, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := Canonicalize(raw)
+		if err != nil {
+			t.Fatalf("%d: canonicalize: %v", i, err)
+		}
+		got, err := Marshal(v)
+		if err != nil {
+			t.Fatalf("%d: marshal: %v", i, err)
+		}
+		if string(got) != string(want) {
+			t.Errorf("%d: Marshal(%#v)\n got %s\nwant %s", i, v, got, want)
+		}
 	}
 }
