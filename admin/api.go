@@ -45,7 +45,8 @@ const MaxBodyBytes = 64 << 10
 //	PUT    /v1/admin/policies               replace the stored rules (text, or {"rules": "..."})
 //	POST   /v1/admin/policies/check         dry run: {"agent_id","action","server","name"}
 //	GET    /v1/admin/mcp-servers            the MCP servers of the /v1/mcp aggregator (no secrets)
-//	POST   /v1/admin/mcp-servers            register: {"name","url","headers","bearer_token","prefix","timeout"...}
+//	POST   /v1/admin/mcp-servers            register: {"name","url","headers","bearer_token","prefix","timeout_seconds",
+//	                                        "max_argument_bytes","agent_rate","item_rate"}
 //	DELETE /v1/admin/mcp-servers/{name}     unregister a server registered here
 //	POST   /v1/admin/bindings               {"agent_id","server"}: allow the agent everything on the server
 //	DELETE /v1/admin/bindings               {"agent_id","server"}: remove that binding
@@ -64,6 +65,9 @@ type API struct {
 	Policy func() registry.Policy
 	// Failures limits failed secret attempts per client address.
 	Failures *ratelimit.Limiter
+	// RateLimited, if set, is called for every request refused because
+	// its address failed too often.
+	RateLimited func()
 	// ClientIP returns the caller's address.
 	ClientIP func(*http.Request) string
 	// RotateKeys rotates the access-token signing key.
@@ -194,6 +198,9 @@ func (a *API) authenticate(w http.ResponseWriter, r *http.Request) bool {
 	// Never let the secret reach access logs or anything downstream.
 	r.Header.Del(SecretHeader)
 	if ok, wait := a.Failures.Peek(ip); !ok {
+		if a.RateLimited != nil {
+			a.RateLimited()
+		}
 		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 		httpjson.Error(w, 429, "too_many_failed_attempts", "too many failed admin secret attempts from this address; retry later")
 		return false
@@ -590,13 +597,16 @@ func (a *API) putServer(w http.ResponseWriter, r *http.Request, _ []string) {
 		Prefix           string            `json:"prefix"`
 		TimeoutSeconds   int64             `json:"timeout_seconds"`
 		MaxArgumentBytes int64             `json:"max_argument_bytes"`
+		AgentRate        int               `json:"agent_rate"`
+		ItemRate         int               `json:"item_rate"`
 	}
 	if p := httpjson.Decode(w, r, MaxBodyBytes, false, &req); p != nil {
 		httpjson.WriteProblem(w, p)
 		return
 	}
 	settings, _ := json.Marshal(map[string]any{"url": req.URL, "headers": req.Headers, "prefix": req.Prefix,
-		"timeout": req.TimeoutSeconds * int64(time.Second), "max_argument_bytes": req.MaxArgumentBytes})
+		"timeout": req.TimeoutSeconds * int64(time.Second), "max_argument_bytes": req.MaxArgumentBytes,
+		"agent_rate": req.AgentRate, "item_rate": req.ItemRate})
 	if err := a.Upstreams.PutServerJSON(r.Context(), req.Name, settings, req.BearerToken, a.details(r)); err != nil {
 		a.fail(w, r, &registry.Error{Status: 400, Code: "invalid_request", Message: err.Error()})
 		return

@@ -215,14 +215,27 @@ func (h *Handler) aggregateCall(r *http.Request, p *Principal, pol policy.Princi
 		return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeInvalidParams,
 			Message: fmt.Sprintf("the arguments exceed %d bytes", s.maxArgs())}), 0, nil
 	}
-	l := h.app.state.limiter("mcp|aggregate|"+server+"|agent", 600, time.Minute, 600)
-	if ok, wait := l.Allow(p.AgentID); !ok {
-		mcpRateLimited.WithLabelValues(server, "agent").Inc()
-		rec.outcome, rec.decision = "rate_limited", policy.Decision{Reason: "rate limited"}
-		if err := h.app.auditMCPCall(r.Context(), rec); err != nil {
-			return nil, 0, err
+	agentRate, itemRate := s.rates()
+	for _, lim := range []struct {
+		scope, key string
+		rate       int
+	}{{"agent", p.AgentID, agentRate}, {"item", p.AgentID + "\x00" + tool, itemRate}} {
+		if lim.rate == 0 {
+			continue
 		}
-		return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeRateLimited, Message: "rate limit exceeded for " + full}), wait, nil
+		l := h.app.state.limiter("mcp|aggregate|"+server+"|"+lim.scope, lim.rate, time.Minute, lim.rate)
+		if ok, wait := l.Allow(lim.key); !ok {
+			mcpRateLimited.WithLabelValues(server, lim.scope).Inc()
+			rec.outcome, rec.decision = "rate_limited", policy.Decision{Reason: "rate limited (" + lim.scope + ")"}
+			if err := h.app.auditMCPCall(r.Context(), rec); err != nil {
+				return nil, 0, err
+			}
+			msg := fmt.Sprintf("rate limit exceeded: at most %d calls a minute on %s per agent", lim.rate, server)
+			if lim.scope == "item" {
+				msg = fmt.Sprintf("rate limit exceeded: at most %d calls a minute of %s per agent", lim.rate, full)
+			}
+			return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeRateLimited, Message: msg}), wait, nil
+		}
 	}
 	rec.decision = h.app.decide(pol, "tools/call", server+"/"+tool)
 	if !rec.decision.Allowed {

@@ -138,6 +138,13 @@ type App struct {
 	// admin API (/v1/admin/mcp-servers).
 	MCPServers map[string]*MCPServer `json:"mcp_servers,omitempty"`
 
+	// Limits on unauthenticated requests, by route: "enrollment" (5 per
+	// minute per address, 120 in all), "enrollment_status" (60, 3000) and
+	// "token" for token requests without a client certificate (300, 6000).
+	// Over a limit the answer is 429 with Retry-After, counted in
+	// caddy_mastio_rate_limited_total{route,scope}.
+	AnonymousRates map[string]*AnonymousRate `json:"anonymous_rates,omitempty"`
+
 	// runtime
 	ctx               caddy.Context
 	logger            *zap.Logger
@@ -259,6 +266,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 		Secret:   func() *admin.Secret { return a.secret },
 		Policy:   a.Policy,
 		Failures: a.state.adminFailLimit,
+		RateLimited: func() {
+			rateLimited.WithLabelValues("admin_auth", "ip").Inc()
+		},
 		ClientIP: clientIP,
 		RotateKeys: func(ctx context.Context, grace time.Duration, details map[string]any) (any, error) {
 			return a.state.keys.Rotate(ctx, a.state.audit, grace, a.state.store.CheckFile, "admin", details)
@@ -381,6 +391,9 @@ func (a *App) validateStatic() error {
 		return err
 	}
 	if _, err := policy.Parse("config", a.PolicyRules); err != nil {
+		return err
+	}
+	if err := validateAnonymousRates(a.AnonymousRates); err != nil {
 		return err
 	}
 	for name, s := range a.MCPServers {

@@ -47,8 +47,14 @@ func init() {
 //	        prefix             <tool-prefix>
 //	        timeout            <duration>
 //	        max_argument_bytes <bytes>
+//	        agent_rate         <calls per minute>|off
+//	        item_rate          <calls per minute>|off
 //	    }
+//	    anonymous_rate enrollment|enrollment_status|token <per-ip|off> <global|off>
 //	}
+//
+// anonymous_rate is in requests per minute and may be repeated, once per
+// route.
 //
 // Every option is optional; see the App type for defaults.
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
@@ -175,6 +181,22 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 						}
 						srv.MaxArgumentBytes = n
 					}
+				case "agent_rate", "item_rate":
+					var v string
+					if v, err = one(); err == nil {
+						n := -1
+						if v != "off" {
+							var perr error
+							if n, perr = strconv.Atoi(v); perr != nil || n <= 0 {
+								return d.Errf("mcp_server %s: %s %q: want calls per minute or off", name, sub, v)
+							}
+						}
+						if sub == "agent_rate" {
+							srv.AgentRate = n
+						} else {
+							srv.ItemRate = n
+						}
+					}
 				default:
 					return d.Errf("mcp_server %s: unrecognized option %q", name, sub)
 				}
@@ -190,6 +212,35 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			a.MCPServers[name] = srv
 			continue
+		case "anonymous_rate":
+			args := d.RemainingArgs()
+			if len(args) != 3 {
+				return d.Errf("anonymous_rate takes a route and two rates: anonymous_rate <route> <per-ip|off> <global|off>")
+			}
+			if _, dup := a.AnonymousRates[args[0]]; dup {
+				return d.Errf("anonymous_rate %s specified more than once", args[0])
+			}
+			var rate AnonymousRate
+			for i, target := range []*int{&rate.PerIP, &rate.Global} {
+				v := args[i+1]
+				if v == "off" {
+					*target = -1
+					continue
+				}
+				n, err := strconv.Atoi(v)
+				if err != nil || n <= 0 {
+					return d.Errf("anonymous_rate %s: %q: want requests per minute or off", args[0], v)
+				}
+				*target = n
+			}
+			if a.AnonymousRates == nil {
+				a.AnonymousRates = map[string]*AnonymousRate{}
+			}
+			a.AnonymousRates[args[0]] = &rate
+			if err := validateAnonymousRates(a.AnonymousRates); err != nil {
+				return d.Err(err.Error())
+			}
+			continue
 		case "allow_bearer_tokens":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -201,7 +252,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		default:
 			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, "+
-				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_nonce, allow_bearer_tokens, policy, mcp_server)", opt)
+				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate)", opt)
 		}
 		if durTarget != nil {
 			if *durTarget != 0 {

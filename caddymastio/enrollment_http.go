@@ -3,15 +3,12 @@ package caddymastio
 import (
 	"encoding/json"
 	"errors"
-	"math"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
@@ -30,16 +27,6 @@ type enrollmentStartBody struct {
 	DPoPJWK        json.RawMessage `json:"dpop_jwk"`
 	PoPSignature   string          `json:"pop_signature"`
 	PrincipalType  string          `json:"principal_type"`
-}
-
-func (h *Handler) limited(w http.ResponseWriter, r *http.Request, l *ratelimit.Limiter, what string) bool {
-	ok, wait := l.Allow(clientIP(r))
-	if ok {
-		return false
-	}
-	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-	httpjson.Error(w, http.StatusTooManyRequests, "rate_limited", "too many "+what+" requests from this address; retry later")
-	return true
 }
 
 // baseURL is where clients reach this Mastio: public_url, or the scheme
@@ -82,7 +69,7 @@ func (h *Handler) serveEnrollment(w http.ResponseWriter, r *http.Request) error 
 }
 
 func (h *Handler) startEnrollment(w http.ResponseWriter, r *http.Request) error {
-	if h.limited(w, r, h.app.state.enrollStartLimit, "enrollment") {
+	if h.anonymousLimited(w, r, "enrollment", "enrollment") {
 		return nil
 	}
 	var body enrollmentStartBody
@@ -124,7 +111,7 @@ func (h *Handler) startEnrollment(w http.ResponseWriter, r *http.Request) error 
 }
 
 func (h *Handler) enrollmentStatus(w http.ResponseWriter, r *http.Request, sid string) error {
-	if h.limited(w, r, h.app.state.enrollStatusLimit, "enrollment status") {
+	if h.anonymousLimited(w, r, "enrollment_status", "enrollment status") {
 		return nil
 	}
 	e, err := h.app.Registry().Enrollment(r.Context(), sid)

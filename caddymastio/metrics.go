@@ -24,10 +24,15 @@ var (
 		Namespace: "caddy", Subsystem: "mastio", Name: "mcp_rate_limited_total",
 		Help: "MCP calls refused by a rate limit, by server and scope (agent or item).",
 	}, []string{"server", "scope"})
+
+	rateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mastio", Name: "rate_limited_total",
+		Help: "Unauthenticated requests refused by a rate limit, by route (enrollment, enrollment_status, token, admin_auth) and scope (ip or global).",
+	}, []string{"route", "scope"})
 )
 
 func registerMetrics(reg *prometheus.Registry) error {
-	for _, c := range []prometheus.Collector{authCounter, mcpCalls, mcpRateLimited} {
+	for _, c := range []prometheus.Collector{authCounter, mcpCalls, mcpRateLimited, rateLimited} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

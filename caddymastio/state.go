@@ -72,9 +72,7 @@ type state struct {
 
 	// Per-address limits on anonymous and failing requests. They live here
 	// so that a reload does not reset them.
-	enrollStartLimit  *ratelimit.Limiter
-	enrollStatusLimit *ratelimit.Limiter
-	adminFailLimit    *ratelimit.Limiter
+	adminFailLimit *ratelimit.Limiter
 
 	startOnce sync.Once
 	stop      chan struct{}
@@ -194,8 +192,6 @@ func openState(dataDir, dbPath, orgHint string, logger *zap.Logger) (*state, err
 	mac := hmac.New(sha256.New, nonceKey)
 	mac.Write([]byte("login-challenge key"))
 	s.challengeKey = mac.Sum(nil)
-	s.enrollStartLimit = ratelimit.New(5, time.Minute, 5, 100_000)
-	s.enrollStatusLimit = ratelimit.New(60, time.Minute, 60, 100_000)
 	s.adminFailLimit = ratelimit.New(10, time.Minute, 10, 100_000)
 	if newKey != nil {
 		if _, err := s.audit.Append(ctx, audit.Event{Type: "token.signing_key_created", Actor: "system", Subject: newKey.Kid,

@@ -127,6 +127,9 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) error {
 		httpjson.Error(w, 405, "method_not_allowed", "use POST")
 		return nil
 	}
+	if (r.TLS == nil || len(r.TLS.PeerCertificates) == 0) && h.anonymousLimited(w, r, "token", "token") {
+		return nil
+	}
 	deny := func(e *authError) error {
 		authCounter.WithLabelValues("deny", e.Reason).Inc()
 		h.logger.Info("token request refused", zap.String("reason", e.Reason), zap.String("error", e.Description),

@@ -50,6 +50,13 @@ type MCPServer struct {
 
 	// Largest arguments of one tools/call, in bytes. Default: 262144.
 	MaxArgumentBytes int64 `json:"max_argument_bytes,omitempty"`
+
+	// Calls per minute per agent on this server. Default: 600. -1: none.
+	AgentRate int `json:"agent_rate,omitempty"`
+
+	// Calls per minute per agent per tool of this server. Default: 120.
+	// -1: none.
+	ItemRate int `json:"item_rate,omitempty"`
 }
 
 var serverNamePattern = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
@@ -74,6 +81,9 @@ func (s *MCPServer) validate(name string) error {
 	if s.Timeout < 0 || s.MaxArgumentBytes < 0 {
 		return fmt.Errorf("MCP server %s: timeout and max_argument_bytes must be positive", name)
 	}
+	if s.AgentRate < -1 || s.ItemRate < -1 {
+		return fmt.Errorf("MCP server %s: agent_rate and item_rate are calls per minute, or -1 for no limit", name)
+	}
 	return nil
 }
 
@@ -89,6 +99,19 @@ func (s *MCPServer) timeout() time.Duration {
 		return time.Duration(s.Timeout)
 	}
 	return 30 * time.Second
+}
+
+// rates are the per-agent and per-agent-per-tool limits in calls per
+// minute; 0 means none.
+func (s *MCPServer) rates() (agent, item int) {
+	agent, item = 600, 120
+	if s.AgentRate != 0 {
+		agent = max(s.AgentRate, 0)
+	}
+	if s.ItemRate != 0 {
+		item = max(s.ItemRate, 0)
+	}
+	return agent, item
 }
 
 func (s *MCPServer) maxArgs() int64 {

@@ -73,6 +73,7 @@ func TestAggregator(t *testing.T) {
 			url {$WEATHER_URL}/mcp
 			header Authorization "Bearer {env.WEATHER_TOKEN}"
 			timeout 5s
+			item_rate 3
 		}`, 1)
 	s := newServer(t, dir, cf, "WEATHER_URL="+weather.URL, "WEATHER_TOKEN=weather-upstream-secret")
 	writeFile(t, filepath.Join(dir, "proxy.env"), "MCP_PROXY_ADMIN_SECRET="+adminSecret+"\n")
@@ -151,6 +152,24 @@ func TestAggregator(t *testing.T) {
 		`{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"weather.get_forecast","arguments":{"city":"Paris"}}}`)
 	if code2 != 200 || !strings.Contains(raw, `"text":"sunny in Paris"`) || strings.Contains(raw, `"isError":true`) {
 		t.Fatalf("SDK-style tools/call: %d %s", code2, raw)
+	}
+
+	// weather allows each agent 3 calls a minute of one tool: the third
+	// is the last; other tools are not held back.
+	forecast := `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"weather.get_forecast","arguments":{"city":"Oslo"}}}`
+	if code2, _, raw = rawMCP(t, s, sess, "/v1/mcp", nil, forecast); code2 != 200 || !strings.Contains(raw, "sunny in Oslo") {
+		t.Fatalf("third call: %d %s", code2, raw)
+	}
+	code2, hdr, raw := rawMCP(t, s, sess, "/v1/mcp", nil, forecast)
+	if code2 != 429 || hdr.Get("Retry-After") == "" || !strings.Contains(raw, `"code":-32029`) ||
+		!strings.Contains(raw, "at most 3 calls a minute of weather.get_forecast") {
+		t.Fatalf("fourth call: %d %v %s", code2, hdr, raw)
+	}
+	if text, err := callText(cs, "search.set_alert", map[string]any{"city": "Bergen"}); err != nil || text != "alert set for Bergen" {
+		t.Fatalf("another tool after the limit: %q %v", text, err)
+	}
+	if _, metrics := s.admin("GET", "/metrics", nil); !strings.Contains(metrics, `caddy_mastio_mcp_rate_limited_total{scope="item",server="weather"} 1`) {
+		t.Fatalf("metrics: %s", grepLines(metrics, "rate_limited"))
 	}
 
 	// Without a token, nothing.

@@ -419,6 +419,7 @@ var ourModules = []string{
 	"mastio",
 	"http.handlers.mastio",
 	"http.handlers.mastio_auth",
+	"http.handlers.mastio_mcp",
 	"tls.issuance.mastio",
 	"tls.ca_pool.source.mastio",
 	"tls.client_auth.verifier.mastio",
