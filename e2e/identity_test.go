@@ -535,9 +535,18 @@ func TestEnrollmentRefusalsOverTheWire(t *testing.T) {
 // library's TLS) against the server, approving it through the admin API.
 func TestOriginalSDKEnrollmentWireFormat(t *testing.T) {
 	s, _ := tokenServer(t)
+	// Part C: an MCP server behind the /v1/mcp aggregator, registered and
+	// allowed to the agent-to-be through the admin API.
+	weather := mcpUpstream(t, true)
+	if code, body := s.adminCall(t, "POST", "/v1/admin/mcp-servers", adminSecret, map[string]any{"name": "weather", "url": weather.URL + "/mcp"}); code != 201 {
+		t.Fatalf("register weather: %d %v", code, body["_raw"])
+	}
+	if code, body := s.adminCall(t, "PUT", "/v1/admin/policies", adminSecret, "allow agent:orga::sdk-agent tools/call weather/get_forecast\n"); code != 200 {
+		t.Fatalf("policy: %d %v", code, body["_raw"])
+	}
 	out := t.TempDir()
 	cmd := exec.Command(pythonWithCryptography(t), filepath.Join(repoRoot, "e2e", "testdata", "sdk_enroll.py"),
-		s.url(""), filepath.Join(s.dataDir, "pki", "org-ca.crt"), out, "/api/sdk")
+		s.url(""), filepath.Join(s.dataDir, "pki", "org-ca.crt"), out, "/api/sdk", "weather.get_forecast")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -547,7 +556,7 @@ func TestOriginalSDKEnrollmentWireFormat(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("python3: %v", err)
 	}
-	lines := make(chan string, 4)
+	lines := make(chan string, 8)
 	go func() {
 		defer close(lines)
 		buf := make([]byte, 4096)
@@ -579,13 +588,17 @@ func TestOriginalSDKEnrollmentWireFormat(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("approve: %d %v", code, appr["_raw"])
 	}
-	agentLine, called := <-lines, <-lines
+	agentLine, called, mcpLine := <-lines, <-lines, <-lines
 	if err := cmd.Wait(); err != nil || agentLine != "AGENT orga::sdk-agent" {
 		t.Fatalf("SDK enrollment: %q %v\n%s", agentLine, err, stderr.String())
 	}
 	// Part B: challenge login, token with a fresh DPoP key, a guarded call.
 	if !strings.HasPrefix(called, "CALLED 200 ") || !strings.Contains(called, `"agent":"orga::sdk-agent"`) {
 		t.Fatalf("SDK login and call: %q\n%s", called, stderr.String())
+	}
+	// Part C: tools/list shows only the allowed tool; the call goes through.
+	if mcpLine != "MCP weather.get_forecast sunny in Rome" {
+		t.Fatalf("SDK MCP calls: %q (after %q)\n%s", mcpLine, called, stderr.String())
 	}
 	if m := fileMode(t, filepath.Join(out, "identity", "agent.key")); m != 0o600 {
 		t.Fatalf("agent.key mode %04o", m)

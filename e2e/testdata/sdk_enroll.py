@@ -2,13 +2,16 @@
 part A), in an independent implementation: Python's `cryptography` for the
 keys and signatures, the standard library for HTTP and TLS.
 
-Usage: sdk_enroll.py <base-url> <ca-file> <identity-dir> [<guarded-path>]
+Usage: sdk_enroll.py <base-url> <ca-file> <identity-dir> [<guarded-path> [<mcp-tool>]]
 Prints "SESSION <id>" once started, then "AGENT <agent_id>" after it used
 the issued certificate on GET /v1/agents/me. With a guarded path it then
 logs in as the SDK does (wire-contract part B: login-challenge,
 sign-challenged-assertion, token with a fresh DPoP key and the nonce
 retry) and calls the path with Authorization: DPoP and a proof, printing
-"CALLED <status> <body>". Exits non-zero on any deviation.
+"CALLED <status> <body>". With an MCP tool name it then lists the tools
+of POST /v1/mcp and calls that tool with {"city": "Rome"}, as the SDK's
+list_tools/call_tool do (no initialize), printing "MCP <names> <text>".
+Exits non-zero on any deviation.
 """
 import base64
 import hashlib
@@ -168,4 +171,21 @@ assert status == 200, (status, body)
 access_token = json.loads(body)["access_token"]
 status, body = with_nonce_retry(lambda: call("GET", guarded, headers={
     "Authorization": "DPoP " + access_token, "DPoP": proof("GET", base + guarded, access_token)}, context=mtls, raw=True))
-print("CALLED", status, body.decode(), flush=True)
+print("CALLED", status, body.decode().strip(), flush=True)
+
+if len(sys.argv) > 5:
+    tool = sys.argv[5]
+
+    def mcp(msg):
+        status, body = with_nonce_retry(lambda: call("POST", "/v1/mcp", msg, headers={
+            "Authorization": "DPoP " + access_token, "DPoP": proof("POST", base + "/v1/mcp", access_token)},
+            context=mtls, raw=True))
+        assert 200 <= status < 300, (status, body)
+        answer = json.loads(body)
+        assert "error" not in answer, answer
+        return answer["result"]
+
+    names = sorted(t["name"] for t in mcp({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})["tools"])
+    result = mcp({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": {"city": "Rome"}}})
+    assert result.get("isError") is not True, result
+    print("MCP", ",".join(names), result["content"][0]["text"], flush=True)
