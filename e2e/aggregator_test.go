@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -60,10 +59,7 @@ func TestAggregator(t *testing.T) {
 	var leaked []string
 	weather := guardedUpstream(t, "weather-upstream-secret", true, &leaked)
 	search := guardedUpstream(t, "search-upstream-secret", false, &leaked)
-	dir := workDir(t)
-	data, _ := os.ReadFile(filepath.Join(repoRoot, "Caddyfile.example"))
-	cf := strings.Replace(string(data), "trust_domain mastio.local", `trust_domain mastio.local
-		org_id orga
+	s := exampleServer(t, `
 		policy {
 			allow capability:mcp:call tools/call weather/get_forecast
 			allow group:research tools/call search/*
@@ -74,11 +70,7 @@ func TestAggregator(t *testing.T) {
 			header Authorization "Bearer {env.WEATHER_TOKEN}"
 			timeout 5s
 			item_rate 3
-		}`, 1)
-	s := newServer(t, dir, cf, "WEATHER_URL="+weather.URL, "WEATHER_TOKEN=weather-upstream-secret")
-	writeFile(t, filepath.Join(dir, "proxy.env"), "MCP_PROXY_ADMIN_SECRET="+adminSecret+"\n")
-	s.configArgs = append(s.configArgs, "--envfile", filepath.Join(dir, "proxy.env"))
-	s.start()
+		}`, "", "WEATHER_URL="+weather.URL, "WEATHER_TOKEN=weather-upstream-secret")
 
 	// A second server registered at runtime with a literal token: kept in
 	// the key store, never in the database or the API's answers.

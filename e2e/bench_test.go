@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -113,14 +112,10 @@ func processCPU(b *testing.B, pid int) time.Duration {
 // call). Proofs are signed before the timer starts.
 func BenchmarkMCPToolCall(b *testing.B) {
 	up := fastUpstream(b)
-	dir := workDir(b)
-	data, _ := os.ReadFile(filepath.Join(repoRoot, "Caddyfile.example"))
-	cf := strings.Replace(string(data), "trust_domain mastio.local", `trust_domain mastio.local
-		org_id orga
+	s := exampleServer(b, `
 		policy {
 			allow capability:mcp:call tools/call weather/*
-		}`, 1)
-	cf = strings.Replace(cf, "\t# Health, readiness", `
+		}`, `
 	handle /plain {
 		reverse_proxy {$UP}
 	}
@@ -136,11 +131,7 @@ func BenchmarkMCPToolCall(b *testing.B) {
 		}
 		reverse_proxy {$UP}
 	}
-	# Health, readiness`, 1)
-	s := newServer(b, dir, cf, "UP="+up.URL)
-	writeFile(b, filepath.Join(dir, "proxy.env"), "MCP_PROXY_ADMIN_SECRET="+adminSecret+"\n")
-	s.configArgs = append(s.configArgs, "--envfile", filepath.Join(dir, "proxy.env"))
-	s.start()
+`, "UP="+up.URL)
 	b.Cleanup(s.kill)
 	id := makeIdentity(b, s, "bench", "mcp:call")
 	sess := id.Session()

@@ -157,6 +157,26 @@ func newServer(t testing.TB, dir, caddyfile string, extraEnv ...string) *server 
 	return s
 }
 
+// exampleServer starts a server on Caddyfile.example with org_id orga,
+// global adds to the mastio option, routes added to the site before its
+// mastio handler, the admin secret in an envfile, and env for the
+// Caddyfile's {$VARS}.
+func exampleServer(t testing.TB, global, routes string, env ...string) *server {
+	t.Helper()
+	dir := workDir(t)
+	data, err := os.ReadFile(filepath.Join(repoRoot, "Caddyfile.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf := strings.Replace(string(data), "trust_domain mastio.local", "trust_domain mastio.local\n\t\torg_id orga\n"+global, 1)
+	cf = strings.Replace(cf, "\t# Health, readiness", routes+"\n\t# Health, readiness", 1)
+	s := newServer(t, dir, cf, env...)
+	writeFile(t, filepath.Join(dir, "proxy.env"), "MCP_PROXY_ADMIN_SECRET="+adminSecret+"\n")
+	s.configArgs = append(s.configArgs, "--envfile", filepath.Join(dir, "proxy.env"))
+	s.start()
+	return s
+}
+
 func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {

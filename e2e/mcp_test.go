@@ -9,8 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -91,21 +89,13 @@ func mcpServer(t testing.TB) *server {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	downPort := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	dir := workDir(t)
-	data, _ := os.ReadFile(filepath.Join(repoRoot, "Caddyfile.example"))
-	cf := strings.Replace(string(data), "trust_domain mastio.local", `trust_domain mastio.local
-		org_id orga
+	return exampleServer(t, `
 		policy {
 			allow capability:mcp:call tools/call weather/get_forecast
 			allow capability:mcp:call tools/call weather/slow
 			deny * tools/call */delete_*
-		}`, 1)
-	cf = strings.Replace(cf, "\t# Health, readiness", mcpRoutes+"\n\t# Health, readiness", 1)
-	s := newServer(t, dir, cf, "MCP_JSON_UPSTREAM="+jsonUp.URL, "MCP_SSE_UPSTREAM="+sseUp.URL, "MCP_BATCH_UPSTREAM="+batchUp.URL, fmt.Sprintf("MCP_DOWN_PORT=%d", downPort))
-	writeFile(t, filepath.Join(dir, "proxy.env"), "MCP_PROXY_ADMIN_SECRET="+adminSecret+"\n")
-	s.configArgs = append(s.configArgs, "--envfile", filepath.Join(dir, "proxy.env"))
-	s.start()
-	return s
+		}`, mcpRoutes, "MCP_JSON_UPSTREAM="+jsonUp.URL, "MCP_SSE_UPSTREAM="+sseUp.URL, "MCP_BATCH_UPSTREAM="+batchUp.URL,
+		fmt.Sprintf("MCP_DOWN_PORT=%d", downPort))
 }
 
 // openSessions are closed before a server stops (they hold SSE streams).

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -13,16 +11,9 @@ import (
 // Retry-After and counted in the metrics by route and scope. Requests that
 // carry a pinned client certificate are not anonymous.
 func TestAnonymousRateLimits(t *testing.T) {
-	dir := workDir(t)
-	data, _ := os.ReadFile(filepath.Join(repoRoot, "Caddyfile.example"))
-	cf := strings.Replace(string(data), "trust_domain mastio.local", `trust_domain mastio.local
-		org_id orga
+	s := exampleServer(t, `
 		anonymous_rate enrollment off 3
-		anonymous_rate token 2 off`, 1)
-	s := newServer(t, dir, cf)
-	writeFile(t, filepath.Join(dir, "proxy.env"), "MCP_PROXY_ADMIN_SECRET="+adminSecret+"\n")
-	s.configArgs = append(s.configArgs, "--envfile", filepath.Join(dir, "proxy.env"))
-	s.start()
+		anonymous_rate token 2 off`, "")
 	t.Cleanup(s.kill)
 
 	post := func(c *http.Client, path, ctype, body string) (int, string, string) {

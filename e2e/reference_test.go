@@ -77,30 +77,21 @@ func TestReferenceServerBehindGateway(t *testing.T) {
 		t.Fatalf("the reference server's tools: %v", all)
 	}
 
-	dir := workDir(t)
-	data, _ := os.ReadFile(filepath.Join(repoRoot, "Caddyfile.example"))
-	cf := strings.Replace(string(data), "trust_domain mastio.local", `trust_domain mastio.local
-		org_id orga
+	s := exampleServer(t, `
 		policy {
 			allow capability:mcp:call tools/call everything/echo
 			allow capability:mcp:call tools/call everything/get-sum
 		}
 		mcp_server everything {
 			url {$EVERYTHING_URL}
-		}`, 1)
-	cf = strings.Replace(cf, "\t# Health, readiness", `
+		}`, `
 	handle /mcp/everything {
 		mastio_auth
 		mastio_mcp everything
 		reverse_proxy {$EVERYTHING_ADDR} {
 			rewrite /mcp
 		}
-	}
-	# Health, readiness`, 1)
-	s := newServer(t, dir, cf, "EVERYTHING_URL="+upstream, fmt.Sprintf("EVERYTHING_ADDR=127.0.0.1:%d", port))
-	writeFile(t, filepath.Join(dir, "proxy.env"), "MCP_PROXY_ADMIN_SECRET="+adminSecret+"\n")
-	s.configArgs = append(s.configArgs, "--envfile", filepath.Join(dir, "proxy.env"))
-	s.start()
+	}`, "EVERYTHING_URL="+upstream, fmt.Sprintf("EVERYTHING_ADDR=127.0.0.1:%d", port))
 	t.Cleanup(s.kill)
 	caller := makeIdentity(t, s, "caller", "mcp:call")
 

@@ -73,15 +73,7 @@ const guardedRoutes = `
 func tokenServer(t testing.TB) (*server, *httptest.Server) {
 	t.Helper()
 	up := echoUpstream(t)
-	dir := workDir(t)
-	data, _ := os.ReadFile(filepath.Join(repoRoot, "Caddyfile.example"))
-	cf := strings.Replace(string(data), "trust_domain mastio.local", "trust_domain mastio.local\n\t\torg_id orga", 1)
-	cf = strings.Replace(cf, "\t# Health, readiness", guardedRoutes+"\n\t# Health, readiness", 1)
-	s := newServer(t, dir, cf, "MASTIO_UPSTREAM="+up.URL)
-	writeFile(t, filepath.Join(dir, "proxy.env"), "MCP_PROXY_ADMIN_SECRET="+adminSecret+"\n")
-	s.configArgs = append(s.configArgs, "--envfile", filepath.Join(dir, "proxy.env"))
-	s.start()
-	return s, up
+	return exampleServer(t, "", guardedRoutes, "MASTIO_UPSTREAM="+up.URL), up
 }
 
 // makeIdentity registers an agent through the admin API and writes an

@@ -197,35 +197,9 @@ func encodeGo(buf *bytes.Buffer, v any) bool {
 		}
 		buf.WriteString(s)
 	case []string:
-		if t == nil {
-			buf.WriteString("null")
-			return true
-		}
-		buf.WriteByte('[')
-		for i, e := range t {
-			if i > 0 {
-				buf.WriteByte(',')
-			}
-			if !encodeGo(buf, e) {
-				return false
-			}
-		}
-		buf.WriteByte(']')
+		return encodeSlice(buf, t)
 	case []any:
-		if t == nil {
-			buf.WriteString("null")
-			return true
-		}
-		buf.WriteByte('[')
-		for i, e := range t {
-			if i > 0 {
-				buf.WriteByte(',')
-			}
-			if !encodeGo(buf, e) {
-				return false
-			}
-		}
-		buf.WriteByte(']')
+		return encodeSlice(buf, t)
 	case map[string]any:
 		if t == nil {
 			buf.WriteString("null")
@@ -254,6 +228,24 @@ func encodeGo(buf *bytes.Buffer, v any) bool {
 	default:
 		return false
 	}
+	return true
+}
+
+func encodeSlice[T any](buf *bytes.Buffer, s []T) bool {
+	if s == nil {
+		buf.WriteString("null")
+		return true
+	}
+	buf.WriteByte('[')
+	for i, e := range s {
+		if i > 0 {
+			buf.WriteByte(',')
+		}
+		if !encodeGo(buf, e) {
+			return false
+		}
+	}
+	buf.WriteByte(']')
 	return true
 }
 
