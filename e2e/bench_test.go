@@ -131,7 +131,7 @@ func BenchmarkMCPToolCall(b *testing.B) {
 		}
 		reverse_proxy {$UP}
 	}
-`, "UP="+up.URL)
+`, "UP="+up.URL, "GOGC="+os.Getenv("MASTIO_BENCH_GOGC")) // GOGC of the server; empty: Go's default
 	b.Cleanup(s.kill)
 	id := makeIdentity(b, s, "bench", "mcp:call")
 	sess := id.Session()

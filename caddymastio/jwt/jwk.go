@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"sync"
 )
 
 // JWK is the subset of RFC 7517 members a public key uses.
@@ -47,7 +48,45 @@ func b64(s string) ([]byte, error) { return base64.RawURLEncoding.Strict().Decod
 // bits, or OKP Ed25519 — and returns the key and its RFC 7638 SHA-256
 // thumbprint (base64url). Coordinates must have their exact lengths and
 // EC points must lie on the curve.
+//
+// Successful parses are remembered (up to jwkCacheSize distinct JWKs), so
+// the DPoP key an agent sends with every proof is parsed and checked once.
 func ParseJWK(raw []byte) (crypto.PublicKey, string, error) {
+	jwkCache.Lock()
+	p, ok := jwkCache.m[string(raw)]
+	jwkCache.Unlock()
+	if ok {
+		return p.key, p.jkt, nil
+	}
+	key, jkt, err := parseJWK(raw)
+	if err != nil {
+		return nil, "", err
+	}
+	jwkCache.Lock()
+	if len(jwkCache.m) >= jwkCacheSize {
+		jwkCache.m = nil // start over rather than track recency
+	}
+	if jwkCache.m == nil {
+		jwkCache.m = make(map[string]parsedJWK)
+	}
+	jwkCache.m[string(raw)] = parsedJWK{key, jkt}
+	jwkCache.Unlock()
+	return key, jkt, nil
+}
+
+const jwkCacheSize = 4096
+
+type parsedJWK struct {
+	key crypto.PublicKey
+	jkt string
+}
+
+var jwkCache struct {
+	sync.Mutex
+	m map[string]parsedJWK
+}
+
+func parseJWK(raw []byte) (crypto.PublicKey, string, error) {
 	var j jwkJSON
 	if err := json.Unmarshal(raw, &j); err != nil {
 		return nil, "", fmt.Errorf("JWK is not a JSON object: %w", err)

@@ -1,6 +1,7 @@
 package jwt
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -14,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"strconv"
 	"strings"
 )
 
@@ -255,15 +257,54 @@ func SignInput(alg string, key crypto.Signer, input []byte) ([]byte, error) {
 // NumericDate reads a JSON number of seconds (integer or fraction) as used
 // by iat, exp and nbf; it refuses strings, negatives and absurd values.
 func NumericDate(raw json.RawMessage) (float64, error) {
-	var n json.Number
-	dec := json.NewDecoder(strings.NewReader(string(raw)))
-	dec.UseNumber()
-	if err := dec.Decode(&n); err != nil {
+	b := bytes.TrimSpace(raw)
+	if !isJSONNumber(b) {
 		return 0, errors.New("not a number")
 	}
-	f, err := n.Float64()
+	f, err := strconv.ParseFloat(string(b), 64)
 	if err != nil || f < 0 || f > 1e11 {
 		return 0, errors.New("not a valid NumericDate")
 	}
 	return f, nil
+}
+
+// isJSONNumber reports whether b is exactly one JSON number (RFC 8259 §6):
+// -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?
+func isJSONNumber(b []byte) bool {
+	i := 0
+	digits := func() int {
+		n := 0
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+			n++
+		}
+		return n
+	}
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case i < len(b) && b[i] >= '1' && b[i] <= '9':
+		digits()
+	default:
+		return false
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if digits() == 0 {
+			return false
+		}
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return i == len(b)
 }

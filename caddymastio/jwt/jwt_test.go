@@ -146,7 +146,7 @@ func TestRefusals(t *testing.T) {
 		"two segments":      parts[0] + "." + parts[1],
 		"four segments":     good + ".x",
 		"padded header":     parts[0] + "=." + parts[1] + "." + parts[2],
-		"std base64":        strings.ReplaceAll(good, "-", "+"),
+		"std base64":        parts[0] + "." + parts[1] + ".+/" + parts[2][2:],
 		"header not object": hdr(`[1]`) + "." + parts[1] + "." + parts[2],
 		"no alg":            hdr(`{"typ":"JWT"}`) + "." + parts[1] + "." + parts[2],
 		"crit":              hdr(`{"alg":"ES256","crit":["exp"]}`) + "." + parts[1] + "." + parts[2],
@@ -189,5 +189,48 @@ func TestJWKRefusals(t *testing.T) {
 		if _, _, err := ParseJWK([]byte(jwk)); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+func TestNumericDateIsAJSONNumber(t *testing.T) {
+	for raw, want := range map[string]float64{"1562262616": 1562262616, " 1.5 ": 1.5, "1e3": 1000, "0": 0, "2.5E+2": 250} {
+		if got, err := NumericDate(json.RawMessage(raw)); err != nil || got != want {
+			t.Errorf("NumericDate(%s) = %v, %v; want %v", raw, got, err, want)
+		}
+	}
+	for _, raw := range []string{`"1562262616"`, "-1", "01", "1.", ".5", "1e", "1e+", "+1", "true", "null", "", "1 2", "0x10", "1e12", "NaN", "[1]"} {
+		if got, err := NumericDate(json.RawMessage(raw)); err == nil {
+			t.Errorf("NumericDate(%s) = %v, want an error", raw, got)
+		}
+	}
+}
+
+// The JWK cache gives the same key and thumbprint as a fresh parse, never
+// remembers a refusal, and stays bounded.
+func TestJWKCache(t *testing.T) {
+	raw := []byte(`{"kty":"EC","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDA","crv":"P-256"}`)
+	k1, t1, err1 := ParseJWK(raw)
+	k2, t2, err2 := ParseJWK(raw)
+	if err1 != nil || err2 != nil || t1 != t2 || t1 != "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" || !k1.(*ecdsa.PublicKey).Equal(k2) {
+		t.Fatalf("cached parse differs: %v %v %s %s", err1, err2, t1, t2)
+	}
+	offCurve := []byte(`{"kty":"EC","x":"l8tFrhx-34tV3hRICRDY9zCkDlpBhF42UQUfWVAWBFs","y":"9VE4jf_Ok_o64zbTTlcuNJajHmt6v9TDVrU0CdvGRDB","crv":"P-256"}`)
+	for i := 0; i < 2; i++ {
+		if _, _, err := ParseJWK(offCurve); err == nil {
+			t.Fatalf("call %d: a point off the curve was accepted", i+1)
+		}
+	}
+	for i := 0; i < jwkCacheSize+10; i++ {
+		k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		j, _, _ := PublicJWK(k.Public(), "", "", "")
+		b, _ := json.Marshal(j)
+		if _, _, err := ParseJWK(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jwkCache.Lock()
+	n := len(jwkCache.m)
+	jwkCache.Unlock()
+	if n > jwkCacheSize {
+		t.Fatalf("JWK cache holds %d entries", n)
 	}
 }
