@@ -39,6 +39,12 @@ func (s *state) loadPolicy(ctx context.Context) error {
 // setPolicy validates and stores new rules, audited in the same
 // transaction; they apply to the next request on every route.
 func (s *state) setPolicy(ctx context.Context, text, actor string, details map[string]any) ([]policy.Rule, error) {
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
+	return s.setPolicyLocked(ctx, text, actor, details)
+}
+
+func (s *state) setPolicyLocked(ctx context.Context, text, actor string, details map[string]any) ([]policy.Rule, error) {
 	rules, err := policy.Parse("store", text)
 	if err != nil {
 		return nil, err
@@ -117,6 +123,8 @@ func bindingLine(agentID, server string) string {
 // SetBinding implements admin.PolicyStore: add or remove the rule that
 // lets an agent use everything on one server.
 func (a *App) SetBinding(ctx context.Context, agentID, server string, present bool, details map[string]any) ([]policy.Rule, error) {
+	a.state.policyMu.Lock()
+	defer a.state.policyMu.Unlock()
 	text := a.state.policy.Load().text
 	line := bindingLine(agentID, server)
 	var kept []string
@@ -138,5 +146,5 @@ func (a *App) SetBinding(ctx context.Context, agentID, server string, present bo
 	if found == present {
 		return a.state.policy.Load().rules, nil
 	}
-	return a.state.setPolicy(ctx, strings.Join(kept, "\n")+"\n", "admin", details)
+	return a.state.setPolicyLocked(ctx, strings.Join(kept, "\n")+"\n", "admin", details)
 }

@@ -56,6 +56,10 @@ type state struct {
 	registry *registry.Registry
 	tokens   *token.Verifier
 	policy   atomic.Pointer[storedPolicy]
+	// policyMu serializes changes to the stored policy, so that the rules
+	// in memory are those of the last commit and a binding's
+	// read-modify-write loses no concurrent change.
+	policyMu sync.Mutex
 	// limiters are the MCP rate limiters, by route and scope.
 	limitersMu sync.Mutex
 	limiters   map[string]*ratelimit.Limiter

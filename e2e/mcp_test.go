@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -414,4 +415,60 @@ func TestMCPGatewayRobustness(t *testing.T) {
 	if limited != 1 || upstreamErr < 2 {
 		t.Fatalf("audit: %d rate limited, %d upstream errors", limited, upstreamErr)
 	}
+}
+
+// TestPolicyBindings: a binding (agent -> server) allows the agent every
+// item of the server at once and is removed as simply; concurrent changes
+// are all kept.
+func TestPolicyBindings(t *testing.T) {
+	s := mcpServer(t)
+	t.Cleanup(s.kill)
+	bot := makeIdentity(t, s, "bot")
+	cs := connectMCP(t, s, bot, "/mcp/json")
+	if got := toolNames(t, cs); len(got) != 0 {
+		t.Fatalf("unbound agent's tools: %v", got)
+	}
+	if code, body := s.adminCall(t, "POST", "/v1/admin/bindings", adminSecret, map[string]any{"agent_id": "bot", "server": "weather"}); code != 200 || body["bound"] != true {
+		t.Fatalf("bind: %d %v", code, body["_raw"])
+	}
+	if got := strings.Join(toolNames(t, cs), ","); got != "get_forecast,set_alert,slow" {
+		t.Fatalf("bound agent's tools (the config's deny on delete_* still wins): %s", got)
+	}
+	if text, err := callText(cs, "set_alert", map[string]any{"city": "Oslo"}); err != nil || text != "alert set for Oslo" {
+		t.Fatalf("bound call: %q %v", text, err)
+	}
+	code, body := s.adminCall(t, "POST", "/v1/admin/policies/check", adminSecret, map[string]any{"agent_id": "orga::bot", "server": "weather", "name": "set_alert"})
+	if code != 200 || body["allowed"] != true || body["rule"].(map[string]any)["principal"] != "agent:orga::bot" {
+		t.Fatalf("dry run: %d %v", code, body["_raw"])
+	}
+	if code, body := s.adminCall(t, "POST", "/v1/admin/bindings", adminSecret, map[string]any{"agent_id": "bot", "server": "we/ather"}); code != 400 {
+		t.Fatalf("bad server name: %d %v", code, body["_raw"])
+	}
+
+	// Twelve bindings at once: none is lost.
+	var wg sync.WaitGroup
+	for i := 0; i < 12; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if code, body := s.adminCall(t, "POST", "/v1/admin/bindings", adminSecret, map[string]any{"agent_id": "bot", "server": fmt.Sprintf("srv%d", i)}); code != 200 {
+				t.Errorf("bind srv%d: %d %v", i, code, body["_raw"])
+			}
+		}()
+	}
+	wg.Wait()
+	_, body = s.adminCall(t, "GET", "/v1/admin/policies", adminSecret, nil)
+	for i := 0; i < 12; i++ {
+		if !strings.Contains(body["stored"].(string), fmt.Sprintf("allow agent:orga::bot * srv%d/*", i)) {
+			t.Errorf("binding srv%d lost:\n%s", i, body["stored"])
+		}
+	}
+
+	if code, body := s.adminCall(t, "DELETE", "/v1/admin/bindings", adminSecret, map[string]any{"agent_id": "bot", "server": "weather"}); code != 200 || body["bound"] != false {
+		t.Fatalf("unbind: %d %v", code, body["_raw"])
+	}
+	if _, err := callText(cs, "set_alert", map[string]any{"city": "Oslo"}); rpcCode(err) != -32000 {
+		t.Fatalf("call after unbinding: %v", err)
+	}
+	closeSessions()
 }
