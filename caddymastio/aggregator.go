@@ -41,16 +41,8 @@ func (h *Handler) serveAggregator(w http.ResponseWriter, r *http.Request) error 
 			Message: "this endpoint is stateless: POST JSON-RPC messages (no GET stream, no session to delete)"}))
 		return nil
 	}
-	p, aerr := h.app.AuthenticateToken(r)
-	if aerr != nil {
-		authCounter.WithLabelValues("deny", aerr.Reason).Inc()
-		h.app.writeAuthError(w, r, aerr)
-		return nil
-	}
-	authCounter.WithLabelValues("success", p.Method).Inc()
-	pol, ok := h.app.principalFor(p.AgentID)
+	p, pol, ok := h.app.authenticateAgent(w, r, h.logger)
 	if !ok {
-		h.app.writeAuthError(w, r, &authError{Status: 401, Code: "invalid_token", Description: "the agent has been revoked", Reason: "agent_revoked"})
 		return nil
 	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))

@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/jwt"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
@@ -210,18 +211,10 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		}
 	}
 	if aerr != nil {
-		authCounter.WithLabelValues("deny", aerr.Reason).Inc()
-		h.logger.Info("request refused", zap.String("reason", aerr.Reason), zap.String("error", aerr.Description),
-			zap.String("remote_ip", clientIP(r)), zap.String("method", r.Method), zap.String("uri", r.RequestURI))
-		if aerr.NoChallenge {
-			httpjson.WriteProblem(w, &httpjson.Problem{Status: aerr.Status, Code: aerr.Code, Reason: aerr.Code, Message: aerr.Description,
-				Hint: hintFor(aerr.Code)})
-			return nil
-		}
-		h.app.writeAuthError(w, r, aerr)
+		h.app.refuseAuth(w, r, aerr, h.logger)
 		return nil
 	}
-	authCounter.WithLabelValues("success", p.Method).Inc()
+	h.app.acceptAuth(w, r, p)
 
 	scope := strings.Join(p.Scope, " ")
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
@@ -233,14 +226,62 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
 		extra.Add(zap.String("agent_id", p.AgentID))
 	}
-	for _, hdr := range []string{"Authorization", "DPoP", "X-SSL-Client-Cert", "X-SSL-Client-Verify", "X-SSL-Client-S-DN",
-		"X-Client-Cert", "X-Forwarded-Client-Cert"} {
+	return next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+}
+
+// credentialHeaders are removed from a request once its caller is known:
+// the agent's own credentials, so they never reach an upstream, and the
+// headers older proxies used to claim a client identity, so an upstream
+// cannot be fooled by a caller that sets them.
+var credentialHeaders = []string{"Authorization", "DPoP", "X-SSL-Client-Cert", "X-SSL-Client-Verify", "X-SSL-Client-S-DN",
+	"X-Client-Cert", "X-Forwarded-Client-Cert"}
+
+// acceptAuth is what every handler does with an authenticated agent
+// before serving it: count it, strip the credential headers and, for
+// token callers, hand out the current DPoP nonce.
+func (a *App) acceptAuth(w http.ResponseWriter, r *http.Request, p *Principal) {
+	authCounter.WithLabelValues("success", p.Method).Inc()
+	for _, hdr := range credentialHeaders {
 		r.Header.Del(hdr)
 	}
-	if h.app.nonceMode != dpop.NonceOff && h.Require == "token" {
-		w.Header().Set("DPoP-Nonce", h.app.state.nonces.Current(time.Now()))
+	if a.nonceMode != dpop.NonceOff && p.Method == "dpop" {
+		w.Header().Set("DPoP-Nonce", a.state.nonces.Current(time.Now()))
 	}
-	return next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+}
+
+// refuseAuth counts, logs and answers a refused request.
+func (a *App) refuseAuth(w http.ResponseWriter, r *http.Request, aerr *authError, logger *zap.Logger) {
+	authCounter.WithLabelValues("deny", aerr.Reason).Inc()
+	logger.Info("request refused", zap.String("reason", aerr.Reason), zap.String("error", aerr.Description),
+		zap.String("remote_ip", clientIP(r)), zap.String("method", r.Method), zap.String("uri", r.RequestURI))
+	if aerr.NoChallenge {
+		httpjson.WriteProblem(w, &httpjson.Problem{Status: aerr.Status, Code: aerr.Code, Reason: aerr.Code, Message: aerr.Description,
+			Hint: hintFor(aerr.Code)})
+		return
+	}
+	a.writeAuthError(w, r, aerr)
+}
+
+// authenticateAgent authenticates a handler's own caller by DPoP-bound
+// token, for handlers that may serve agents without mastio_auth in front
+// (mastio_mcp, /v1/mcp). It returns the agent and its policy view, or
+// nil after answering the refusal.
+func (a *App) authenticateAgent(w http.ResponseWriter, r *http.Request, logger *zap.Logger) (*Principal, policy.Principal, bool) {
+	p := principalFrom(r) // set by mastio_auth, which accepted it already
+	if p == nil {
+		var aerr *authError
+		if p, aerr = a.AuthenticateToken(r); aerr != nil {
+			a.refuseAuth(w, r, aerr, logger)
+			return nil, policy.Principal{}, false
+		}
+		a.acceptAuth(w, r, p)
+	}
+	pol, ok := a.principalFor(p.AgentID)
+	if !ok { // revoked since the token was checked
+		a.refuseAuth(w, r, &authError{Status: 401, Code: "invalid_token", Description: "the agent has been revoked", Reason: "agent_revoked"}, logger)
+		return nil, policy.Principal{}, false
+	}
+	return p, pol, true
 }
 
 type principalKey struct{}

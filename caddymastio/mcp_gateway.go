@@ -164,25 +164,21 @@ type exchange struct {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (g *MCPGateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	p := principalFrom(r)
-	if p == nil {
-		var aerr *authError
-		if p, aerr = g.app.AuthenticateToken(r); aerr != nil {
-			authCounter.WithLabelValues("deny", aerr.Reason).Inc()
-			g.app.writeAuthError(w, r, aerr)
-			return nil
-		}
-		for _, hdr := range []string{"Authorization", "DPoP"} {
-			r.Header.Del(hdr)
-		}
-	}
-	pol, ok := g.app.principalFor(p.AgentID)
+	p, pol, ok := g.app.authenticateAgent(w, r, g.logger)
 	if !ok {
-		g.app.writeAuthError(w, r, &authError{Status: 401, Code: "invalid_token", Description: "the agent has been revoked", Reason: "agent_revoked"})
 		return nil
 	}
 	if sid := r.Header.Get("Mcp-Session-Id"); sid != "" {
-		if owner, known := g.app.state.sessionOwner(g.Server, sid); known && owner != p.AgentID {
+		owner, known := g.app.state.sessionOwner(g.Server, sid)
+		if !known {
+			// Not opened through this gateway (or before a restart): its
+			// owner is unknown, so it is not honoured. 404 is what MCP
+			// clients take as "session expired, initialize again".
+			writeRPC(w, http.StatusNotFound, mcp.ErrorResponse(nil, &mcp.Error{Code: mcp.CodeInvalidRequest,
+				Message: "unknown MCP session: initialize a new one"}))
+			return nil
+		}
+		if owner != p.AgentID {
 			g.logger.Warn("MCP session used by another agent", zap.String("server", g.Server), zap.String("agent_id", p.AgentID),
 				zap.String("session_owner", owner))
 			writeRPC(w, http.StatusForbidden, mcp.ErrorResponse(nil, &mcp.Error{Code: mcp.CodeForbidden,
@@ -455,12 +451,15 @@ func (x *exchange) process(raw []byte, upstreamStatus int) ([]byte, error) {
 	return raw, nil
 }
 
-// finishCalls audits forwarded calls that got no answer.
+// finishCalls audits forwarded calls that got no answer. No answer
+// depends on these rows, so a failure to write one is logged, not sent.
 func (x *exchange) finishCalls(status int) {
 	for _, c := range x.calls {
 		if !c.done {
 			c.done = true
-			x.auditCall(c, "no_response", status, "the MCP server sent no response for this call")
+			if err := x.auditCall(c, "no_response", status, "the MCP server sent no response for this call"); err != nil {
+				x.g.logger.Error("auditing an unanswered MCP call", zap.String("server", x.g.Server), zap.String("name", c.name), zap.Error(err))
+			}
 		}
 	}
 }

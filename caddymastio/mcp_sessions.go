@@ -6,7 +6,8 @@ import (
 )
 
 // mcpSessions remembers which agent opened each upstream MCP session, so
-// that another agent presenting the same Mcp-Session-Id is refused.
+// that another agent presenting the same Mcp-Session-Id is refused, and a
+// session id the gateway never saw opened is not honoured at all.
 type mcpSessions struct {
 	mu sync.Mutex
 	m  map[string]sessionOwner
@@ -30,14 +31,20 @@ func (s *state) bindSession(server, sid, agent string) {
 	}
 	key := server + "|" + sid
 	if _, ok := s.sessions.m[key]; !ok && len(s.sessions.m) >= maxSessions {
+		// Full: forget idle sessions, or else the least recently used one.
+		// A forgotten session is refused (404) and its client starts anew;
+		// it never becomes usable by another agent.
 		now := time.Now()
+		oldest, oldestKey := now, ""
 		for k, o := range s.sessions.m {
 			if now.Sub(o.seen) > sessionIdle {
 				delete(s.sessions.m, k)
+			} else if o.seen.Before(oldest) {
+				oldest, oldestKey = o.seen, k
 			}
 		}
 		if len(s.sessions.m) >= maxSessions {
-			return // full of live sessions: the upstream still checks its ids
+			delete(s.sessions.m, oldestKey)
 		}
 	}
 	if o, ok := s.sessions.m[key]; ok && o.agent != agent {

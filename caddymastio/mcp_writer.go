@@ -47,7 +47,11 @@ func (m *mcpWriter) WriteHeader(status int) {
 	}
 	ct := strings.ToLower(m.w.Header().Get("Content-Type"))
 	switch {
-	case strings.HasPrefix(ct, "application/json"):
+	case strings.HasPrefix(ct, "application/json"),
+		// An answer to calls or lists that is not labelled JSON is read as
+		// JSON all the same: whatever a lenient client would make of it
+		// must have been filtered and audited.
+		!strings.HasPrefix(ct, "text/event-stream") && status/100 == 2 && len(m.x.calls)+len(m.x.lists) > 0:
 		m.mode = modeJSON // written in finish, once processed
 	case strings.HasPrefix(ct, "text/event-stream"):
 		m.mode = modeSSE

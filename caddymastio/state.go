@@ -65,6 +65,9 @@ type state struct {
 	limiters   map[string]*ratelimit.Limiter
 	sessions   mcpSessions
 	upstreams  upstreamPool
+	// The MCP servers registered through the admin API, once read.
+	storedMu sync.Mutex
+	stored   map[string]*MCPServer
 	// keyStore holds secrets the Mastio uses (signing keys, upstream
 	// credentials): data/keys, files 0600.
 	keyStore pki.KeyStore

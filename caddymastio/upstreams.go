@@ -151,26 +151,56 @@ func (a *App) servers(ctx context.Context) (map[string]*MCPServer, map[string]st
 	for n, s := range a.MCPServers {
 		all[n], source[n] = s, "config"
 	}
-	rows, err := a.state.store.DB().QueryContext(ctx, `SELECT name, config FROM mcp_servers`)
+	stored, err := a.state.storedServers(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
+	for n, s := range stored {
+		if _, ok := all[n]; !ok {
+			all[n], source[n] = s, "store"
+		}
+	}
+	return all, source, nil
+}
+
+// storedServers returns the servers registered through the admin API. They
+// are read from the database once and again after each change, not on
+// every call (only this process changes them).
+func (s *state) storedServers(ctx context.Context) (map[string]*MCPServer, error) {
+	s.storedMu.Lock()
+	defer s.storedMu.Unlock()
+	if s.stored != nil {
+		return s.stored, nil
+	}
+	rows, err := s.store.DB().QueryContext(ctx, `SELECT name, config FROM mcp_servers`)
+	if err != nil {
+		return nil, err
+	}
 	defer rows.Close()
+	m := map[string]*MCPServer{}
 	for rows.Next() {
 		var n, cfg string
 		if err := rows.Scan(&n, &cfg); err != nil {
-			return nil, nil, err
+			return nil, err
 		}
-		if _, ok := all[n]; ok {
-			continue
+		var srv MCPServer
+		if err := json.Unmarshal([]byte(cfg), &srv); err != nil {
+			return nil, fmt.Errorf("stored MCP server %s: %w", n, err)
 		}
-		var s MCPServer
-		if err := json.Unmarshal([]byte(cfg), &s); err != nil {
-			return nil, nil, fmt.Errorf("stored MCP server %s: %w", n, err)
-		}
-		all[n], source[n] = &s, "store"
+		m[n] = &srv
 	}
-	return all, source, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	s.stored = m
+	return m, nil
+}
+
+// forgetStoredServers makes the next storedServers read the database.
+func (s *state) forgetStoredServers() {
+	s.storedMu.Lock()
+	s.stored = nil
+	s.storedMu.Unlock()
 }
 
 // ListServers implements admin.Upstreams.
@@ -208,6 +238,7 @@ func (a *App) PutServer(ctx context.Context, name string, s *MCPServer, bearerTo
 		return err
 	}
 	cfg, _ := json.Marshal(s)
+	defer a.state.forgetStoredServers()
 	return a.state.withAudit(ctx, func(tx *sql.Tx) error {
 		now := store.FormatTime(time.Now())
 		_, err := tx.ExecContext(ctx, `INSERT INTO mcp_servers (name, config, created_at, updated_at) VALUES (?, ?, ?, ?)
@@ -231,6 +262,7 @@ func (a *App) PutServerJSON(ctx context.Context, name string, settings json.RawM
 // DeleteServer implements admin.Upstreams.
 func (a *App) DeleteServer(ctx context.Context, name string, details map[string]any) (bool, error) {
 	found := false
+	defer a.state.forgetStoredServers()
 	err := a.state.withAudit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM mcp_servers WHERE name = ?`, name)
 		if err != nil {
@@ -280,39 +312,52 @@ func (s *state) withAudit(ctx context.Context, fn func(tx *sql.Tx) error, ev aud
 // upstreamPool holds one MCP client session per upstream server, shared by
 // all agents (the upstream sees the gateway, with its own credentials),
 // reconnected when the settings change or the session breaks, and a short
-// cache of each server's tool list.
+// cache of each server's tool list. mu guards the map only: connecting to
+// one server (up to 10 s) holds that server's entry, not the pool.
 type upstreamPool struct {
 	mu    sync.Mutex
 	conns map[string]*upstreamConn
 }
 
 type upstreamConn struct {
-	fp       string
-	session  *mcp.ClientSession
-	tools    []*mcp.Tool
-	toolsAt  time.Time
-	toolsErr error
+	fp string
+
+	mu      sync.Mutex // held while connecting
+	session *mcp.ClientSession
+
+	tools   []*mcp.Tool // guarded by the pool's mu
+	toolsAt time.Time
 }
 
 const toolsCacheTTL = 30 * time.Second
 
+// drop forgets the server's session (broken, or the server was removed);
+// the next use connects again.
 func (p *upstreamPool) drop(name string) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	if c := p.conns[name]; c != nil && c.session != nil {
-		c.session.Close()
-	}
+	c := p.conns[name]
 	delete(p.conns, name)
+	p.mu.Unlock()
+	if c != nil {
+		go c.close() // closing may talk to the server; nobody waits for it
+	}
 }
 
 func (p *upstreamPool) closeAll() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	for n, c := range p.conns {
-		if c.session != nil {
-			c.session.Close()
-		}
-		delete(p.conns, n)
+	conns := p.conns
+	p.conns = nil
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.close()
+	}
+}
+
+func (c *upstreamConn) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.session != nil {
+		c.session.Close()
 	}
 }
 
@@ -343,30 +388,38 @@ func (t *credentialTransport) RoundTrip(req *http.Request) (*http.Response, erro
 // session returns a live client session to the named server.
 func (a *App) upstreamSession(ctx context.Context, name string, s *MCPServer) (*upstreamConn, error) {
 	pool := &a.state.upstreams
+	fp := s.fingerprint()
 	pool.mu.Lock()
-	defer pool.mu.Unlock()
 	if pool.conns == nil {
 		pool.conns = map[string]*upstreamConn{}
 	}
-	fp := s.fingerprint()
-	if c := pool.conns[name]; c != nil && c.fp == fp && c.session != nil {
-		return c, nil
+	c := pool.conns[name]
+	if c != nil && c.fp != fp { // settings changed
+		go c.close()
+		c = nil
 	}
-	if c := pool.conns[name]; c != nil && c.session != nil {
-		c.session.Close()
+	if c == nil {
+		c = &upstreamConn{fp: fp}
+		pool.conns[name] = c
+	}
+	pool.mu.Unlock()
+
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.session != nil {
+		return c, nil
 	}
 	httpClient := &http.Client{Transport: &credentialTransport{server: s, keys: a.state.keyStore,
 		base: &http.Transport{MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second, ResponseHeaderTimeout: s.timeout()}}}
 	client := mcp.NewClient(&mcp.Implementation{Name: "caddy-mastio", Version: Version()}, nil)
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(10*time.Second, s.timeout()))
 	defer cancel()
 	sess, err := client.Connect(cctx, &mcp.StreamableClientTransport{Endpoint: s.URL, HTTPClient: httpClient,
 		DisableStandaloneSSE: true, MaxRetries: -1}, nil)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to MCP server %s: %w", name, err)
 	}
-	c := &upstreamConn{fp: fp, session: sess}
-	pool.conns[name] = c
+	c.session = sess
 	return c, nil
 }
 
@@ -377,7 +430,7 @@ func (a *App) upstreamTools(ctx context.Context, name string, s *MCPServer) ([]*
 		return nil, err
 	}
 	a.state.upstreams.mu.Lock()
-	if time.Since(c.toolsAt) < toolsCacheTTL && c.toolsErr == nil {
+	if time.Since(c.toolsAt) < toolsCacheTTL {
 		tools := c.tools
 		a.state.upstreams.mu.Unlock()
 		return tools, nil
@@ -394,7 +447,7 @@ func (a *App) upstreamTools(ctx context.Context, name string, s *MCPServer) ([]*
 		tools = append(tools, t)
 	}
 	a.state.upstreams.mu.Lock()
-	c.tools, c.toolsAt, c.toolsErr = tools, time.Now(), nil
+	c.tools, c.toolsAt = tools, time.Now()
 	a.state.upstreams.mu.Unlock()
 	return tools, nil
 }

@@ -164,6 +164,43 @@ func TestAggregator(t *testing.T) {
 		t.Fatalf("metrics: %s", grepLines(metrics, "rate_limited"))
 	}
 
+	// A server that accepts connections and never answers holds up only
+	// itself: while a tools/list waits on it, calls to others go through.
+	hang, _ := net.Listen("tcp", "127.0.0.1:0")
+	accepted := make(chan net.Conn, 8)
+	go func() {
+		for {
+			c, err := hang.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	defer hang.Close()
+	if code, body := s.adminCall(t, "POST", "/v1/admin/mcp-servers", adminSecret, map[string]any{
+		"name": "hang", "url": "http://" + hang.Addr().String() + "/mcp", "timeout_seconds": 5}); code != 201 {
+		t.Fatalf("register hang: %d %v", code, body["_raw"])
+	}
+	listDone := make(chan struct{})
+	go func() {
+		defer close(listDone)
+		req, _ := http.NewRequest("POST", s.url("/v1/mcp"), strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`))
+		req.Header.Set("Content-Type", "application/json")
+		if resp, err := analyst.Session().HTTPClient().Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-accepted // the list is connecting to the hanging server
+	start := time.Now()
+	if text, err := callText(cs, "search.set_alert", map[string]any{"city": "Lima"}); err != nil || text != "alert set for Lima" {
+		t.Fatalf("call while another server hangs: %q %v", text, err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("a call to search waited %s for the hanging server", d)
+	}
+	<-listDone
+
 	// Without a token, nothing.
 	resp, err := s.client().Post(s.url("/v1/mcp"), "application/json", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"tools/list"}`))
 	if err != nil || resp.StatusCode != 401 {

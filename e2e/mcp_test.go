@@ -265,7 +265,8 @@ func batchUpstream(t testing.TB) *httptest.Server {
 		for _, m := range msgs {
 			var method string
 			json.Unmarshal(m["method"], &method)
-			res := map[string]any{"echo": method, "params": m["params"]}
+			res := map[string]any{"echo": method, "params": m["params"], "seen": map[string]string{
+				"authorization": r.Header.Get("Authorization"), "dpop": r.Header.Get("DPoP"), "ssl_client_cert": r.Header.Get("X-SSL-Client-Cert")}}
 			if method == "tools/list" {
 				res = map[string]any{"tools": []map[string]string{{"name": "get_forecast"}, {"name": "set_alert"}, {"name": "delete_everything"}},
 					"nextCursor": "page-2"}
@@ -273,6 +274,9 @@ func batchUpstream(t testing.TB) *httptest.Server {
 			out = append(out, map[string]any{"jsonrpc": "2.0", "id": m["id"], "result": res})
 		}
 		w.Header().Set("Content-Type", "application/json")
+		if ct := r.Header.Get("X-Test-Content-Type"); ct != "" {
+			w.Header().Set("Content-Type", ct) // an upstream that mislabels its answer
+		}
 		if batch {
 			json.NewEncoder(w).Encode(out)
 		} else {
@@ -377,6 +381,18 @@ func TestMCPGatewayRobustness(t *testing.T) {
 		t.Fatalf("filtered list: %s", body)
 	}
 
+	// Without mastio_auth in front, the gateway authenticates the agent
+	// itself and passes neither its credentials nor claimed identities on.
+	_, _, body = rawMCP(t, s, sess, "/mcp/batch", map[string]string{"X-SSL-Client-Cert": "forged"}, call("get_forecast"))
+	if !strings.Contains(body, `"seen":{"authorization":"","dpop":"","ssl_client_cert":""}`) {
+		t.Fatalf("headers reaching the upstream: %s", body)
+	}
+	// A list answered with a wrong Content-Type is filtered all the same.
+	_, _, body = rawMCP(t, s, sess, "/mcp/batch", map[string]string{"X-Test-Content-Type": "text/plain"}, `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`)
+	if !strings.Contains(body, "get_forecast") || strings.Contains(body, "delete_everything") {
+		t.Fatalf("mislabelled list: %s", body)
+	}
+
 	// A slow upstream: a clear JSON-RPC error at the route's 2s timeout.
 	cs := connectMCP(t, s, caller, "/mcp/json")
 	start := time.Now()
@@ -405,6 +421,12 @@ func TestMCPGatewayRobustness(t *testing.T) {
 	code, _, body = rawMCP(t, s, other.Session(), "/mcp/json", map[string]string{"Mcp-Session-Id": sid}, `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`)
 	if code != 403 || !strings.Contains(body, "belongs to another agent") {
 		t.Fatalf("session hijack: %d %s", code, body)
+	}
+	// A session the gateway did not see opened (e.g. before a restart) is
+	// not honoured: 404, as for an expired session, so clients start anew.
+	code, _, body = rawMCP(t, s, sess, "/mcp/json", map[string]string{"Mcp-Session-Id": "made-up-session"}, `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`)
+	if code != 404 || !strings.Contains(body, "unknown MCP session") {
+		t.Fatalf("unknown session: %d %s", code, body)
 	}
 	closeSessions()
 	s.stop()
