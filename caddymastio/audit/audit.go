@@ -14,9 +14,9 @@
 // for seq 1. Changing, removing or reordering any row breaks the chain at
 // that row, which Verify reports.
 //
-// One writer goroutine appends: concurrent Append calls are committed
-// together in one transaction (group commit) and each returns only after its
-// row is durable, so a response that depends on its audit row is never sent
+// Concurrent Append calls are committed together in one transaction (group
+// commit, led by one of the callers) and each returns only after its row is
+// durable, so a response that depends on its audit row is never sent
 // before the row is on disk. The chain head is read inside each write
 // transaction, so even a second process on the same file cannot fork it.
 package audit

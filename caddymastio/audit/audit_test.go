@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -282,6 +283,58 @@ func TestAppendAfterCloseFails(t *testing.T) {
 	l.Close()
 	if _, err := l.Append(context.Background(), audit.Event{Type: "t.x", Actor: "a"}); err != audit.ErrClosed {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// Close while appenders are committing: every Append either returns a
+// row that is in the database or ErrClosed, none hangs, and the chain
+// stays valid.
+func TestCloseUnderLoadLosesNoAcknowledgedRow(t *testing.T) {
+	l, st := newLog(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	var acked []int64
+	var wg sync.WaitGroup
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				r, err := l.Append(ctx, audit.Event{Type: "t.load", Actor: "a"})
+				if err == audit.ErrClosed {
+					return
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				acked = append(acked, r.Seq)
+				mu.Unlock()
+			}
+		}()
+	}
+	for {
+		mu.Lock()
+		n := len(acked)
+		mu.Unlock()
+		if n >= 200 {
+			break
+		}
+		runtime.Gosched()
+	}
+	l.Close()
+	wg.Wait()
+	var rows int64
+	if err := st.DB().QueryRow(`SELECT COUNT(*) FROM audit_events`).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != int64(len(acked)) {
+		t.Fatalf("%d rows acknowledged, %d in the database", len(acked), rows)
+	}
+	res, err := audit.Verify(ctx, st.DB(), 0, 0)
+	if err != nil || res.FirstBad != 0 {
+		t.Fatalf("chain after close: %+v %v", res, err)
 	}
 }
 

@@ -28,18 +28,32 @@ type Options struct {
 }
 
 // Log appends to the audit_events table of db.
+//
+// An Append that finds nobody committing commits its own row at once, in
+// its own goroutine, without waking anyone. Rows that arrive meanwhile
+// queue up; when that commit is done a drainer goroutine commits them, and
+// keeps committing whatever queued during the previous batch, one
+// transaction and one fsync per batch, until the queue is empty.
 type Log struct {
 	db   *sql.DB
 	opts Options
-	reqs chan *appendReq
 
-	mu     sync.RWMutex
-	closed bool
-	done   chan struct{}
+	mu      sync.Mutex
+	closed  bool
+	leading bool // a commit is running or due; true whenever queue is not empty
+	queue   []*appendReq
+	idle    *sync.Cond // broadcast when leading turns false
+
+	// Writer state: only the goroutine that leads touches these. The writer
+	// keeps one connection with its INSERT prepared, instead of taking a
+	// pooled connection and preparing the statement for every batch.
+	conn               *sql.Conn
+	stmt               *sql.Stmt // the INSERT
+	begin, end, rewind *sql.Stmt // BEGIN IMMEDIATE, COMMIT, ROLLBACK
 
 	// The chain head as of the writer's last commit, so a commit need not
-	// read it back. Only the run goroutine touches these; AppendTx sets
-	// headStale, since it extends the chain behind the writer's back.
+	// read it back. AppendTx sets headStale, since it extends the chain
+	// behind the writer's back.
 	headKnown bool
 	headSeq   int64
 	headHash  []byte
@@ -57,8 +71,8 @@ type appendRes struct {
 	err error
 }
 
-// Open starts the writer for db, which must carry the schema of package
-// store. Close stops it.
+// Open returns the writer for db, which must carry the schema of package
+// store. Close releases it.
 func Open(db *sql.DB, opts Options) *Log {
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = 512
@@ -66,8 +80,8 @@ func Open(db *sql.DB, opts Options) *Log {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	l := &Log{db: db, opts: opts, reqs: make(chan *appendReq, 4096), done: make(chan struct{})}
-	go l.run()
+	l := &Log{db: db, opts: opts}
+	l.idle = sync.NewCond(&l.mu)
 	return l
 }
 
@@ -79,28 +93,73 @@ func (l *Log) Append(ctx context.Context, ev Event) (Record, error) {
 	if err != nil {
 		return Record{}, err
 	}
+	if err := ctx.Err(); err != nil {
+		return Record{}, err
+	}
 	req := &appendReq{ev: ev, details: details, res: make(chan appendRes, 1)}
 
-	l.mu.RLock()
+	l.mu.Lock()
 	if l.closed {
-		l.mu.RUnlock()
+		l.mu.Unlock()
 		return Record{}, ErrClosed
 	}
-	select {
-	case l.reqs <- req:
-	case <-ctx.Done():
-		l.mu.RUnlock()
-		return Record{}, ctx.Err()
-	}
-	l.mu.RUnlock()
+	l.queue = append(l.queue, req)
+	lead := !l.leading
+	l.leading = true
+	l.mu.Unlock()
 
+	if lead {
+		if l.commitQueued() {
+			go l.drain()
+		}
+	}
 	// Once queued, wait for the outcome even if ctx ends: the caller must
 	// learn whether its row is durable.
 	r := <-req.res
 	return r.rec, r.err
 }
 
-// Close commits what is queued and stops the writer.
+// drain commits queued batches until the queue is empty.
+func (l *Log) drain() {
+	for l.commitQueued() {
+	}
+}
+
+// commitQueued commits the oldest queued rows (at most MaxBatch) and
+// answers their callers. It reports whether more rows are queued, in which
+// case the caller must go on leading; otherwise it has given up the lead.
+func (l *Log) commitQueued() bool {
+	l.mu.Lock()
+	batch := l.queue
+	if len(batch) > l.opts.MaxBatch {
+		batch = batch[:l.opts.MaxBatch:l.opts.MaxBatch]
+		l.queue = append([]*appendReq(nil), l.queue[l.opts.MaxBatch:]...)
+	} else {
+		l.queue = nil
+	}
+	l.mu.Unlock()
+
+	recs, err := l.commit(batch)
+	for i, r := range batch {
+		if err != nil {
+			r.res <- appendRes{err: err}
+		} else {
+			r.res <- appendRes{rec: recs[i]}
+		}
+	}
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.queue) > 0 {
+		return true
+	}
+	l.leading = false
+	l.idle.Broadcast()
+	return false
+}
+
+// Close waits for the rows already queued to be committed, refuses new
+// ones and releases the writer's connection.
 func (l *Log) Close() error {
 	l.mu.Lock()
 	if l.closed {
@@ -108,49 +167,26 @@ func (l *Log) Close() error {
 		return nil
 	}
 	l.closed = true
-	close(l.reqs)
-	l.mu.Unlock()
-	<-l.done
-	return nil
-}
-
-func (l *Log) run() {
-	defer close(l.done)
-	batch := make([]*appendReq, 0, l.opts.MaxBatch)
-	for {
-		req, ok := <-l.reqs
-		if !ok {
-			return
-		}
-		batch = append(batch[:0], req)
-	gather:
-		for len(batch) < l.opts.MaxBatch {
-			select {
-			case r, ok := <-l.reqs:
-				if !ok {
-					break gather
-				}
-				batch = append(batch, r)
-			default:
-				break gather
-			}
-		}
-		recs, err := l.commit(batch)
-		for i, r := range batch {
-			if err != nil {
-				r.res <- appendRes{err: err}
-			} else {
-				r.res <- appendRes{rec: recs[i]}
-			}
-		}
+	for l.leading {
+		l.idle.Wait()
 	}
+	l.mu.Unlock()
+	l.dropConn()
+	return nil
 }
 
 // commit writes batch in one transaction. It chains from the cached head
 // when it can; if that fails (another process appended to the database),
 // it tries once more from the head read back.
-func (l *Log) commit(batch []*appendReq) ([]Record, error) {
-	recs, err := l.commitOnce(batch)
+func (l *Log) commit(batch []*appendReq) (recs []Record, err error) {
+	defer func() {
+		if p := recover(); p != nil { // never leave the waiters hanging
+			l.dropConn()
+			l.headKnown = false
+			recs, err = nil, fmt.Errorf("audit: commit panicked: %v", p)
+		}
+	}()
+	recs, err = l.commitOnce(batch)
 	if err != nil && l.headKnown {
 		l.headKnown = false
 		recs, err = l.commitOnce(batch)
@@ -164,33 +200,77 @@ func (l *Log) commit(batch []*appendReq) ([]Record, error) {
 	return recs, nil
 }
 
+// connect opens the writer's connection and prepares its statements, if
+// that is not done yet.
+func (l *Log) connect(ctx context.Context) error {
+	if l.conn != nil {
+		return nil
+	}
+	conn, err := l.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("audit: connecting: %w", err)
+	}
+	l.conn = conn
+	for _, p := range []struct {
+		stmt **sql.Stmt
+		sql  string
+	}{{&l.stmt, insertSQL}, {&l.begin, "BEGIN IMMEDIATE"}, {&l.end, "COMMIT"}, {&l.rewind, "ROLLBACK"}} {
+		if *p.stmt, err = conn.PrepareContext(ctx, p.sql); err != nil {
+			l.dropConn()
+			return fmt.Errorf("audit: preparing %q: %w", p.sql, err)
+		}
+	}
+	return nil
+}
+
+// dropConn closes the writer's connection; the next batch opens another.
+func (l *Log) dropConn() {
+	for _, st := range []*sql.Stmt{l.stmt, l.begin, l.end, l.rewind} {
+		if st != nil {
+			st.Close()
+		}
+	}
+	if l.conn != nil {
+		l.conn.Close()
+	}
+	l.conn, l.stmt, l.begin, l.end, l.rewind = nil, nil, nil, nil, nil
+}
+
 func (l *Log) commitOnce(batch []*appendReq) ([]Record, error) {
 	ctx := context.Background()
-	tx, err := l.db.BeginTx(ctx, nil) // BEGIN IMMEDIATE via the store's DSN
-	if err != nil {
+	if err := l.connect(ctx); err != nil {
+		return nil, err
+	}
+	var err error
+	if _, err = l.begin.ExecContext(ctx); err != nil {
+		l.dropConn()
 		return nil, fmt.Errorf("audit: begin: %w", err)
 	}
-	defer tx.Rollback()
+	done := false
+	defer func() {
+		if !done && l.rewind != nil {
+			if _, err := l.rewind.ExecContext(ctx); err != nil {
+				l.dropConn() // a connection in an unknown state is not reused
+			}
+		}
+	}()
 
 	// The write lock is held from here: an AppendTx that ran before has
 	// committed or rolled back, and it marked the cached head stale.
 	seq, prev := l.headSeq, l.headHash
 	if l.headStale.Swap(false) || !l.headKnown {
 		l.headKnown = false
-		if seq, prev, err = head(ctx, tx); err != nil {
+		if seq, prev, err = head(ctx, l.conn); err != nil {
 			return nil, err
 		}
 	}
-	stmt, err := tx.PrepareContext(ctx, insertSQL)
-	if err != nil {
-		return nil, fmt.Errorf("audit: prepare: %w", err)
-	}
-	defer stmt.Close()
 
-	ts := l.opts.Now().UTC().Format(TimeFormat)
+	now := l.opts.Now().UTC()
+	ts := now.Format(TimeFormat)
+	stamp, _ := time.Parse(TimeFormat, ts) // the stored (truncated-to-format) time
 	recs := make([]Record, len(batch))
 	for i, r := range batch {
-		if recs[i], err = insertRow(ctx, stmt.ExecContext, seq+1, ts, r.ev, r.details, prev); err != nil {
+		if recs[i], err = insertRow(ctx, l.stmt.ExecContext, seq+1, ts, stamp, r.ev, r.details, prev); err != nil {
 			return nil, err
 		}
 		seq, prev = recs[i].Seq, recs[i].Hash
@@ -200,9 +280,10 @@ func (l *Log) commitOnce(batch []*appendReq) ([]Record, error) {
 			return nil, fmt.Errorf("audit: not committing: %w", err)
 		}
 	}
-	if err := tx.Commit(); err != nil {
+	if _, err := l.end.ExecContext(ctx); err != nil {
 		return nil, fmt.Errorf("audit: commit: %w", err)
 	}
+	done = true
 	return recs, nil
 }
 
@@ -224,7 +305,9 @@ func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, ev Event) (Record, error
 	exec := func(ctx context.Context, args ...any) (sql.Result, error) {
 		return tx.ExecContext(ctx, insertSQL, args...)
 	}
-	return insertRow(ctx, exec, seq+1, l.opts.Now().UTC().Format(TimeFormat), ev, details, prev)
+	ts := l.opts.Now().UTC().Format(TimeFormat)
+	stamp, _ := time.Parse(TimeFormat, ts)
+	return insertRow(ctx, exec, seq+1, ts, stamp, ev, details, prev)
 }
 
 // prepare validates ev, defaults its result and canonicalizes its details.
@@ -246,13 +329,12 @@ const insertSQL = `INSERT INTO audit_events (seq, time, event_type, actor, subje
 // or a transaction's with the query bound).
 type execFunc func(ctx context.Context, args ...any) (sql.Result, error)
 
-// insertRow chains ev after prev as row seq, stamped ts.
-func insertRow(ctx context.Context, exec execFunc, seq int64, ts string, ev Event, details, prev []byte) (Record, error) {
+// insertRow chains ev after prev as row seq, stamped ts (stamp parsed).
+func insertRow(ctx context.Context, exec execFunc, seq int64, ts string, stamp time.Time, ev Event, details, prev []byte) (Record, error) {
 	h := rowHash(prev, seq, ts, ev.Type, ev.Actor, ev.Subject, ev.Result, details)
 	if _, err := exec(ctx, seq, ts, ev.Type, ev.Actor, ev.Subject, ev.Result, string(details), prev, h); err != nil {
 		return Record{}, fmt.Errorf("audit: inserting row %d: %w", seq, err)
 	}
-	stamp, _ := time.Parse(TimeFormat, ts)
 	return Record{Seq: seq, Time: stamp, Type: ev.Type, Actor: ev.Actor, Subject: ev.Subject, Result: ev.Result,
 		Details: details, PrevHash: prev, Hash: h}, nil
 }
