@@ -240,6 +240,8 @@ func (h *Handler) aggregateCall(r *http.Request, p *Principal, pol policy.Princi
 			Message: fmt.Sprintf("tools/call %q is not allowed for %s (%s)", full, p.AgentID, rec.decision.Reason)}), 0, nil
 	}
 	mcpCalls.WithLabelValues(server, "allow").Inc()
+	rec.expect = h.app.Audit().Expect() // the row below; a commit meanwhile may wait for it
+	defer rec.expect.Cancel()
 	res, status, cerr := h.callUpstream(r.Context(), server, s, tool, args)
 	rec.upstreamStatus = status
 	var answer json.RawMessage

@@ -51,6 +51,7 @@ func init() {
 //	        item_rate          <calls per minute>|off
 //	    }
 //	    anonymous_rate enrollment|enrollment_status|token <per-ip|off> <global|off>
+//	    audit_commit_delay <duration>|off
 //	}
 //
 // anonymous_rate is in requests per minute and may be repeated, once per
@@ -241,6 +242,30 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err(err.Error())
 			}
 			continue
+		case "audit_commit_delay":
+			if a.AuditCommitDelay != 0 {
+				return d.Errf("mastio option %s specified more than once", opt)
+			}
+			if !d.NextArg() {
+				return d.Errf("mastio option %s needs a duration or off", opt)
+			}
+			val := d.Val()
+			if d.NextArg() {
+				return d.Errf("mastio option %s takes one value, got another: %q", opt, d.Val())
+			}
+			if val == "off" {
+				a.AuditCommitDelay = -1
+				continue
+			}
+			dur, err := caddy.ParseDuration(val)
+			if err != nil || dur <= 0 {
+				return d.Errf("mastio option %s %q: want a positive duration or off", opt, val)
+			}
+			a.AuditCommitDelay = caddy.Duration(dur)
+			if err := (&App{AuditCommitDelay: a.AuditCommitDelay}).validateStatic(); err != nil {
+				return d.Errf("mastio option %s: %v", opt, err)
+			}
+			continue
 		case "allow_bearer_tokens":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -252,7 +277,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		default:
 			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, "+
-				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate)", opt)
+				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_commit_delay)", opt)
 		}
 		if durTarget != nil {
 			if *durTarget != 0 {

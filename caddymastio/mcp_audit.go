@@ -26,6 +26,9 @@ type mcpCallRecord struct {
 	requestID      string
 	sessionID      string
 	detail         string
+	// expect, if set, is the row the exchange announced before forwarding
+	// (see audit.Log.Expect); appending through it settles it.
+	expect *audit.Expectation
 }
 
 // auditMCPCall appends an mcp.call row and returns once it is durable; a
@@ -57,8 +60,14 @@ func (a *App) auditMCPCall(ctx context.Context, c mcpCallRecord) error {
 	if c.detail != "" {
 		d["detail"] = c.detail
 	}
-	if _, err := a.Audit().Append(context.WithoutCancel(ctx), audit.Event{Type: "mcp.call", Actor: "agent:" + c.p.AgentID,
-		Subject: c.server + "/" + c.name, Result: result, Details: d}); err != nil {
+	ev := audit.Event{Type: "mcp.call", Actor: "agent:" + c.p.AgentID, Subject: c.server + "/" + c.name, Result: result, Details: d}
+	var err error
+	if c.expect != nil {
+		_, err = c.expect.Append(context.WithoutCancel(ctx), ev)
+	} else {
+		_, err = a.Audit().Append(context.WithoutCancel(ctx), ev)
+	}
+	if err != nil {
 		a.logger.Error("auditing an MCP call", zap.Error(err))
 		return caddyhttp.Error(http.StatusServiceUnavailable, fmt.Errorf("the audit log cannot be written: %w", err))
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mcp"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
@@ -160,6 +161,7 @@ type exchange struct {
 	forwarded []*mcp.Message    // requests sent to the upstream
 	batch     bool
 	sessionID string
+	expect    *audit.Expectation // the audit row announced before forwarding
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
@@ -299,6 +301,12 @@ func (x *exchange) serve(w http.ResponseWriter, next caddyhttp.Handler) error {
 
 	ctx, cancel := context.WithTimeout(r.Context(), time.Duration(g.Timeout))
 	defer cancel()
+	if len(x.calls) > 0 {
+		// Announce the coming audit row, so that a commit starting while
+		// the upstream works may wait briefly for it (group commit).
+		x.expect = g.app.Audit().Expect()
+		defer x.expect.Cancel()
+	}
 	rw := &mcpWriter{w: w, x: x, limit: g.MaxResponseBytes}
 	err = next.ServeHTTP(rw, r.WithContext(ctx))
 	if err != nil && !rw.wroteHeader {
@@ -374,7 +382,7 @@ func (x *exchange) joined(upstream []json.RawMessage) []byte {
 func (x *exchange) auditCall(c *call, outcome string, upstreamStatus int, detail string) error {
 	return x.g.app.auditMCPCall(x.r.Context(), mcpCallRecord{p: x.p, server: x.g.Server, action: c.action, name: c.name,
 		decision: c.decision, argsSum: c.argsSum, outcome: outcome, upstreamStatus: upstreamStatus, start: c.start,
-		requestID: string(c.msg.ID), sessionID: x.sessionID, detail: detail})
+		requestID: string(c.msg.ID), sessionID: x.sessionID, detail: detail, expect: x.expect})
 }
 
 // upstreamFailed answers every forwarded request with a JSON-RPC error

@@ -422,3 +422,142 @@ func TestAppendTxCommitsWithTheCallerAndInterleavesWithTheWriter(t *testing.T) {
 		t.Fatalf("verify: %+v %v", res, err)
 	}
 }
+
+// holdFirst makes a log's first commit wait in BeforeCommit: entered is
+// closed when it does, and it goes on once release is closed.
+type holdFirst struct {
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func newHold() *holdFirst {
+	return &holdFirst{entered: make(chan struct{}), release: make(chan struct{})}
+}
+
+// newDelayedLog opens a log with the given CommitDelay whose first commit
+// is held by hold (nil: none).
+func newDelayedLog(t *testing.T, delay time.Duration, hold *holdFirst) (*audit.Log, *store.Store) {
+	t.Helper()
+	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "mastio.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := func() error {
+		if hold != nil {
+			hold.once.Do(func() {
+				close(hold.entered)
+				<-hold.release
+			})
+		}
+		return st.CheckFile()
+	}
+	l := audit.Open(st.DB(), audit.Options{BeforeCommit: before, CommitDelay: delay})
+	t.Cleanup(func() { l.Close(); st.Close() })
+	return l, st
+}
+
+// until polls cond (a state, not a duration) for up to 30 s.
+func until(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("never happened: %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// loaded brings l under load: a first row's commit is held while a second
+// row queues behind it, so that the second is committed by the drainer,
+// whose commits wait for expected rows. It returns the second row's
+// outcome and releases the first.
+func loaded(t *testing.T, l *audit.Log, hold *holdFirst) chan error {
+	t.Helper()
+	first := appendAsync(l, "t.first")
+	<-hold.entered
+	second := appendAsync(l, "t.second")
+	until(t, func() bool { return l.QueueLen() == 1 }, "the second row queues behind the held commit")
+	close(hold.release)
+	within(t, first, "the held row")
+	return second
+}
+
+// appendAsync runs Append in a goroutine; the channel yields its error.
+func appendAsync(l interface {
+	Append(context.Context, audit.Event) (audit.Record, error)
+}, typ string) chan error {
+	done := make(chan error, 1)
+	go func() {
+		_, err := l.Append(context.Background(), audit.Event{Type: typ, Actor: "a"})
+		done <- err
+	}()
+	return done
+}
+
+// within fails the test if done yields nothing for a long time: with a
+// CommitDelay of an hour, only the wake-up under test can end the wait.
+func within(t *testing.T, done chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s: still waiting after 30 s (the commit waited out its delay)", what)
+	}
+}
+
+func TestCommitWaitsForAnExpectedRowAndCommitsItInTheSameBatch(t *testing.T) {
+	hold := newHold()
+	l, st := newDelayedLog(t, time.Hour, hold)
+	exp := l.Expect()
+	second := loaded(t, l, hold)
+	until(t, l.Waiting, "the drainer's commit waits for the expected row")
+	third := make(chan error, 1)
+	go func() {
+		_, err := exp.Append(context.Background(), audit.Event{Type: "t.third", Actor: "a"})
+		third <- err
+	}()
+	within(t, second, "second row")
+	within(t, third, "expected row")
+	var commits int
+	if err := st.DB().QueryRow(`SELECT COUNT(DISTINCT time) FROM audit_events WHERE event_type IN ('t.second', 't.third')`).Scan(&commits); err != nil {
+		t.Fatal(err)
+	}
+	if commits != 1 {
+		t.Fatalf("the second and the expected row took %d commits, want 1", commits)
+	}
+	exp.Cancel() // after Append: no effect
+	within(t, appendAsync(l, "t.after"), "a row after the expectation was settled")
+}
+
+func TestCancelledExpectationReleasesTheWaitingCommit(t *testing.T) {
+	hold := newHold()
+	l, _ := newDelayedLog(t, time.Hour, hold)
+	exp := l.Expect()
+	second := loaded(t, l, hold)
+	until(t, l.Waiting, "the drainer's commit waits for the expected row")
+	exp.Cancel()
+	within(t, second, "row after cancel")
+	exp.Cancel() // twice: no effect, in particular no negative count
+	within(t, appendAsync(l, "t.y"), "row after a second cancel")
+}
+
+func TestLoneRowsDoNotWaitForExpectedRows(t *testing.T) {
+	l, _ := newDelayedLog(t, time.Hour, nil)
+	exp := l.Expect()
+	// Not under load: the row commits at once although a row is expected.
+	within(t, appendAsync(l, "t.lone"), "lone row")
+	if _, err := exp.Append(context.Background(), audit.Event{Type: "t.own", Actor: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	// A row that fails validation settles its expectation too.
+	bad := l.Expect()
+	if _, err := bad.Append(context.Background(), audit.Event{Type: "", Actor: "a"}); err == nil {
+		t.Fatal("an invalid event was accepted")
+	}
+	hold := newHold()
+	l2, _ := newDelayedLog(t, time.Hour, hold)
+	within(t, loaded(t, l2, hold), "a row under load with nothing expected")
+}

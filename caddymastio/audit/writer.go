@@ -25,6 +25,13 @@ type Options struct {
 	BeforeCommit func() error
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// CommitDelay is how long a commit may wait for rows that callers
+	// announced with Expect but have not appended yet, so that one commit
+	// (one fsync and a dozen syscalls) serves them all. Only commits made
+	// under load wait (those of rows that queued while another commit
+	// ran), and only while expected rows are missing: a lone caller is
+	// never delayed. 0 never waits.
+	CommitDelay time.Duration
 }
 
 // Log appends to the audit_events table of db.
@@ -43,6 +50,11 @@ type Log struct {
 	leading bool // a commit is running or due; true whenever queue is not empty
 	queue   []*appendReq
 	idle    *sync.Cond // broadcast when leading turns false
+
+	delay    atomic.Int64  // CommitDelay, settable
+	expected int           // rows announced by Expect and not yet appended or cancelled
+	waiting  bool          // a commit waits for expected rows
+	arrived  chan struct{} // wakes that commit when a row is queued or an expectation cancelled
 
 	// Writer state: only the goroutine that leads touches these. The writer
 	// keeps one connection with its INSERT prepared, instead of taking a
@@ -80,25 +92,96 @@ func Open(db *sql.DB, opts Options) *Log {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	l := &Log{db: db, opts: opts}
+	l := &Log{db: db, opts: opts, arrived: make(chan struct{}, 1)}
 	l.idle = sync.NewCond(&l.mu)
+	l.delay.Store(int64(opts.CommitDelay))
 	return l
+}
+
+// SetCommitDelay changes CommitDelay for the commits that start from now
+// on (a config reload keeps the Log, which belongs to the database).
+func (l *Log) SetCommitDelay(d time.Duration) { l.delay.Store(int64(d)) }
+
+// Expectation is a row a caller announced it will append soon. Settle it
+// with Append or Cancel; Cancel after Append does nothing, so callers may
+// defer it.
+type Expectation struct {
+	l       *Log
+	settled bool
+}
+
+// Expect announces a row the caller will append shortly (for instance
+// once an upstream answers), so that a commit starting meanwhile may wait
+// up to CommitDelay for it instead of committing without it.
+func (l *Log) Expect() *Expectation {
+	l.mu.Lock()
+	l.expected++
+	l.mu.Unlock()
+	return &Expectation{l: l}
+}
+
+// Append appends ev as Log.Append does and settles the expectation.
+func (e *Expectation) Append(ctx context.Context, ev Event) (Record, error) {
+	if e.settled {
+		return e.l.Append(ctx, ev)
+	}
+	e.settled = true
+	return e.l.append(ctx, ev, true)
+}
+
+// Cancel withdraws the expectation if it is not settled yet.
+func (e *Expectation) Cancel() {
+	if e.settled {
+		return
+	}
+	e.settled = true
+	e.l.mu.Lock()
+	e.l.expected--
+	e.l.wakeWaiter()
+	e.l.mu.Unlock()
+}
+
+// wakeWaiter tells a commit waiting for expected rows that one came or
+// was withdrawn. Called with mu held.
+func (l *Log) wakeWaiter() {
+	if l.waiting {
+		select {
+		case l.arrived <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Append adds ev to the chain and returns the stored record once it is
 // durable. It fails, and nothing is stored, if ev is invalid or the batch
 // cannot be committed.
 func (l *Log) Append(ctx context.Context, ev Event) (Record, error) {
+	return l.append(ctx, ev, false)
+}
+
+// append queues ev and waits for its commit; settle also withdraws one
+// expected row.
+func (l *Log) append(ctx context.Context, ev Event, settle bool) (Record, error) {
 	ev, details, err := prepare(ev)
-	if err != nil {
-		return Record{}, err
+	if err == nil {
+		err = ctx.Err()
 	}
-	if err := ctx.Err(); err != nil {
+	if err != nil {
+		if settle {
+			l.mu.Lock()
+			l.expected--
+			l.wakeWaiter()
+			l.mu.Unlock()
+		}
 		return Record{}, err
 	}
 	req := &appendReq{ev: ev, details: details, res: make(chan appendRes, 1)}
 
 	l.mu.Lock()
+	if settle {
+		l.expected--
+		l.wakeWaiter()
+	}
 	if l.closed {
 		l.mu.Unlock()
 		return Record{}, ErrClosed
@@ -109,7 +192,7 @@ func (l *Log) Append(ctx context.Context, ev Event) (Record, error) {
 	l.mu.Unlock()
 
 	if lead {
-		if l.commitQueued() {
+		if l.commitQueued(false) {
 			go l.drain()
 		}
 	}
@@ -119,17 +202,23 @@ func (l *Log) Append(ctx context.Context, ev Event) (Record, error) {
 	return r.rec, r.err
 }
 
-// drain commits queued batches until the queue is empty.
+// drain commits queued batches until the queue is empty. It runs only
+// while rows keep arriving during commits, that is under load, so it is
+// where a commit waits for expected rows: a lone caller is never delayed.
 func (l *Log) drain() {
-	for l.commitQueued() {
+	for l.commitQueued(true) {
 	}
 }
 
-// commitQueued commits the oldest queued rows (at most MaxBatch) and
-// answers their callers. It reports whether more rows are queued, in which
-// case the caller must go on leading; otherwise it has given up the lead.
-func (l *Log) commitQueued() bool {
+// commitQueued commits the oldest queued rows (at most MaxBatch), first
+// waiting for expected rows if wait is set, and answers their callers. It
+// reports whether more rows are queued, in which case the caller must go
+// on leading; otherwise it has given up the lead.
+func (l *Log) commitQueued(wait bool) bool {
 	l.mu.Lock()
+	if wait {
+		l.awaitExpected()
+	}
 	batch := l.queue
 	if len(batch) > l.opts.MaxBatch {
 		batch = batch[:l.opts.MaxBatch:l.opts.MaxBatch]
@@ -156,6 +245,35 @@ func (l *Log) commitQueued() bool {
 	l.leading = false
 	l.idle.Broadcast()
 	return false
+}
+
+// awaitExpected waits, at most CommitDelay, for the rows announced with
+// Expect to be queued, so that they join the coming batch. Called with mu
+// held; it releases mu while waiting.
+func (l *Log) awaitExpected() {
+	delay := time.Duration(l.delay.Load())
+	if delay <= 0 || l.expected <= 0 || len(l.queue) >= l.opts.MaxBatch {
+		return
+	}
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	for l.expected > 0 && len(l.queue) < l.opts.MaxBatch {
+		l.waiting = true
+		l.mu.Unlock()
+		select {
+		case <-l.arrived:
+			l.mu.Lock()
+		case <-timer.C:
+			l.mu.Lock()
+			l.waiting = false
+			return
+		}
+	}
+	l.waiting = false
+	select { // drop a wake-up sent after the last check
+	case <-l.arrived:
+	default:
+	}
 }
 
 // Close waits for the rows already queued to be committed, refuses new
