@@ -152,6 +152,16 @@ type App struct {
 	// delayed. Default: 1ms; a negative value turns the wait off.
 	AuditCommitDelay caddy.Duration `json:"audit_commit_delay,omitempty"`
 
+	// How durable an audit row is when the answer that depends on it is
+	// sent: "full" (default: the commit is fsynced, so the row survives a
+	// power loss) or "os" (the commit is handed to the operating system
+	// without waiting for the disk: the row survives a crash or restart of
+	// Caddy, but a power loss or kernel crash may lose the last commits;
+	// the chain stays consistent and verifiable). "os" removes the disk
+	// flush from every MCP call's latency; choosing it is logged as a
+	// warning at every config load.
+	AuditSync string `json:"audit_sync,omitempty"`
+
 	// runtime
 	ctx               caddy.Context
 	logger            *zap.Logger
@@ -247,6 +257,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 			a.OrgID, a.state.orgID, a.state.orgID)
 	}
 	a.state.audit.SetCommitDelay(a.auditCommitDelay())
+	if a.AuditSync == "os" {
+		a.state.audit.SetSync(audit.SyncOS)
+		a.logger.Warn("audit_sync is os: audit rows are committed to the operating system, not fsynced, before answers are sent; " +
+			"they survive a crash or restart of Caddy, but a power loss or kernel crash may lose the last ones")
+	} else {
+		a.state.audit.SetSync(audit.SyncFull)
+	}
 	if err := a.resolveAdminSecret(repl); err != nil {
 		return err
 	}
@@ -394,6 +411,9 @@ func (a *App) validateStatic() error {
 		if err := checkSecretStrength(a.AdminSecret, "config"); err != nil {
 			return err
 		}
+	}
+	if a.AuditSync != "" && a.AuditSync != "full" && a.AuditSync != "os" {
+		return fmt.Errorf("audit_sync %q: want full or os", a.AuditSync)
 	}
 	if time.Duration(a.AuditCommitDelay) > 100*time.Millisecond {
 		return errors.New("audit_commit_delay must be at most 100ms (it is added to calls under load); use off to disable it")

@@ -51,6 +51,7 @@ func init() {
 //	        item_rate          <calls per minute>|off
 //	    }
 //	    anonymous_rate enrollment|enrollment_status|token <per-ip|off> <global|off>
+//	    audit_sync         full|os
 //	    audit_commit_delay <duration>|off
 //	}
 //
@@ -103,6 +104,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			durTarget = &a.DPoPIATWindow
 		case "dpop_nonce":
 			target = &a.DPoPNonce
+		case "audit_sync":
+			target = &a.AuditSync
 		case "policy":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -277,7 +280,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		default:
 			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, "+
-				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_commit_delay)", opt)
+				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay)", opt)
 		}
 		if durTarget != nil {
 			if *durTarget != 0 {
@@ -346,6 +349,8 @@ func (a *App) checkOption(opt string) error {
 		single.AdminSecret = a.AdminSecret
 	case "dpop_nonce":
 		single.DPoPNonce = a.DPoPNonce
+	case "audit_sync":
+		single.AuditSync = a.AuditSync
 	}
 	return single.validateStatic()
 }

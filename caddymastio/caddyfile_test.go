@@ -135,6 +135,7 @@ func TestCaddyfileErrorsNameOptionAndLine(t *testing.T) {
 		{"anonymous rate unknown route", "{\n\tmastio {\n\t\tanonymous_rate login 5 10\n\t}\n}\n", `unknown route "login" (known: enrollment, enrollment_status, token)`},
 		{"anonymous rate arity", "{\n\tmastio {\n\t\tanonymous_rate token 5\n\t}\n}\n", "takes a route and two rates"},
 		{"anonymous rate bad value", "{\n\tmastio {\n\t\tanonymous_rate token 5 lots\n\t}\n}\n", `"lots": want requests per minute or off`},
+		{"audit sync unknown", "{\n\tmastio {\n\t\taudit_sync sometimes\n\t}\n}\n", `audit_sync "sometimes": want full or os`},
 		{"audit commit delay too long", "{\n\tmastio {\n\t\taudit_commit_delay 1s\n\t}\n}\n", "audit_commit_delay must be at most 100ms"},
 		{"audit commit delay bad", "{\n\tmastio {\n\t\taudit_commit_delay soon\n\t}\n}\n", `"soon": want a positive duration or off`},
 		{"audit commit delay twice", "{\n\tmastio {\n\t\taudit_commit_delay off\n\t\taudit_commit_delay 1ms\n\t}\n}\n", "audit_commit_delay specified more than once"},

@@ -215,10 +215,15 @@ func processCPU(b *testing.B, pid int) time.Duration {
 // call). Proofs are signed before the timer starts.
 func BenchmarkMCPToolCall(b *testing.B) {
 	up := fastUpstream(b)
-	s := exampleServer(b, `
+	global := `
 		policy {
 			allow capability:mcp:call tools/call weather/*
-		}`, `
+		}`
+	// MASTIO_BENCH_AUDIT_SYNC=os measures the gateway with audit_sync os.
+	if v := os.Getenv("MASTIO_BENCH_AUDIT_SYNC"); v != "" {
+		global += "\n\t\taudit_sync " + v
+	}
+	s := exampleServer(b, global, `
 	handle /plain {
 		reverse_proxy {$UP}
 	}

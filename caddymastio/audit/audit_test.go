@@ -561,3 +561,28 @@ func TestLoneRowsDoNotWaitForExpectedRows(t *testing.T) {
 	l2, _ := newDelayedLog(t, time.Hour, hold)
 	within(t, loaded(t, l2, hold), "a row under load with nothing expected")
 }
+
+func TestSyncOSAppliesToTheWriterConnectionOnly(t *testing.T) {
+	l, st := newLog(t)
+	appendN(t, l, 1)
+	if got := l.ConnSynchronous(); got != 2 {
+		t.Fatalf("default: synchronous=%d, want 2 (FULL)", got)
+	}
+	l.SetSync(audit.SyncOS)
+	appendN(t, l, 1)
+	if got := l.ConnSynchronous(); got != 1 {
+		t.Fatalf("SyncOS: synchronous=%d, want 1 (NORMAL)", got)
+	}
+	var other int // the store's other connections stay FULL
+	if err := st.DB().QueryRow("PRAGMA synchronous").Scan(&other); err != nil || other != 2 {
+		t.Fatalf("store connection: synchronous=%d (%v), want 2", other, err)
+	}
+	l.SetSync(audit.SyncFull)
+	appendN(t, l, 1)
+	if got := l.ConnSynchronous(); got != 2 {
+		t.Fatalf("back to SyncFull: synchronous=%d, want 2", got)
+	}
+	if res, err := audit.Verify(context.Background(), st.DB(), 0, 0); err != nil || !res.OK() {
+		t.Fatalf("%+v %v", res, err)
+	}
+}

@@ -32,6 +32,33 @@ type Options struct {
 	// ran), and only while expected rows are missing: a lone caller is
 	// never delayed. 0 never waits.
 	CommitDelay time.Duration
+	// Sync is how far a commit goes before Append returns: SyncFull (the
+	// default) or SyncOS.
+	Sync Sync
+}
+
+// Sync says how durable a committed row is when Append returns.
+type Sync int32
+
+const (
+	// SyncFull fsyncs every commit: an acknowledged row survives a power
+	// loss or a kernel crash (SQLite synchronous=FULL).
+	SyncFull Sync = iota
+	// SyncOS hands every commit to the operating system without waiting
+	// for the disk: an acknowledged row survives a crash, kill or restart
+	// of the process, but a power loss or kernel crash may lose the last
+	// commits (never the chain's integrity: the database stays consistent
+	// and verifiable). SQLite synchronous=NORMAL, on the audit writer's
+	// connection only.
+	SyncOS
+)
+
+// String returns "full" or "os".
+func (s Sync) String() string {
+	if s == SyncOS {
+		return "os"
+	}
+	return "full"
 }
 
 // Log appends to the audit_events table of db.
@@ -52,6 +79,8 @@ type Log struct {
 	idle    *sync.Cond // broadcast when leading turns false
 
 	delay    atomic.Int64  // CommitDelay, settable
+	sync     atomic.Int32  // Sync, settable
+	connSync Sync          // the synchronous setting of conn (writer state)
 	expected int           // rows announced by Expect and not yet appended or cancelled
 	waiting  bool          // a commit waits for expected rows
 	arrived  chan struct{} // wakes that commit when a row is queued or an expectation cancelled
@@ -95,8 +124,12 @@ func Open(db *sql.DB, opts Options) *Log {
 	l := &Log{db: db, opts: opts, arrived: make(chan struct{}, 1)}
 	l.idle = sync.NewCond(&l.mu)
 	l.delay.Store(int64(opts.CommitDelay))
+	l.sync.Store(int32(opts.Sync))
 	return l
 }
+
+// SetSync changes Sync for the commits that start from now on.
+func (l *Log) SetSync(s Sync) { l.sync.Store(int32(s)) }
 
 // SetCommitDelay changes CommitDelay for the commits that start from now
 // on (a config reload keeps the Log, which belongs to the database).
@@ -352,6 +385,7 @@ func (l *Log) dropConn() {
 		l.conn.Close()
 	}
 	l.conn, l.stmt, l.begin, l.end, l.rewind = nil, nil, nil, nil, nil
+	l.connSync = SyncFull // a new connection starts with the store's DSN (FULL)
 }
 
 func (l *Log) commitOnce(batch []*appendReq) ([]Record, error) {
@@ -360,6 +394,17 @@ func (l *Log) commitOnce(batch []*appendReq) ([]Record, error) {
 		return nil, err
 	}
 	var err error
+	if want := Sync(l.sync.Load()); want != l.connSync {
+		pragma := "PRAGMA synchronous=FULL"
+		if want == SyncOS {
+			pragma = "PRAGMA synchronous=NORMAL"
+		}
+		if _, err = l.conn.ExecContext(ctx, pragma); err != nil {
+			l.dropConn()
+			return nil, fmt.Errorf("audit: %s: %w", pragma, err)
+		}
+		l.connSync = want
+	}
 	if _, err = l.begin.ExecContext(ctx); err != nil {
 		l.dropConn()
 		return nil, fmt.Errorf("audit: begin: %w", err)
