@@ -542,3 +542,51 @@ func TestMCPConcurrentCallsAreEachAudited(t *testing.T) {
 	verifyChain(t, db)
 	closeSessions()
 }
+
+// With audit_sync os an answered call's row is in the operating system's
+// hands before the answer: killing Caddy (SIGKILL, no shutdown) right
+// after the answers loses none of them.
+func TestAuditSyncOSRowsSurviveKill(t *testing.T) {
+	up := batchUpstream(t)
+	s := exampleServer(t, `
+		audit_sync os
+		policy {
+			allow capability:mcp:call tools/call weather/get_forecast
+		}`, `
+	handle /mcp/batch {
+		mastio_mcp weather
+		reverse_proxy {$MCP_BATCH_UPSTREAM}
+	}
+`, "MCP_BATCH_UPSTREAM="+up.URL)
+	if !strings.Contains(s.out.String(), "audit_sync is os") {
+		t.Fatalf("no warning about audit_sync os in the log:\n%s", s.out)
+	}
+	caller := makeIdentity(t, s, "crashy", "mcp:call")
+	const workers, perWorker = 8, 5
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sess := caller.Session()
+			for i := 0; i < perWorker; i++ {
+				body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"get_forecast","arguments":{}}}`, i)
+				if code, _, answer := rawMCP(t, s, sess, "/mcp/batch", nil, body); code != 200 || !strings.Contains(answer, `"echo":"tools/call"`) {
+					t.Errorf("%d %.300s", code, answer)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	s.kill()
+	db := openDB(t, s.dataDir)
+	var rows int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'mcp.call' AND actor LIKE '%crashy'`).Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	if rows != workers*perWorker {
+		t.Fatalf("%d calls answered before the kill, %d mcp.call rows after it", workers*perWorker, rows)
+	}
+	verifyChain(t, db)
+}
