@@ -140,7 +140,7 @@ func (l *Log) SetCommitDelay(d time.Duration) { l.delay.Store(int64(d)) }
 // defer it.
 type Expectation struct {
 	l       *Log
-	settled bool
+	settled atomic.Bool
 }
 
 // Expect announces a row the caller will append shortly (for instance
@@ -153,21 +153,17 @@ func (l *Log) Expect() *Expectation {
 	return &Expectation{l: l}
 }
 
-// Append appends ev as Log.Append does and settles the expectation.
+// Append appends ev as Log.Append does and settles the expectation (a
+// second Append is a plain one).
 func (e *Expectation) Append(ctx context.Context, ev Event) (Record, error) {
-	if e.settled {
-		return e.l.Append(ctx, ev)
-	}
-	e.settled = true
-	return e.l.append(ctx, ev, true)
+	return e.l.append(ctx, ev, e.settled.CompareAndSwap(false, true))
 }
 
 // Cancel withdraws the expectation if it is not settled yet.
 func (e *Expectation) Cancel() {
-	if e.settled {
+	if !e.settled.CompareAndSwap(false, true) {
 		return
 	}
-	e.settled = true
 	e.l.mu.Lock()
 	e.l.expected--
 	e.l.wakeWaiter()
