@@ -85,15 +85,9 @@ func measure(b *testing.B, client *http.Client, url string, header func(i int) h
 				req.Header.Set("Accept", "application/json, text/event-stream")
 				t0 := time.Now()
 				resp, err := client.Do(req)
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
+				ok := readAnswer(b, resp, err)
 				lat[i] = time.Since(t0)
-				if resp.StatusCode != 200 || !bytes.Contains(body, []byte("sunny in Rome")) {
-					b.Errorf("%d %s", resp.StatusCode, body)
+				if !ok {
 					return
 				}
 			}
@@ -111,6 +105,22 @@ func measure(b *testing.B, client *http.Client, url string, header func(i int) h
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "calls/s")
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+}
+
+// readAnswer reads a call's answer (or takes its error) and reports
+// whether it is the tool's result.
+func readAnswer(b *testing.B, resp *http.Response, err error) bool {
+	if err != nil {
+		b.Error(err)
+		return false
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !bytes.Contains(body, []byte("sunny in Rome")) {
+		b.Errorf("%d %s", resp.StatusCode, body)
+		return false
+	}
+	return true
 }
 
 // leanRequests serializes request i of the run as HTTP/1.1 bytes.
@@ -172,15 +182,9 @@ func leanWorker(b *testing.B, client *http.Client, rawURL string, requests [][]b
 			return
 		}
 		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			b.Error(err)
-			return
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
+		ok := readAnswer(b, resp, err)
 		lat[i] = time.Since(t0)
-		if resp.StatusCode != 200 || !bytes.Contains(body, []byte("sunny in Rome")) {
-			b.Errorf("%d %s", resp.StatusCode, body)
+		if !ok {
 			return
 		}
 		if resp.Close {
