@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -589,4 +592,54 @@ func TestAuditSyncOSRowsSurviveKill(t *testing.T) {
 		t.Fatalf("%d calls answered before the kill, %d mcp.call rows after it", workers*perWorker, rows)
 	}
 	verifyChain(t, db)
+}
+
+// lastConfigLoadSync is the audit_sync the newest config.load row records.
+func lastConfigLoadSync(t *testing.T, db *sql.DB) string {
+	t.Helper()
+	var details string
+	if err := db.QueryRow(`SELECT details FROM audit_events WHERE event_type = 'config.load' ORDER BY seq DESC LIMIT 1`).Scan(&details); err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		AuditSync string `json:"audit_sync"`
+	}
+	decodeJSON(t, details, &d)
+	return d.AuditSync
+}
+
+// audit_sync is a setting of the audit writer, which outlives configs: a
+// reload that fails must leave it as it was, and one that succeeds
+// applies it, warns and records it in config.load.
+func TestAuditSyncChangesOnlyWithAConfigThatRuns(t *testing.T) {
+	s := exampleServer(t, "", "")
+	db := openDB(t, s.dataDir)
+	if got := lastConfigLoadSync(t, db); got != "full" {
+		t.Fatalf("config.load records audit_sync %q, want full", got)
+	}
+	path := filepath.Join(s.dir, "Caddyfile")
+	base, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reload := func(extra string) (string, error) {
+		writeFile(t, path, strings.Replace(string(base), "org_id orga", "org_id orga\n\t\t"+extra, 1))
+		return s.runCaddy("reload", "--config", path, "--adapter", "caddyfile", "--address", s.adminAddr)
+	}
+	// Refused during provisioning, after the mastio app read audit_sync.
+	if out, err := reload("audit_sync os\n\t\tadmin_secret {env.MASTIO_UNSET_SECRET}"); err == nil {
+		t.Fatalf("a reload with an unresolvable admin secret was accepted:\n%s", out)
+	}
+	if strings.Contains(s.out.String(), "audit_sync is os") || lastConfigLoadSync(t, db) != "full" {
+		t.Fatalf("a failed reload changed audit_sync:\n%s", s.out)
+	}
+	if out, err := reload("audit_sync os"); err != nil {
+		t.Fatalf("caddy reload: %v\n%s", err, out)
+	}
+	if !strings.Contains(s.out.String(), "audit_sync is os") {
+		t.Fatalf("no warning about audit_sync os:\n%s", s.out)
+	}
+	if got := lastConfigLoadSync(t, db); got != "os" {
+		t.Fatalf("config.load records audit_sync %q, want os", got)
+	}
 }
