@@ -246,29 +246,17 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			continue
 		case "audit_commit_delay":
-			if a.AuditCommitDelay != 0 {
-				return d.Errf("mastio option %s specified more than once", opt)
-			}
-			if !d.NextArg() {
-				return d.Errf("mastio option %s needs a duration or off", opt)
-			}
-			val := d.Val()
 			if d.NextArg() {
-				return d.Errf("mastio option %s takes one value, got another: %q", opt, d.Val())
+				if d.Val() == "off" {
+					if a.AuditCommitDelay != 0 || d.NextArg() {
+						return d.Errf("mastio option %s takes one value, once", opt)
+					}
+					a.AuditCommitDelay = -1
+					continue
+				}
+				d.Prev() // a duration: parsed below like the other durations
 			}
-			if val == "off" {
-				a.AuditCommitDelay = -1
-				continue
-			}
-			dur, err := caddy.ParseDuration(val)
-			if err != nil || dur <= 0 {
-				return d.Errf("mastio option %s %q: want a positive duration or off", opt, val)
-			}
-			a.AuditCommitDelay = caddy.Duration(dur)
-			if err := (&App{AuditCommitDelay: a.AuditCommitDelay}).validateStatic(); err != nil {
-				return d.Errf("mastio option %s: %v", opt, err)
-			}
-			continue
+			durTarget = &a.AuditCommitDelay
 		case "allow_bearer_tokens":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -301,7 +289,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("mastio option %s takes one value, got another: %q", opt, d.Val())
 			}
 			single := App{AgentCertLifetime: a.AgentCertLifetime, EnrollmentTTL: a.EnrollmentTTL, TokenTTL: a.TokenTTL,
-				DPoPIATWindow: a.DPoPIATWindow}
+				DPoPIATWindow: a.DPoPIATWindow, AuditCommitDelay: a.AuditCommitDelay}
 			if err := single.validateStatic(); err != nil {
 				return d.Errf("mastio option %s: %v", opt, err)
 			}

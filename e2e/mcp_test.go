@@ -498,27 +498,21 @@ func TestPolicyBindings(t *testing.T) {
 	closeSessions()
 }
 
-// Concurrent calls through the gateway, allowed and denied: every one is
-// answered and has its own audit row, and the chain stays valid. Under
-// this load the audit writer batches rows and its commits wait for the
-// rows of calls still at the upstream (audit_commit_delay); a row that
-// was announced but never settled would leave calls waiting, a lost one
-// would show in the count.
-func TestMCPConcurrentCallsAreEachAudited(t *testing.T) {
-	s := mcpServer(t)
-	caller := makeIdentity(t, s, "busy", "mcp:call")
-	db := openDB(t, s.dataDir)
-	before := eventCounts(t, db)["mcp.call"]
-	const workers, perWorker = 8, 12
+// callGateway makes workers×perWorker tools/call requests through
+// /mcp/batch, from concurrent sessions of id; call i names
+// delete_everything where deny(i) (refused with -32000), else
+// get_forecast (echoed by the batch upstream). Every answer is checked.
+func callGateway(t *testing.T, s *server, id *client.Identity, workers, perWorker int, deny func(i int) bool) {
+	t.Helper()
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sess := caller.Session()
+			sess := id.Session()
 			for i := 0; i < perWorker; i++ {
 				name, want := "get_forecast", `"echo":"tools/call"`
-				if i%3 == 2 {
+				if deny(i) {
 					name, want = "delete_everything", `"code":-32000`
 				}
 				body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":%q,"arguments":{"city":"Rome"}}}`, i, name)
@@ -531,6 +525,20 @@ func TestMCPConcurrentCallsAreEachAudited(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// Concurrent calls through the gateway, allowed and denied: every one is
+// answered and has its own audit row, and the chain stays valid. Under
+// this load the audit writer batches rows, and commits wait for the rows
+// of calls still at the upstream (audit_commit_delay); a row lost or
+// committed twice on that path shows in the counts.
+func TestMCPConcurrentCallsAreEachAudited(t *testing.T) {
+	s := mcpServer(t)
+	caller := makeIdentity(t, s, "busy", "mcp:call")
+	db := openDB(t, s.dataDir)
+	before := eventCounts(t, db)["mcp.call"]
+	const workers, perWorker = 8, 12
+	callGateway(t, s, caller, workers, perWorker, func(i int) bool { return i%3 == 2 })
 	rows := eventCounts(t, db)["mcp.call"] - before
 	if rows != workers*perWorker {
 		t.Fatalf("%d calls answered, %d mcp.call rows", workers*perWorker, rows)
@@ -566,22 +574,7 @@ func TestAuditSyncOSRowsSurviveKill(t *testing.T) {
 	}
 	caller := makeIdentity(t, s, "crashy", "mcp:call")
 	const workers, perWorker = 8, 5
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sess := caller.Session()
-			for i := 0; i < perWorker; i++ {
-				body := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"get_forecast","arguments":{}}}`, i)
-				if code, _, answer := rawMCP(t, s, sess, "/mcp/batch", nil, body); code != 200 || !strings.Contains(answer, `"echo":"tools/call"`) {
-					t.Errorf("%d %.300s", code, answer)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	callGateway(t, s, caller, workers, perWorker, func(int) bool { return false })
 	s.kill()
 	db := openDB(t, s.dataDir)
 	var rows int
