@@ -41,27 +41,37 @@ func (h *Handler) serveAggregator(w http.ResponseWriter, r *http.Request) error 
 			Message: "this endpoint is stateless: POST JSON-RPC messages (no GET stream, no session to delete)"}))
 		return nil
 	}
-	p, pol, ok := h.app.authenticateAgent(w, r, h.logger)
+	ar, ok := h.app.authenticateAgent(w, r, h.logger)
 	if !ok {
 		return nil
 	}
+	defer ar.done()
+	r, p, pol := ar.r, ar.p, ar.pol
+	refuse := func(status int, reason string, id json.RawMessage, e *mcp.Error) error {
+		h.app.auditRefusal(r, "mcp.refused", p.AgentID, status, reason, e.Message, map[string]any{"server": "aggregator"})
+		writeRPC(w, status, mcp.ErrorResponse(id, e))
+		return nil
+	}
+	for _, hdr := range singleHeaders {
+		if len(r.Header.Values(hdr)) > 1 {
+			return refuse(http.StatusBadRequest, "ambiguous_header", nil, &mcp.Error{Code: mcp.CodeInvalidRequest,
+				Message: fmt.Sprintf("Invalid Request: the %s header appears more than once", hdr)})
+		}
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
 	if err != nil {
-		writeRPC(w, http.StatusRequestEntityTooLarge, mcp.ErrorResponse(nil, &mcp.Error{Code: mcp.CodeInvalidRequest,
-			Message: "the request body exceeds 1048576 bytes"}))
-		return nil
+		return refuse(http.StatusRequestEntityTooLarge, "request_too_large", nil, &mcp.Error{Code: mcp.CodeInvalidRequest,
+			Message: "the request body exceeds 1048576 bytes"})
 	}
 	msgs, batch, perr := mcp.ParseBody(body)
 	if perr != nil {
-		writeRPC(w, http.StatusBadRequest, mcp.ErrorResponse(nil, perr))
-		return nil
+		return refuse(http.StatusBadRequest, "invalid_message", nil, perr)
 	}
 	if herr := checkHeaders(r, msgs, batch); herr != nil {
-		writeRPC(w, http.StatusBadRequest, mcp.ErrorResponse(msgs[0].ID, herr))
-		return nil
+		return refuse(http.StatusBadRequest, "header_mismatch", msgs[0].ID, herr)
 	}
 	var answers []json.RawMessage
-	limited := time.Duration(0)
+	limited, withheld := time.Duration(0), false
 	for _, m := range msgs {
 		if !m.IsRequest() {
 			continue
@@ -71,7 +81,16 @@ func (h *Handler) serveAggregator(w http.ResponseWriter, r *http.Request) error 
 			return err
 		}
 		limited = max(limited, wait)
+		if a == nil { // withheld: the agent's credentials were withdrawn
+			withheld = true
+			continue
+		}
 		answers = append(answers, a)
+	}
+	if withheld {
+		writeRPC(w, http.StatusUnauthorized, mcp.ErrorResponse(nil, &mcp.Error{Code: mcp.CodeForbidden,
+			Message: "the agent " + p.AgentID + " was revoked (or its certificate rotated out) before the answer: nothing was delivered"}))
+		return nil
 	}
 	if len(answers) == 0 {
 		w.WriteHeader(http.StatusAccepted)
@@ -90,15 +109,6 @@ func (h *Handler) serveAggregator(w http.ResponseWriter, r *http.Request) error 
 	return nil
 }
 
-func result(id json.RawMessage, v any) json.RawMessage {
-	b, _ := json.Marshal(struct {
-		JSONRPC string          `json:"jsonrpc"`
-		ID      json.RawMessage `json:"id"`
-		Result  any             `json:"result"`
-	}{"2.0", id, v})
-	return b
-}
-
 // aggregate answers one request.
 func (h *Handler) aggregate(r *http.Request, p *Principal, pol policy.Principal, m *mcp.Message) (json.RawMessage, time.Duration, error) {
 	switch m.Method {
@@ -106,29 +116,29 @@ func (h *Handler) aggregate(r *http.Request, p *Principal, pol policy.Principal,
 		var params struct {
 			ProtocolVersion string `json:"protocolVersion"`
 		}
-		json.Unmarshal(m.Params, &params)
+		json.Unmarshal(m.Params, &params) // m was read strictly: unique, case-exact members
 		version := aggregatorVersions[0]
 		for _, v := range aggregatorVersions {
 			if v == params.ProtocolVersion {
 				version = v
 			}
 		}
-		return result(m.ID, map[string]any{
+		return mcp.Result(m.ID, map[string]any{
 			"protocolVersion": version,
 			"capabilities":    map[string]any{"tools": map[string]any{"listChanged": false}},
 			"serverInfo":      map[string]any{"name": "caddy-mastio", "version": Version()},
 			"instructions":    "Tools of the organisation's MCP servers, named <server>.<tool>; calls are checked against policy and audited.",
 		}), 0, nil
 	case "ping":
-		return result(m.ID, map[string]any{}), 0, nil
+		return mcp.Result(m.ID, map[string]any{}), 0, nil
 	case "tools/list":
 		return h.aggregateTools(r, pol, m), 0, nil
 	case "prompts/list":
-		return result(m.ID, map[string]any{"prompts": []any{}}), 0, nil
+		return mcp.Result(m.ID, map[string]any{"prompts": []any{}}), 0, nil
 	case "resources/list":
-		return result(m.ID, map[string]any{"resources": []any{}}), 0, nil
+		return mcp.Result(m.ID, map[string]any{"resources": []any{}}), 0, nil
 	case "resources/templates/list":
-		return result(m.ID, map[string]any{"resourceTemplates": []any{}}), 0, nil
+		return mcp.Result(m.ID, map[string]any{"resourceTemplates": []any{}}), 0, nil
 	case "tools/call":
 		return h.aggregateCall(r, p, pol, m)
 	}
@@ -168,7 +178,7 @@ func (h *Handler) aggregateTools(r *http.Request, pol policy.Principal, m *mcp.M
 			tools = append(tools, raw)
 		}
 	}
-	return result(m.ID, map[string]any{"tools": tools})
+	return mcp.Result(m.ID, map[string]any{"tools": tools})
 }
 
 // aggregateCall routes a tools/call to its server after policy and rate
@@ -251,7 +261,7 @@ func (h *Handler) aggregateCall(r *http.Request, p *Principal, pol policy.Princi
 		if res.IsError {
 			rec.outcome = "tool_error"
 		}
-		answer = result(m.ID, res)
+		answer = mcp.Result(m.ID, res)
 	case isRPCError(cerr):
 		rec.outcome, rec.detail = "error", cerr.Error()
 		answer = mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeUpstream, Message: "the MCP server " + server + " answered with an error: " + cerr.Error()})
@@ -263,8 +273,16 @@ func (h *Handler) aggregateCall(r *http.Request, p *Principal, pol policy.Princi
 		}
 		answer = mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeUpstream, Message: msg})
 	}
-	if err := h.app.auditMCPCall(r.Context(), rec); err != nil {
+	delivered, err := h.app.state.registry.Deliver(p.credential(), func() error { return h.app.auditMCPCall(r.Context(), rec) })
+	if err != nil {
 		return nil, 0, err
+	}
+	if !delivered {
+		rec.outcome, rec.detail = "agent_revoked", "answered after the agent's credentials were withdrawn; not delivered"
+		if err := h.app.auditMCPCall(r.Context(), rec); err != nil {
+			return nil, 0, err
+		}
+		return nil, 0, nil
 	}
 	return answer, 0, nil
 }

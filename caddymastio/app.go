@@ -166,6 +166,7 @@ type App struct {
 	// runtime
 	ctx               caddy.Context
 	logger            *zap.Logger
+	refusalLog        *zap.Logger // sampled: anonymous refusals
 	dataDir           string
 	dbPath            string
 	trustDomain       string
@@ -194,6 +195,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
+	a.refusalLog = sampledLogger(a.logger)
 	if err := a.validateStatic(); err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package caddymastio
 
 import (
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"net/http"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/jwt"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
@@ -117,6 +119,24 @@ type Principal struct {
 	Scope    []string
 	Method   string // dpop, bearer or mtls
 	Claims   *token.Claims
+	// Pin is the SHA-256 of the client certificate of the connection, if
+	// it presented one: the request stops being served when that
+	// certificate is revoked or rotated out.
+	Pin *[32]byte
+}
+
+// credential is what p was admitted with.
+func (p *Principal) credential() registry.Credential {
+	return registry.Credential{AgentID: p.AgentID, Pin: p.Pin}
+}
+
+// tlsPin returns the SHA-256 of the request's client certificate, or nil.
+func tlsPin(r *http.Request) *[32]byte {
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return nil
+	}
+	sum := sha256.Sum256(r.TLS.PeerCertificates[0].Raw)
+	return &sum
 }
 
 // AuthenticateToken checks the access token and DPoP proof of r.
@@ -138,8 +158,21 @@ func (a *App) AuthenticateToken(r *http.Request) (*Principal, *authError) {
 	if verr != nil {
 		return nil, &authError{Status: 401, Code: "invalid_token", Description: verr.Description, Reason: "invalid_token"}
 	}
+	p, aerr := a.checkTokenUse(r, tok, scheme, claims)
+	if aerr != nil {
+		// The token is ours and valid: the refusal names its agent.
+		aerr.AgentID = claims.Subject
+		return nil, aerr
+	}
+	return p, nil
+}
+
+// checkTokenUse checks how a valid token is presented: scheme, DPoP proof,
+// certificate binding and that the agent is still active.
+func (a *App) checkTokenUse(r *http.Request, tok, scheme string, claims *token.Claims) (*Principal, *authError) {
 	bound := claims.Cnf != nil && claims.Cnf.JKT != ""
-	p := &Principal{AgentID: claims.Subject, SPIFFEID: claims.SPIFFEID, Scope: strings.Fields(claims.Scope), Claims: claims}
+	p := &Principal{AgentID: claims.Subject, SPIFFEID: claims.SPIFFEID, Scope: strings.Fields(claims.Scope), Claims: claims,
+		Pin: tlsPin(r)}
 	switch {
 	case scheme == "bearer" && bound:
 		return nil, &authError{Status: 401, Code: "invalid_token",
@@ -194,9 +227,10 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	if h.Require == "mtls" {
 		id, cerr := h.app.AgentFromTLS(r)
 		if cerr != nil {
-			aerr = &authError{Status: 401, Code: cerr.Code, Description: cerr.Message, Reason: cerr.Code, NoChallenge: true}
+			aerr = &authError{Status: 401, Code: cerr.Code, Description: cerr.Message, Reason: cerr.Code, NoChallenge: true,
+				AgentID: cerr.AgentID}
 		} else {
-			p = &Principal{AgentID: id.AgentID, SPIFFEID: id.SPIFFEID, Scope: id.Capabilities, Method: "mtls"}
+			p = &Principal{AgentID: id.AgentID, SPIFFEID: id.SPIFFEID, Scope: id.Capabilities, Method: "mtls", Pin: tlsPin(r)}
 		}
 	} else {
 		p, aerr = h.app.AuthenticateToken(r)
@@ -204,7 +238,7 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	if aerr == nil {
 		for _, need := range h.Scopes {
 			if !contains(p.Scope, need) {
-				aerr = &authError{Status: 403, Code: "insufficient_scope", Reason: "insufficient_scope",
+				aerr = &authError{Status: 403, Code: "insufficient_scope", Reason: "insufficient_scope", AgentID: p.AgentID,
 					Description: fmt.Sprintf("the agent %s lacks the scope %q this route requires", p.AgentID, need)}
 				break
 			}
@@ -214,7 +248,8 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 		h.app.refuseAuth(w, r, aerr, h.logger)
 		return nil
 	}
-	h.app.acceptAuth(w, r, p)
+	r, done := h.app.admit(w, r, p)
+	defer done()
 
 	scope := strings.Join(p.Scope, " ")
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
@@ -226,7 +261,7 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
 		extra.Add(zap.String("agent_id", p.AgentID))
 	}
-	return next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+	return next.ServeHTTP(w, r)
 }
 
 // credentialHeaders are removed from a request once its caller is known:
@@ -236,10 +271,12 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 var credentialHeaders = []string{"Authorization", "DPoP", "X-SSL-Client-Cert", "X-SSL-Client-Verify", "X-SSL-Client-S-DN",
 	"X-Client-Cert", "X-Forwarded-Client-Cert"}
 
-// acceptAuth is what every handler does with an authenticated agent
-// before serving it: count it, strip the credential headers and, for
-// token callers, hand out the current DPoP nonce.
-func (a *App) acceptAuth(w http.ResponseWriter, r *http.Request, p *Principal) {
+// admit is what every handler does with an authenticated agent before
+// serving it: count it, strip the credential headers, hand token callers
+// the current DPoP nonce, and track the request so that revoking or
+// rotating out its credentials ends it (its context is cancelled). The
+// caller serves the returned request and calls done when it returns.
+func (a *App) admit(w http.ResponseWriter, r *http.Request, p *Principal) (*http.Request, func()) {
 	authCounter.WithLabelValues("success", p.Method).Inc()
 	for _, hdr := range credentialHeaders {
 		r.Header.Del(hdr)
@@ -247,13 +284,23 @@ func (a *App) acceptAuth(w http.ResponseWriter, r *http.Request, p *Principal) {
 	if a.nonceMode != dpop.NonceOff && p.Method == "dpop" {
 		w.Header().Set("DPoP-Nonce", a.state.nonces.Current(time.Now()))
 	}
+	ctx, done := a.state.inflight.track(context.WithValue(r.Context(), principalKey{}, p), p.credential())
+	return r.WithContext(ctx), done
 }
 
-// refuseAuth counts, logs and answers a refused request.
+// refuseAuth counts, logs and answers a refused request; a refusal that
+// names an agent is audited (auth.refused), others are counted only.
 func (a *App) refuseAuth(w http.ResponseWriter, r *http.Request, aerr *authError, logger *zap.Logger) {
 	authCounter.WithLabelValues("deny", aerr.Reason).Inc()
-	logger.Info("request refused", zap.String("reason", aerr.Reason), zap.String("error", aerr.Description),
-		zap.String("remote_ip", clientIP(r)), zap.String("method", r.Method), zap.String("uri", r.RequestURI))
+	fields := []zap.Field{zap.String("reason", aerr.Reason), zap.String("error", aerr.Description),
+		zap.String("remote_ip", clientIP(r)), zap.String("method", r.Method), zap.String("uri", r.RequestURI)}
+	if aerr.AgentID != "" {
+		fields = append(fields, zap.String("agent_id", aerr.AgentID))
+		logger.Info("request refused", fields...)
+		a.auditRefusal(r, "auth.refused", aerr.AgentID, aerr.Status, aerr.Reason, aerr.Description, nil)
+	} else {
+		a.refusalLog.Info("request refused", fields...)
+	}
 	if aerr.NoChallenge {
 		httpjson.WriteProblem(w, &httpjson.Problem{Status: aerr.Status, Code: aerr.Code, Reason: aerr.Code, Message: aerr.Description,
 			Hint: hintFor(aerr.Code)})
@@ -262,26 +309,37 @@ func (a *App) refuseAuth(w http.ResponseWriter, r *http.Request, aerr *authError
 	a.writeAuthError(w, r, aerr)
 }
 
+// agentRequest is a request of an authenticated agent, as a handler that
+// authenticates its own callers serves it.
+type agentRequest struct {
+	r    *http.Request // with the tracked context
+	p    *Principal
+	pol  policy.Principal
+	done func()
+}
+
 // authenticateAgent authenticates a handler's own caller by DPoP-bound
 // token, for handlers that may serve agents without mastio_auth in front
-// (mastio_mcp, /v1/mcp). It returns the agent and its policy view, or
-// nil after answering the refusal.
-func (a *App) authenticateAgent(w http.ResponseWriter, r *http.Request, logger *zap.Logger) (*Principal, policy.Principal, bool) {
-	p := principalFrom(r) // set by mastio_auth, which accepted it already
-	if p == nil {
+// (mastio_mcp, /v1/mcp). ok is false after the refusal was answered; the
+// caller serves ar.r and calls ar.done when it returns.
+func (a *App) authenticateAgent(w http.ResponseWriter, r *http.Request, logger *zap.Logger) (ar agentRequest, ok bool) {
+	ar.r, ar.done = r, func() {}
+	ar.p = principalFrom(r) // set by mastio_auth, which admitted it already
+	if ar.p == nil {
 		var aerr *authError
-		if p, aerr = a.AuthenticateToken(r); aerr != nil {
+		if ar.p, aerr = a.AuthenticateToken(r); aerr != nil {
 			a.refuseAuth(w, r, aerr, logger)
-			return nil, policy.Principal{}, false
+			return ar, false
 		}
-		a.acceptAuth(w, r, p)
+		ar.r, ar.done = a.admit(w, r, ar.p)
 	}
-	pol, ok := a.principalFor(p.AgentID)
-	if !ok { // revoked since the token was checked
-		a.refuseAuth(w, r, &authError{Status: 401, Code: "invalid_token", Description: "the agent has been revoked", Reason: "agent_revoked"}, logger)
-		return nil, policy.Principal{}, false
+	if ar.pol, ok = a.principalFor(ar.p.AgentID); !ok { // revoked since the token was checked
+		ar.done()
+		a.refuseAuth(w, r, &authError{Status: 401, Code: "invalid_token", Description: "the agent has been revoked", Reason: "agent_revoked",
+			AgentID: ar.p.AgentID}, logger)
+		return ar, false
 	}
-	return p, pol, true
+	return ar, true
 }
 
 type principalKey struct{}

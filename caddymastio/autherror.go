@@ -20,6 +20,10 @@ type authError struct {
 	Reason string
 	// NoChallenge leaves out WWW-Authenticate (mTLS-only refusals).
 	NoChallenge bool
+	// AgentID is the agent the refused credentials belong to, when they
+	// name one (a valid token, a known certificate): such refusals are
+	// audited.
+	AgentID string
 }
 
 func quoteParam(s string) string {

@@ -149,29 +149,42 @@ type call struct {
 	done     bool
 }
 
-// exchange is the state of one POST through the gateway.
+// exchange is the state of one request through the gateway.
 type exchange struct {
 	g         *MCPGateway
 	r         *http.Request
 	p         *Principal
 	pol       policy.Principal
 	calls     map[string]*call
-	lists     map[string]mcp.ListKind
 	denied    []json.RawMessage // answers the gateway gives itself
 	forwarded []*mcp.Message    // requests sent to the upstream
 	batch     bool
 	sessionID string
 	expect    *audit.Expectation // the audit row announced before forwarding
+	withheld  bool               // an answer was withheld: the agent's credentials were withdrawn
 }
+
+// singleHeaders may appear once: the gateway and the upstream must not
+// read different values of them.
+var singleHeaders = []string{"Mcp-Session-Id", "Mcp-Method", "Mcp-Name", "Mcp-Protocol-Version", "Last-Event-Id", "Content-Type"}
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (g *MCPGateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	p, pol, ok := g.app.authenticateAgent(w, r, g.logger)
+	ar, ok := g.app.authenticateAgent(w, r, g.logger)
 	if !ok {
 		return nil
 	}
-	if sid := r.Header.Get("Mcp-Session-Id"); sid != "" {
-		owner, known := g.app.state.sessionOwner(g.Server, sid)
+	defer ar.done()
+	r = ar.r
+	x := &exchange{g: g, r: r, p: ar.p, pol: ar.pol, calls: map[string]*call{}, sessionID: r.Header.Get("Mcp-Session-Id")}
+	for _, h := range singleHeaders {
+		if len(r.Header.Values(h)) > 1 {
+			return x.refuse(w, http.StatusBadRequest, "ambiguous_header", nil, &mcp.Error{Code: mcp.CodeInvalidRequest,
+				Message: fmt.Sprintf("Invalid Request: the %s header appears more than once", h)})
+		}
+	}
+	if x.sessionID != "" {
+		owner, known := g.app.state.sessionOwner(g.Server, x.sessionID)
 		if !known {
 			// Not opened through this gateway (or before a restart): its
 			// owner is unknown, so it is not honoured. 404 is what MCP
@@ -180,20 +193,29 @@ func (g *MCPGateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next cadd
 				Message: "unknown MCP session: initialize a new one"}))
 			return nil
 		}
-		if owner != p.AgentID {
-			g.logger.Warn("MCP session used by another agent", zap.String("server", g.Server), zap.String("agent_id", p.AgentID),
+		if owner != x.p.AgentID {
+			g.logger.Warn("MCP session used by another agent", zap.String("server", g.Server), zap.String("agent_id", x.p.AgentID),
 				zap.String("session_owner", owner))
-			writeRPC(w, http.StatusForbidden, mcp.ErrorResponse(nil, &mcp.Error{Code: mcp.CodeForbidden,
-				Message: "this MCP session belongs to another agent"}))
-			return nil
+			return x.refuse(w, http.StatusForbidden, "session_of_another_agent", nil, &mcp.Error{Code: mcp.CodeForbidden,
+				Message: "this MCP session belongs to another agent"})
 		}
 	}
-	if r.Method != http.MethodPost {
-		return next.ServeHTTP(w, r) // GET streams and DELETE pass through
+	// The upstream must answer in a form the gateway can read and filter.
+	r.Header.Del("Accept-Encoding")
+	switch r.Method {
+	case http.MethodPost:
+		return x.serve(w, next)
+	case http.MethodGet:
+		// A GET stream (and a replay after Last-Event-ID) carries answers
+		// too: they are filtered like those of a POST.
+		rw := &mcpWriter{w: w, x: x, limit: g.MaxResponseBytes}
+		err := next.ServeHTTP(rw, r)
+		if err != nil && !rw.sent {
+			return err
+		}
+		return rw.finish()
 	}
-	x := &exchange{g: g, r: r, p: p, pol: pol, calls: map[string]*call{}, lists: map[string]mcp.ListKind{},
-		sessionID: r.Header.Get("Mcp-Session-Id")}
-	return x.serve(w, next)
+	return next.ServeHTTP(w, r) // DELETE ends a session; the upstream answers other methods
 }
 
 func writeRPC(w http.ResponseWriter, status int, body []byte) {
@@ -203,44 +225,44 @@ func writeRPC(w http.ResponseWriter, status int, body []byte) {
 	w.Write(body)
 }
 
+// refuse answers a request the gateway will not forward, audited as
+// mcp.refused (it names the agent).
+func (x *exchange) refuse(w http.ResponseWriter, status int, reason string, id json.RawMessage, e *mcp.Error) error {
+	x.g.app.auditRefusal(x.r, "mcp.refused", x.p.AgentID, status, reason, e.Message,
+		map[string]any{"server": x.g.Server, "session_id": x.sessionID})
+	writeRPC(w, status, mcp.ErrorResponse(id, e))
+	return nil
+}
+
 func (x *exchange) serve(w http.ResponseWriter, next caddyhttp.Handler) error {
 	g, r := x.g, x.r
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.MaxRequestBytes))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeRPC(w, http.StatusRequestEntityTooLarge, mcp.ErrorResponse(nil, &mcp.Error{Code: mcp.CodeInvalidRequest,
-				Message: fmt.Sprintf("the request body exceeds %d bytes", g.MaxRequestBytes)}))
-			return nil
+			return x.refuse(w, http.StatusRequestEntityTooLarge, "request_too_large", nil, &mcp.Error{Code: mcp.CodeInvalidRequest,
+				Message: fmt.Sprintf("the request body exceeds %d bytes", g.MaxRequestBytes)})
 		}
 		return caddyhttp.Error(http.StatusBadRequest, err)
 	}
 	msgs, batch, perr := mcp.ParseBody(body)
 	if perr != nil {
-		writeRPC(w, http.StatusBadRequest, mcp.ErrorResponse(nil, perr))
-		return nil
+		return x.refuse(w, http.StatusBadRequest, "invalid_message", nil, perr)
 	}
 	x.batch = batch
 	if herr := checkHeaders(r, msgs, batch); herr != nil {
-		writeRPC(w, http.StatusBadRequest, mcp.ErrorResponse(msgs[0].ID, herr))
-		return nil
+		return x.refuse(w, http.StatusBadRequest, "header_mismatch", msgs[0].ID, herr)
 	}
 	forward := make([]json.RawMessage, 0, len(msgs))
 	limited := time.Duration(0)
 	for _, m := range msgs {
 		if !m.IsRequest() {
-			forward = append(forward, m.Raw)
-			continue
-		}
-		if k, ok := mcp.List(m.Method); ok {
-			x.lists[m.Key()] = k
-			forward = append(forward, m.Raw)
-			x.forwarded = append(x.forwarded, m)
+			forward = append(forward, m.Encode())
 			continue
 		}
 		action, name, named, terr := mcp.Target(m)
 		if !named {
-			forward = append(forward, m.Raw)
+			forward = append(forward, m.Encode())
 			x.forwarded = append(x.forwarded, m)
 			continue
 		}
@@ -276,7 +298,7 @@ func (x *exchange) serve(w http.ResponseWriter, next caddyhttp.Handler) error {
 			continue
 		}
 		x.calls[m.Key()] = c
-		forward = append(forward, m.Raw)
+		forward = append(forward, m.Encode())
 		x.forwarded = append(x.forwarded, m)
 	}
 	if len(forward) == 0 {
@@ -288,12 +310,12 @@ func (x *exchange) serve(w http.ResponseWriter, next caddyhttp.Handler) error {
 		writeRPC(w, status, x.joined(nil))
 		return nil
 	}
-	if len(forward) != len(msgs) {
-		if batch {
-			body, _ = json.Marshal(forward)
-		} else {
-			body = forward[0]
-		}
+	// What goes upstream is what was decided on: the messages re-encoded
+	// from what the gateway read, never the bytes as received.
+	if batch {
+		body = joinArray(forward)
+	} else {
+		body = forward[0]
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	r.ContentLength = int64(len(body))
@@ -309,10 +331,25 @@ func (x *exchange) serve(w http.ResponseWriter, next caddyhttp.Handler) error {
 	}
 	rw := &mcpWriter{w: w, x: x, limit: g.MaxResponseBytes}
 	err = next.ServeHTTP(rw, r.WithContext(ctx))
-	if err != nil && !rw.wroteHeader {
+	if withdrawn(ctx) {
+		return x.withdrawn(w, rw.sent)
+	}
+	if err != nil && !rw.sent {
 		return x.upstreamFailed(w, ctx, err)
 	}
 	return rw.finish()
+}
+
+// joinArray encodes messages as a JSON array.
+func joinArray(msgs []json.RawMessage) []byte {
+	b := []byte{'['}
+	for i, m := range msgs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, m...)
+	}
+	return append(b, ']')
 }
 
 // checkHeaders enforces MCP 2026-07-28: Mcp-Method (and, for calls,
@@ -370,11 +407,13 @@ func (x *exchange) rateLimit(name string) (time.Duration, bool) {
 // for a batch, else the single message.
 func (x *exchange) joined(upstream []json.RawMessage) []byte {
 	all := append(upstream, x.denied...)
+	if len(all) == 0 {
+		return nil
+	}
 	if !x.batch && len(all) == 1 {
 		return all[0]
 	}
-	b, _ := json.Marshal(all)
-	return b
+	return joinArray(all)
 }
 
 // auditCall records a call decision and, for forwarded calls, its
@@ -398,74 +437,126 @@ func (x *exchange) upstreamFailed(w http.ResponseWriter, ctx context.Context, er
 		status = http.StatusGatewayTimeout
 	}
 	x.g.logger.Error("MCP upstream failed", zap.String("server", x.g.Server), zap.Error(err))
-	var answers []json.RawMessage
 	for _, c := range x.calls {
+		c.done = true
 		if err := x.auditCall(c, "upstream_error", status, err.Error()); err != nil {
 			return err
 		}
 	}
-	for _, m := range x.forwarded {
-		if m.IsRequest() {
-			answers = append(answers, mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeUpstream, Message: msg}))
-		}
-	}
-	if len(answers) == 0 && len(x.denied) == 0 {
-		w.WriteHeader(http.StatusAccepted) // only notifications were sent
-		return nil
-	}
-	writeRPC(w, http.StatusOK, x.joined(answers))
+	x.answerUnanswered(w, msg)
 	return nil
 }
 
-// process rewrites or audits one response message from the upstream
-// before it goes to the client.
-func (x *exchange) process(raw []byte, upstreamStatus int) ([]byte, error) {
-	var m mcp.Message
-	if err := json.Unmarshal(raw, &m); err != nil || !m.IsResponse() {
-		return raw, nil
+// answerUnanswered answers each forwarded request with a JSON-RPC error
+// saying why (HTTP 200, see upstreamFailed), with the gateway's own
+// answers.
+func (x *exchange) answerUnanswered(w http.ResponseWriter, msg string) {
+	var answers []json.RawMessage
+	for _, m := range x.forwarded {
+		answers = append(answers, mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeUpstream, Message: msg}))
 	}
-	m.Raw = raw
-	key := m.Key()
-	if k, ok := x.lists[key]; ok && m.Result != nil {
-		filtered, removed, err := mcp.FilterResult(m.Result, k, func(name string) bool {
+	if len(answers) == 0 && len(x.denied) == 0 {
+		w.WriteHeader(http.StatusAccepted) // only notifications were sent
+		return
+	}
+	writeRPC(w, http.StatusOK, x.joined(answers))
+}
+
+// withdrawn ends an exchange whose agent was revoked (or whose certificate
+// was rotated out) while the upstream worked: calls not yet answered are
+// audited as such and nothing more is delivered.
+func (x *exchange) withdrawn(w http.ResponseWriter, sent bool) error {
+	x.finishCalls(http.StatusUnauthorized, "agent_revoked", "the agent's credentials were withdrawn before the answer")
+	x.g.logger.Info("MCP exchange ended: the agent's credentials were withdrawn", zap.String("server", x.g.Server),
+		zap.String("agent_id", x.p.AgentID))
+	if !sent {
+		writeRPC(w, http.StatusUnauthorized, mcp.ErrorResponse(nil, &mcp.Error{Code: mcp.CodeForbidden,
+			Message: "the agent " + x.p.AgentID + " was revoked (or its certificate rotated out) before the answer: nothing was delivered"}))
+	}
+	return nil
+}
+
+// deliver turns one message from the upstream into what the agent gets:
+// list results filtered, a call's result audited first (and withheld if
+// the agent's credentials were withdrawn, or the audit failed), the
+// message re-encoded from what was read. nil means nothing is delivered.
+func (x *exchange) deliver(m *mcp.Message, upstreamStatus int) json.RawMessage {
+	if !m.IsResponse() {
+		return m.Encode()
+	}
+	if m.Result != nil {
+		filtered, _, err := mcp.FilterLists(m.Result, func(k mcp.ListKind, name string) bool {
 			return x.g.app.decide(x.pol, k.Action, x.g.Server+"/"+name).Allowed
 		})
 		if err != nil {
-			return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeUpstream, Message: "the MCP server sent an invalid " + k.Method + " result"}), nil
+			x.g.logger.Warn("MCP answer withheld: its list cannot be filtered", zap.String("server", x.g.Server), zap.Error(err))
+			return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeUpstream, Message: "the MCP server sent a list the gateway cannot filter"})
 		}
-		if removed > 0 {
-			return mcp.WithResult(&m, filtered), nil
-		}
-		return raw, nil
+		m.Result = filtered
 	}
-	if c, ok := x.calls[key]; ok && !c.done {
-		c.done = true
-		outcome := "ok"
-		if m.Error != nil {
-			outcome = "error"
-		} else {
-			var res struct {
-				IsError bool `json:"isError"`
-			}
-			if json.Unmarshal(m.Result, &res) == nil && res.IsError {
-				outcome = "tool_error"
-			}
+	c, ok := x.calls[m.Key()]
+	if !ok || c.done {
+		return m.Encode()
+	}
+	c.done = true
+	outcome := "ok"
+	if m.Error != nil {
+		outcome = "error"
+	} else {
+		var res struct {
+			IsError bool `json:"isError"`
 		}
-		mcpCalls.WithLabelValues(x.g.Server, "allow").Inc()
-		if err := x.auditCall(c, outcome, upstreamStatus, ""); err != nil {
-			return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeInternal, Message: "the result was withheld: the audit log cannot be written"}), nil
+		if json.Unmarshal(m.Result, &res) == nil && res.IsError {
+			outcome = "tool_error"
 		}
 	}
-	return raw, nil
+	mcpCalls.WithLabelValues(x.g.Server, "allow").Inc()
+	delivered, err := x.g.app.state.registry.Deliver(x.p.credential(), func() error {
+		return x.auditCall(c, outcome, upstreamStatus, "")
+	})
+	if err != nil {
+		return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeInternal, Message: "the result was withheld: the audit log cannot be written"})
+	}
+	if !delivered {
+		x.withheld = true
+		if err := x.auditCall(c, "agent_revoked", upstreamStatus, "answered after the agent's credentials were withdrawn; not delivered"); err != nil {
+			x.g.logger.Error("auditing a withheld MCP answer", zap.Error(err))
+		}
+		return nil
+	}
+	return m.Encode()
+}
+
+// deliverBody processes a body (or SSE event data) from the upstream into
+// the messages the agent gets. ok is false when it cannot be read
+// strictly: nothing of it is delivered.
+func (x *exchange) deliverBody(data []byte, upstreamStatus int) ([]json.RawMessage, bool) {
+	msgs, _, perr := mcp.ParseBody(data)
+	if perr != nil {
+		mcpMessagesDropped.WithLabelValues(x.g.Server).Inc()
+		x.g.logger.Warn("MCP server sent a message the gateway cannot read strictly; not delivered", zap.String("server", x.g.Server),
+			zap.String("error", perr.Message))
+		return nil, false
+	}
+	out := make([]json.RawMessage, 0, len(msgs))
+	for _, m := range msgs {
+		if b := x.deliver(m, upstreamStatus); b != nil {
+			out = append(out, b)
+		}
+	}
+	return out, true
 }
 
 // finishCalls audits forwarded calls that got no answer. No answer
 // depends on these rows, so a failure to write one is logged, not sent.
-func (x *exchange) finishCalls(status int) {
+func (x *exchange) finishCalls(status int, outcome, detail string) {
+	if withdrawn(x.r.Context()) {
+		outcome, detail = "agent_revoked", "the agent's credentials were withdrawn before the answer"
+	}
 	for _, c := range x.calls {
 		if !c.done {
 			c.done = true
-			if err := x.auditCall(c, "no_response", status, "the MCP server sent no response for this call"); err != nil {
+			if err := x.auditCall(c, outcome, status, detail); err != nil {
 				x.g.logger.Error("auditing an unanswered MCP call", zap.String("server", x.g.Server), zap.String("name", c.name), zap.Error(err))
 			}
 		}

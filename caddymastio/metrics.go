@@ -29,10 +29,21 @@ var (
 		Namespace: "caddy", Subsystem: "mastio", Name: "rate_limited_total",
 		Help: "Unauthenticated requests refused by a rate limit, by route (enrollment, enrollment_status, token, admin_auth) and scope (ip or global).",
 	}, []string{"route", "scope"})
+
+	refusalsUnaudited = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mastio", Name: "refusals_unaudited_total",
+		Help: "Refusals naming an agent that were not audited one by one because the agent exceeded the audited-refusal rate; the count is carried by its next audited refusal.",
+	}, []string{"event_type"})
+
+	mcpMessagesDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mastio", Name: "mcp_upstream_messages_dropped_total",
+		Help: "Messages from an upstream MCP server the gateway did not deliver because it could not read them strictly, by server.",
+	}, []string{"server"})
 )
 
 func registerMetrics(reg *prometheus.Registry) error {
-	for _, c := range []prometheus.Collector{authCounter, mcpCalls, mcpRateLimited, rateLimited} {
+	for _, c := range []prometheus.Collector{authCounter, mcpCalls, mcpRateLimited, rateLimited, refusalsUnaudited,
+		mcpMessagesDropped} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -80,6 +80,10 @@ type state struct {
 	// Per-address limits on anonymous and failing requests. They live here
 	// so that a reload does not reset them.
 	adminFailLimit *ratelimit.Limiter
+	// inflight ends an agent's requests when its credentials are withdrawn.
+	inflight *inflight
+	// refusals limits the audited refusals per agent.
+	refusals *refusalAudit
 
 	startOnce sync.Once
 	stop      chan struct{}
@@ -176,6 +180,8 @@ func openState(dataDir, dbPath, orgHint string, logger *zap.Logger) (*state, err
 		return nil, fmt.Errorf("agent registry: %w", err)
 	}
 	s.tokens = token.NewVerifier(ring, 100_000)
+	s.inflight = newInflight(s.registry)
+	s.refusals = newRefusalAudit()
 	s.limiters = map[string]*ratelimit.Limiter{}
 	if err := s.loadPolicy(ctx); err != nil {
 		return nil, err

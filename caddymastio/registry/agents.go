@@ -336,6 +336,10 @@ func (r *Registry) Revoke(ctx context.Context, id, reason, actor string, details
 	}
 	now := r.now()
 	var sums []string
+	// Answers to this agent being audited finish first; later ones see the
+	// revocation (see Deliver).
+	g := r.gate(id)
+	g.Lock()
 	err := r.withTx(ctx, func(tx *sql.Tx) error {
 		var status, revokedAt string
 		err := tx.QueryRowContext(ctx, `SELECT status, COALESCE(revoked_at, '') FROM agents WHERE agent_id = ?`, id).Scan(&status, &revokedAt)
@@ -371,6 +375,7 @@ func (r *Registry) Revoke(ctx context.Context, id, reason, actor string, details
 		return err
 	})
 	if err != nil {
+		g.Unlock()
 		return nil, err
 	}
 	r.mu.Lock()
@@ -385,6 +390,8 @@ func (r *Registry) Revoke(ctx context.Context, id, reason, actor string, details
 		}
 	}
 	r.mu.Unlock()
+	g.Unlock()
+	r.changed(id)
 	return r.GetAgent(ctx, id)
 }
 
@@ -435,6 +442,8 @@ func (r *Registry) RotateCert(ctx context.Context, p Policy, id string, rot Rota
 	graceUntil := now.Add(rot.Grace)
 	var old []string
 	reactivated := false
+	g := r.gate(id)
+	g.Lock()
 	err = r.withTx(ctx, func(tx *sql.Tx) error {
 		var status string
 		if err := tx.QueryRowContext(ctx, `SELECT status FROM agents WHERE agent_id = ?`, id).Scan(&status); err != nil {
@@ -486,6 +495,7 @@ func (r *Registry) RotateCert(ctx context.Context, p Policy, id string, rot Rota
 		return err
 	})
 	if err != nil {
+		g.Unlock()
 		return nil, err
 	}
 	r.mu.Lock()
@@ -507,6 +517,8 @@ func (r *Registry) RotateCert(ctx context.Context, p Policy, id string, rot Rota
 		r.agents[id] = e
 	}
 	r.mu.Unlock()
+	g.Unlock()
+	r.changed(id)
 	iss := &Issued{CertPEM: chainPEM, KeyPEM: keyPEM, Cert: cert}
 	iss.Agent, err = r.GetAgent(ctx, id)
 	return iss, err
@@ -550,6 +562,7 @@ func (r *Registry) SetDPoPKey(ctx context.Context, id string, jwk json.RawMessag
 func (r *Registry) ExpireGrace(ctx context.Context) (int, error) {
 	now := r.now()
 	n := 0
+	var agents []string
 	err := r.withTx(ctx, func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx, `SELECT cert_sha256, agent_id FROM agent_certs WHERE status = 'grace' AND grace_until <= ?`,
 			store.FormatTime(now))
@@ -575,10 +588,19 @@ func (r *Registry) ExpireGrace(ctx context.Context) (int, error) {
 			}
 		}
 		n = len(expired)
+		for _, x := range expired {
+			agents = append(agents, x.id)
+		}
 		return nil
 	})
 	if err != nil || n == 0 {
 		return n, err
 	}
-	return n, r.reload(ctx)
+	if err := r.reload(ctx); err != nil {
+		return n, err
+	}
+	for _, id := range agents {
+		r.changed(id)
+	}
+	return n, nil
 }

@@ -50,6 +50,12 @@ type Registry struct {
 	mu     sync.RWMutex
 	pins   map[[32]byte]pinEntry
 	agents map[string]agentEntry
+
+	// gates order credential changes against answers being delivered
+	// (see Deliver); watchers hear of every change (see OnChange).
+	gates    [64]sync.RWMutex
+	watchMu  sync.Mutex
+	watchers []func(agentID string)
 }
 
 type certState uint8
