@@ -445,6 +445,13 @@ func TestAdminRequestValidationChangesNothing(t *testing.T) {
 		{"POST", "/v1/admin/agents", `{"agent_name":"a","public_key_pem":"nope"}`, 400, "invalid_request", "public_key_pem"},
 		{"POST", "/v1/admin/agents", `{"agent_name":"a","dpop_jwk":{"kty":"oct","k":"AA"}}`, 400, "invalid_request", "dpop_jwk"},
 		{"POST", "/v1/admin/agents", `{}`, 400, "invalid_request", "agent_name"},
+		// Read strictly: a member twice, or in another letter case, is
+		// refused and named, never read one way or the other.
+		{"POST", "/v1/admin/agents", `{"agent_name":"a","agent_name":"b"}`, 400, "invalid_request", "agent_name"},
+		{"POST", "/v1/admin/agents", `{"agent_name":"a","Agent_Name":"b"}`, 400, "invalid_request", "Agent_Name"},
+		{"POST", "/v1/admin/agents", `{"agent_name":"a","capabilities":["x"],"capabilities":["admin"]}`, 400, "invalid_request", "capabilities"},
+		{"POST", "/v1/admin/enrollments/nosuchsession/approve", `{"agent_id":"x","agent_id":"y"}`, 400, "invalid_request", "agent_id"},
+		{"PUT", "/v1/admin/policies", `{"rules":"","rules":"allow * * */*"}`, 400, "invalid_request", "rules"},
 		{"POST", "/v1/admin/agents", `{"agent_name":"` + strings.Repeat("a", 70<<10) + `"}`, 413, "request_too_large", ""},
 		{"POST", "/registry/agents/orga::ghost/revoke", ``, 404, "agent_not_found", ""},
 		{"POST", "/registry/agents/other::ghost/rotate-cert", ``, 404, "agent_not_found", ""},
@@ -512,7 +519,18 @@ func TestEnrollmentRefusalsOverTheWire(t *testing.T) {
 	if resp.StatusCode != 400 || !strings.Contains(string(raw), "invalid_pop_signature") {
 		t.Fatalf("PoP over another key: %d %s", resp.StatusCode, raw)
 	}
-	// The per-address limit on starts (5 a minute; one used above, one refused).
+	// A member given twice is refused and named, never read either way.
+	resp, err = s.client().Post(s.url("/v1/enrollment/start"), "application/json",
+		strings.NewReader(`{"requester_name":"N","requester_name":"Admin","requester_email":"n@orga.example"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(raw), `"field":"requester_name"`) {
+		t.Fatalf("a duplicate member: %d %s", resp.StatusCode, raw)
+	}
+	// The per-address limit on starts (5 a minute; some used above, one refused).
 	var last int
 	for i := 0; i < 5; i++ {
 		resp, err := s.client().Post(s.url("/v1/enrollment/start"), "application/json", strings.NewReader(`{}`))

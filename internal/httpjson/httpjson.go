@@ -10,6 +10,9 @@ import (
 	"io"
 	"net/http"
 	"strings"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Write sends v as JSON with status. Responses are not cacheable unless
@@ -50,10 +53,12 @@ func Error(w http.ResponseWriter, status int, code, message string) {
 }
 
 // Decode reads a JSON object from r's body into v (whatever the declared
-// Content-Type, so that `curl -d` works): at most maxBytes,
-// unknown fields refused, exactly one value. An empty body leaves v
-// untouched when allowEmpty is set. Errors are *Problem values naming the
-// field where the decoder can tell (400), or request_too_large (413).
+// Content-Type, so that `curl -d` works): at most maxBytes, member names
+// matched case-sensitively, unknown members refused, a member given twice
+// refused (anywhere in the body), valid UTF-8, exactly one value. An empty
+// body leaves v untouched when allowEmpty is set. Errors are *Problem
+// values naming the member where there is one (400), or request_too_large
+// (413).
 func Decode(w http.ResponseWriter, r *http.Request, maxBytes int64, allowEmpty bool, v any) *Problem {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBytes))
 	if err != nil {
@@ -69,37 +74,77 @@ func Decode(w http.ResponseWriter, r *http.Request, maxBytes int64, allowEmpty b
 		}
 		return &Problem{Status: 400, Code: "invalid_request", Message: "a JSON object body is required"}
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	return DecodeBytes(body, v)
+}
+
+// DecodeBytes decodes a JSON object strictly, as Decode does.
+func DecodeBytes(body []byte, v any) *Problem {
+	if err := jsonv2.Unmarshal(body, v, jsonv2.RejectUnknownMembers(true)); err != nil {
 		return decodeProblem(err)
-	}
-	if dec.More() {
-		return &Problem{Status: 400, Code: "invalid_request", Message: "unexpected data after the JSON object"}
 	}
 	return nil
 }
 
+// member names the JSON member a pointer ends at ("" for the top level),
+// as a dotted path (devices.0.name).
+func member(p jsontext.Pointer) string {
+	return strings.ReplaceAll(strings.TrimPrefix(string(p), "/"), "/", ".")
+}
+
 func decodeProblem(err error) *Problem {
-	var syn *json.SyntaxError
-	var typ *json.UnmarshalTypeError
+	var syn *jsontext.SyntacticError
+	var sem *jsonv2.SemanticError
 	switch {
+	case errors.As(err, &syn) && errors.Is(syn.Err, jsontext.ErrDuplicateName):
+		field := member(syn.JSONPointer)
+		return &Problem{Status: 400, Code: "invalid_request", Field: field,
+			Message: fmt.Sprintf("%s: the member appears more than once", field)}
 	case errors.As(err, &syn):
-		return &Problem{Status: 400, Code: "invalid_request", Message: fmt.Sprintf("malformed JSON at byte %d: %v", syn.Offset, syn)}
-	case errors.As(err, &typ):
-		field := typ.Field
+		if errors.Is(syn.Err, io.ErrUnexpectedEOF) {
+			return &Problem{Status: 400, Code: "invalid_request", Message: "malformed JSON: unexpected end of body"}
+		}
+		return &Problem{Status: 400, Code: "invalid_request", Message: fmt.Sprintf("malformed JSON at byte %d: %v", syn.ByteOffset, syn.Err)}
+	case errors.As(err, &sem) && errors.Is(sem.Err, jsonv2.ErrUnknownName):
+		field := member(sem.JSONPointer)
+		return &Problem{Status: 400, Code: "invalid_request", Field: field,
+			Message: fmt.Sprintf("%s: unknown field (member names are case-sensitive)", field)}
+	case errors.As(err, &sem):
+		field := member(sem.JSONPointer)
+		got := "invalid value"
+		if sem.JSONKind != 0 {
+			got = kindName(sem.JSONKind)
+		}
 		if field == "" {
-			return &Problem{Status: 400, Code: "invalid_request", Message: fmt.Sprintf("the body must be a JSON object, not %s", typ.Value)}
+			return &Problem{Status: 400, Code: "invalid_request", Message: fmt.Sprintf("the body must be a JSON object, not %s", got)}
+		}
+		want := "a valid value"
+		if sem.GoType != nil {
+			want = jsonType(sem.GoType.String())
 		}
 		return &Problem{Status: 400, Code: "invalid_request", Field: field,
-			Message: fmt.Sprintf("%s: wrong type: got %s, want %s", field, typ.Value, jsonType(typ.Type.String()))}
-	case strings.HasPrefix(err.Error(), "json: unknown field "):
-		field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return &Problem{Status: 400, Code: "invalid_request", Field: field, Message: fmt.Sprintf("%s: unknown field", field)}
+			Message: fmt.Sprintf("%s: wrong type: got %s, want %s", field, got, want)}
 	case errors.Is(err, io.ErrUnexpectedEOF):
 		return &Problem{Status: 400, Code: "invalid_request", Message: "malformed JSON: unexpected end of body"}
 	}
-	return &Problem{Status: 400, Code: "invalid_request", Message: "malformed JSON: " + err.Error()}
+	return &Problem{Status: 400, Code: "invalid_request", Message: "malformed JSON: " + strings.TrimPrefix(err.Error(), "json: ")}
+}
+
+func kindName(k jsontext.Kind) string {
+	switch k {
+	case '"':
+		return "string"
+	case '0':
+		return "number"
+	case 't', 'f':
+		return "bool"
+	case 'n':
+		return "null"
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	}
+	return k.String()
 }
 
 func jsonType(goType string) string {

@@ -26,12 +26,19 @@ func TestDecodeNamesTheField(t *testing.T) {
 		{`[1,2]`, "invalid_request", "", 400},
 		{`{"name":"` + strings.Repeat("x", 2000) + `"}`, "request_too_large", "", 413},
 		{``, "invalid_request", "", 400},
+		// Strict reading: a member twice, or in another letter case, is
+		// named and refused rather than read one way or another.
+		{`{"name":"a","name":"b"}`, "invalid_request", "name", 400},
+		{`{"name":"a","Name":"b"}`, "invalid_request", "Name", 400},
+		{`{"NAME":"a"}`, "invalid_request", "NAME", 400},
+		{`{"\u006eame":"a","name":"b"}`, "invalid_request", "name", 400},
+		{"{\"name\":\"\xff\"}", "invalid_request", "", 400},
 	}
 	for _, c := range cases {
 		r := httptest.NewRequest("POST", "/", strings.NewReader(c.in))
 		var v body
 		p := Decode(httptest.NewRecorder(), r, 1024, false, &v)
-		if p == nil || p.Code != c.code || p.Field != c.field || p.Status != c.status {
+		if p == nil || p.Code != c.code || p.Field != c.field || p.Status != c.status || (c.field != "" && !strings.Contains(p.Message, c.field)) {
 			t.Errorf("%.40q: got %+v, want %d %s field %q", c.in, p, c.status, c.code, c.field)
 		}
 	}
