@@ -122,9 +122,15 @@ type App struct {
 	// present) or "off".
 	DPoPNonce string `json:"dpop_nonce,omitempty"`
 
-	// How old a DPoP proof's iat may be. Default: 60s. Proofs from up to
-	// 10s in the future are accepted for clock skew.
+	// How old a DPoP proof's iat may be. Default: 60s.
 	DPoPIATWindow caddy.Duration `json:"dpop_iat_window,omitempty"`
+
+	// How far in the future a DPoP proof's iat may be, for clients whose
+	// clock runs ahead. Default: 5s (the original Mastio's
+	// DPOP_CLOCK_SKEW); at most 60s. After a restart, proofs without a
+	// server nonce are accepted only once they are this much younger than
+	// the process (see dpop_nonce).
+	DPoPClockSkew caddy.Duration `json:"dpop_clock_skew,omitempty"`
 
 	// MCP policy rules, one per line (see package policy):
 	// "<allow|deny> <principal> <action> <server>/<name>". They apply
@@ -434,6 +440,9 @@ func (a *App) validateStatic() error {
 		time.Duration(a.DPoPIATWindow) > 10*time.Minute {
 		return errors.New("dpop_iat_window must be between 5s and 10m")
 	}
+	if a.DPoPClockSkew < 0 || time.Duration(a.DPoPClockSkew) > time.Minute {
+		return errors.New("dpop_clock_skew must be between 0s and 60s")
+	}
 	if _, err := dpop.ParseNonceMode(a.DPoPNonce); err != nil {
 		return err
 	}
@@ -569,6 +578,14 @@ func (a *App) tokenTTL() time.Duration {
 		return time.Duration(a.TokenTTL)
 	}
 	return 5 * time.Minute
+}
+
+// clockSkew is how far in the future a DPoP proof's iat may be.
+func (a *App) clockSkew() time.Duration {
+	if a.DPoPClockSkew > 0 {
+		return time.Duration(a.DPoPClockSkew)
+	}
+	return dpop.DefaultMaxSkew
 }
 
 // iatWindow is how old a DPoP proof may be.

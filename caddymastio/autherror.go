@@ -20,6 +20,9 @@ type authError struct {
 	Reason string
 	// NoChallenge leaves out WWW-Authenticate (mTLS-only refusals).
 	NoChallenge bool
+	// CullisHint, when set, is sent as X-Cullis-Hint, the header the
+	// original Mastio's SDK reads (htu_mismatch_check_proxy_public_url).
+	CullisHint string
 	// AgentID is the agent the refused credentials belong to, when they
 	// name one (a valid token, a known certificate): such refusals are
 	// audited.
@@ -35,6 +38,9 @@ func (a *App) writeAuthError(w http.ResponseWriter, r *http.Request, e *authErro
 	h := w.Header()
 	if a.nonceMode != dpop.NonceOff {
 		h.Set("DPoP-Nonce", a.state.nonces.Current(time.Now()))
+	}
+	if e.CullisHint != "" {
+		h.Set("X-Cullis-Hint", e.CullisHint)
 	}
 	if !e.NoChallenge {
 		params := []string{}

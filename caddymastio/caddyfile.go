@@ -34,6 +34,7 @@ func init() {
 //	    enrollment_ttl      <duration>
 //	    token_ttl           <duration>
 //	    dpop_iat_window     <duration>
+//	    dpop_clock_skew     <duration>
 //	    dpop_nonce          off|optional|required
 //	    allow_bearer_tokens
 //	    policy {
@@ -102,6 +103,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			durTarget = &a.TokenTTL
 		case "dpop_iat_window":
 			durTarget = &a.DPoPIATWindow
+		case "dpop_clock_skew":
+			durTarget = &a.DPoPClockSkew
 		case "dpop_nonce":
 			target = &a.DPoPNonce
 		case "audit_sync":
@@ -268,7 +271,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		default:
 			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, "+
-				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay)", opt)
+				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_clock_skew, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay)", opt)
 		}
 		if durTarget != nil {
 			if *durTarget != 0 {
@@ -289,7 +292,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("mastio option %s takes one value, got another: %q", opt, d.Val())
 			}
 			single := App{AgentCertLifetime: a.AgentCertLifetime, EnrollmentTTL: a.EnrollmentTTL, TokenTTL: a.TokenTTL,
-				DPoPIATWindow: a.DPoPIATWindow, AuditCommitDelay: a.AuditCommitDelay}
+				DPoPIATWindow: a.DPoPIATWindow, DPoPClockSkew: a.DPoPClockSkew, AuditCommitDelay: a.AuditCommitDelay}
 			if err := single.validateStatic(); err != nil {
 				return d.Errf("mastio option %s: %v", opt, err)
 			}

@@ -201,9 +201,13 @@ func openState(dataDir, dbPath, orgHint string, logger *zap.Logger) (*state, err
 	if err != nil || len(nonceKey) < 32 {
 		return nil, fmt.Errorf("config dpop_nonce_key is damaged")
 	}
-	s.nonces = dpop.NewNonces(nonceKey, dpop.DefaultNonceStep)
+	// Nonces and login challenges are bound to the replay cache's epoch:
+	// after a restart those issued before are refused, and with them every
+	// proof and challenge the old cache remembered.
+	s.nonces = dpop.NewNonces(nonceKey, dpop.DefaultNonceStep, s.replay.Epoch())
 	mac := hmac.New(sha256.New, nonceKey)
-	mac.Write([]byte("login-challenge key"))
+	mac.Write([]byte("login-challenge key|"))
+	mac.Write(s.replay.Epoch())
 	s.challengeKey = mac.Sum(nil)
 	s.adminFailLimit = ratelimit.New(10, time.Minute, 10, 100_000)
 	if newKey != nil {
@@ -242,6 +246,9 @@ func (s *state) maintain() {
 			}
 			if err := s.keys.Reload(ctx); err != nil {
 				s.logger.Error("reloading signing keys", zap.Error(err))
+			}
+			if _, err := s.store.PurgeUsed(ctx); err != nil {
+				s.logger.Error("forgetting expired single-use credentials", zap.Error(err))
 			}
 			if n, err := s.registry.ExpireGrace(ctx); err != nil {
 				s.logger.Error("ending certificate grace periods", zap.Error(err))

@@ -2,6 +2,7 @@ package caddymastio
 
 import (
 	"crypto/hmac"
+	"database/sql"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -18,6 +19,7 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/jwt"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
@@ -51,19 +53,19 @@ func (a *App) baseURL(r *http.Request) string {
 
 // proofChecks are the DPoP checks for r (with the access token, if any).
 func (a *App) proofChecks(r *http.Request, accessToken string) dpop.Checks {
-	return dpop.Checks{Method: r.Method, URL: a.requestURL(r), AccessToken: accessToken, MaxAge: a.iatWindow(),
+	return dpop.Checks{Method: r.Method, URL: a.requestURL(r), AccessToken: accessToken, MaxAge: a.iatWindow(), MaxSkew: a.clockSkew(),
 		Nonces: a.state.nonces, NonceMode: a.nonceMode, Replay: a.state.replay}
 }
 
 func (a *App) proofError(r *http.Request, perr *dpop.Error, logger *zap.Logger) *authError {
-	reason := perr.Code
+	reason, hint := perr.Code, ""
 	if strings.HasPrefix(perr.Description, "htu mismatch") {
-		reason = "htu_mismatch"
+		reason, hint = "htu_mismatch", "htu_mismatch_check_proxy_public_url"
 		// The runbook promises both values in the log.
 		logger.Info("dpop htu mismatch", zap.String("expected_htu", a.requestURL(r)), zap.String("detail", perr.Description),
 			zap.String("public_url", a.PublicURLString()))
 	}
-	return &authError{Status: http.StatusUnauthorized, Code: perr.Code, Description: perr.Description, Reason: reason}
+	return &authError{Status: http.StatusUnauthorized, Code: perr.Code, Description: perr.Description, Reason: reason, CullisHint: hint}
 }
 
 // tokenRequest is the body of POST /v1/auth/token: the original SDK's JSON
@@ -108,6 +110,12 @@ func (h *Handler) verifyAssertion(r *http.Request, raw string) (*token.Assertion
 		Audiences: []string{token.AssertionAudience, h.app.Issuer(), base, base + "/v1/auth/token"},
 		Leeway:    30 * time.Second,
 	})
+	if errors.Is(err, token.ErrAssertionTooLong) {
+		// A malformed request rather than a bad credential, as the
+		// original Mastio answers it.
+		return nil, registry.Identity{}, &authError{Status: 400, Code: "invalid_request", Description: err.Error(),
+			Reason: "assertion_lifetime", NoChallenge: true}
+	}
 	if err != nil {
 		return fail(err.Error(), "invalid_assertion")
 	}
@@ -132,8 +140,14 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) error {
 	}
 	deny := func(e *authError) error {
 		authCounter.WithLabelValues("deny", e.Reason).Inc()
-		h.logger.Info("token request refused", zap.String("reason", e.Reason), zap.String("error", e.Description),
-			zap.String("remote_ip", clientIP(r)))
+		fields := []zap.Field{zap.String("reason", e.Reason), zap.String("error", e.Description), zap.String("remote_ip", clientIP(r))}
+		if e.AgentID != "" {
+			// The assertion was valid: the refusal names its agent.
+			h.logger.Info("token request refused", append(fields, zap.String("agent_id", e.AgentID))...)
+			h.app.auditRefusal(r, "auth.refused", e.AgentID, e.Status, e.Reason, e.Description, nil)
+		} else {
+			h.app.refusalLog.Info("token request refused", fields...)
+		}
 		h.app.writeAuthError(w, r, e)
 		return nil
 	}
@@ -150,11 +164,12 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) error {
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		tlsID, cerr := h.app.AgentFromTLS(r)
 		if cerr != nil {
-			return deny(&authError{Status: 401, Code: "invalid_client", Description: cerr.Message, Reason: cerr.Code, NoChallenge: true})
+			return deny(&authError{Status: 401, Code: "invalid_client", Description: cerr.Message, Reason: cerr.Code, NoChallenge: true,
+				AgentID: id.AgentID})
 		}
 		if tlsID.AgentID != id.AgentID {
 			return deny(&authError{Status: 401, Code: "invalid_client", Description: "the TLS client certificate belongs to another agent than the assertion",
-				Reason: "cert_agent_mismatch", NoChallenge: true})
+				Reason: "cert_agent_mismatch", NoChallenge: true, AgentID: id.AgentID})
 		}
 		x5t = jwt.CertThumbprint(r.TLS.PeerCertificates[0].Raw)
 	}
@@ -162,16 +177,11 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) error {
 	if vals := r.Header.Values("DPoP"); len(vals) > 0 || !h.app.AllowBearerTokens {
 		proof, perr := dpop.Verify(r.Context(), vals, h.app.proofChecks(r, ""))
 		if perr != nil {
-			return deny(h.app.proofError(r, perr, h.logger))
+			e := h.app.proofError(r, perr, h.logger)
+			e.AgentID = id.AgentID
+			return deny(e)
 		}
 		jkt = proof.JKT
-	}
-	fresh, err := h.app.state.replay.Use(r.Context(), "assertion|"+id.AgentID+"|"+as.JTI, as.Expiry.Add(time.Minute))
-	if err != nil {
-		return h.internalError(w, r, err)
-	}
-	if !fresh {
-		return deny(&authError{Status: 401, Code: "invalid_client", Description: "this client_assertion was already used (jti)", Reason: "assertion_replay", NoChallenge: true})
 	}
 	now := time.Now()
 	claims := token.Claims{Issuer: h.app.Issuer(), Subject: id.AgentID, Audience: h.app.Issuer(),
@@ -187,9 +197,24 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return h.internalError(w, r, err)
 	}
-	if _, err := h.app.Audit().Append(r.Context(), audit.Event{Type: "token.issued", Actor: "agent:" + id.AgentID, Subject: id.AgentID,
+	// The assertion's jti is used once, recorded in the transaction of the
+	// token.issued row: a replay is refused after a restart or crash too.
+	replayed := false
+	err = h.app.state.withAudit(r.Context(), func(tx *sql.Tx) error {
+		fresh, err := store.UseOnce(r.Context(), tx, assertionKey(id.AgentID, as.JTI), as.Expiry.Add(time.Minute))
+		if err == nil && !fresh {
+			replayed = true
+			return errAssertionReplayed
+		}
+		return err
+	}, audit.Event{Type: "token.issued", Actor: "agent:" + id.AgentID, Subject: id.AgentID,
 		Details: map[string]any{"jti": claims.ID, "jkt": jkt, "x5t#S256": x5t, "exp": claims.Expiry, "scope": claims.Scope,
-			"remote_ip": clientIP(r)}}); err != nil {
+			"remote_ip": clientIP(r)}})
+	if replayed {
+		return deny(&authError{Status: 401, Code: "invalid_client", Description: "this client_assertion was already used (jti)", Reason: "assertion_replay",
+			NoChallenge: true, AgentID: id.AgentID})
+	}
+	if err != nil {
 		return h.internalError(w, r, err)
 	}
 	authCounter.WithLabelValues("success", "token_issued").Inc()
@@ -204,6 +229,15 @@ func (h *Handler) serveToken(w http.ResponseWriter, r *http.Request) error {
 	httpjson.Write(w, 200, map[string]any{"access_token": tok, "token_type": typ, "expires_in": int(h.app.tokenTTL().Seconds()),
 		"scope": claims.Scope, "issued_by": h.app.Issuer()})
 	return nil
+}
+
+var errAssertionReplayed = errors.New("client assertion already used")
+
+// assertionKey is the single-use key of an assertion: its agent and jti,
+// hashed (a jti is up to 256 characters of the client's choosing).
+func assertionKey(agentID, jti string) string {
+	sum := sha256.Sum256([]byte("assertion|" + agentID + "|" + jti))
+	return "assertion:" + base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
 // Login challenges are stateless: random, expiry and an HMAC binding them

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -315,6 +316,80 @@ func TestReplayedListsAreFiltered(t *testing.T) {
 			if !found {
 				t.Fatalf("the list was not replayed: %q", replayed)
 			}
+		})
+	}
+}
+
+// TestReplayRefusedAfterRestart: a client assertion and a DPoP proof that
+// were used once are refused after the gateway restarts, whether it was
+// stopped (SIGTERM) or killed (SIGKILL): an assertion captured from an
+// agent mints no token for a caller holding neither its key nor its
+// certificate, and a captured proof is not accepted again.
+func TestReplayRefusedAfterRestart(t *testing.T) {
+	s, _ := tokenServer(t)
+	id := makeIdentity(t, s, "agent", "api:read")
+	sess := id.Session()
+	ctx := context.Background()
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		t.Run(sig.String(), func(t *testing.T) {
+			// The agent's own use of an assertion and of a proof.
+			assertion, _ := sess.Assertion("")
+			attacker := newAttacker(t, s, id)
+			tokenProof := func() string {
+				return attacker.proof(attacker.dkey, "", func(h, c map[string]any) {
+					c["htm"], c["htu"] = "POST", s.url("/v1/auth/token")
+					delete(c, "ath")
+				})
+			}
+			mint := func() map[string]any {
+				resp := s.do(t, "POST", "/v1/auth/token", map[string][]string{"Content-Type": {"application/json"}, "DPoP": {tokenProof()}},
+					nil, []byte(`{"client_assertion":"`+assertion+`"}`))
+				b := readBody(t, resp)
+				b["_status"] = resp.StatusCode
+				return b
+			}
+			if b := mint(); b["_status"] != 200 {
+				t.Fatalf("first use of the assertion: %v", b["_raw"])
+			}
+			resp, err := sess.HTTPClient().Get(s.url("/api/x"))
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("a guarded request: %v %v", resp, err)
+			}
+			resp.Body.Close()
+			tok, err := sess.Token(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			proof, _ := sess.Proof("GET", s.url("/api/x"), tok)
+			guarded := func() (int, string) {
+				resp := s.do(t, "GET", "/api/x", map[string][]string{"Authorization": {"DPoP " + tok}, "DPoP": {proof}}, &id.Certificate, nil)
+				b := readBody(t, resp)
+				return resp.StatusCode, b["_raw"].(string)
+			}
+			if code, body := guarded(); code != 200 {
+				t.Fatalf("first use of the proof: %d %s", code, body)
+			}
+			if code, _ := guarded(); code != 401 {
+				t.Fatalf("a replayed proof before the restart: %d", code)
+			}
+
+			s.cmd.Process.Signal(sig)
+			s.waitExit()
+			s.start()
+
+			if b := mint(); b["_status"] != 401 || b["error"] != "invalid_client" || !strings.Contains(b["_raw"].(string), "already used") {
+				t.Fatalf("the assertion replayed after a restart: %v", b["_raw"])
+			}
+			if code, body := guarded(); code != 401 || !strings.Contains(body, "dpop") {
+				t.Fatalf("the proof replayed after a restart: %d %s", code, body)
+			}
+			// The agent itself carries on: its session picks up the new
+			// nonce and signs fresh proofs.
+			resp, err = sess.HTTPClient().Get(s.url("/api/x"))
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("the agent after the restart: %v %v", resp, err)
+			}
+			resp.Body.Close()
 		})
 	}
 }

@@ -295,7 +295,24 @@ func newAttacker(t testing.TB, s *server, id *client.Identity) *attacker {
 	return &attacker{t: t, s: s, id: id, signer: signer, kid: kid, nonceKey: nonceKey, dkey: dk, djwk: jwk, djkt: jkt, issuer: "urn:mastio:orga"}
 }
 
-// nonce computes the server nonce of a time step (the server's scheme).
+// currentNonce is the nonce the server hands out (on every /v1/ answer).
+func (a *attacker) currentNonce() string {
+	a.t.Helper()
+	resp, err := a.s.client().Get(a.s.url("/v1/auth/token"))
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	resp.Body.Close()
+	n := resp.Header.Get("DPoP-Nonce")
+	if n == "" {
+		a.t.Fatal("no DPoP-Nonce from the server")
+	}
+	return n
+}
+
+// nonce computes a nonce of a time step under the nonce key alone, as the
+// server did before nonces were bound to its replay cache's epoch: such a
+// nonce is refused.
 func (a *attacker) nonce(at time.Time) string {
 	step := at.UnixNano() / int64(5*time.Minute)
 	var buf [24]byte
@@ -327,7 +344,7 @@ func (a *attacker) proof(key *ecdsa.PrivateKey, tok string, mod func(h, c map[st
 	h := map[string]any{"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk}
 	sum := sha256.Sum256([]byte(tok))
 	c := map[string]any{"jti": fmt.Sprint(time.Now().UnixNano()), "htm": "GET", "htu": a.s.url("/api/x"), "iat": time.Now().Unix(),
-		"ath": base64.RawURLEncoding.EncodeToString(sum[:]), "nonce": a.nonce(time.Now())}
+		"ath": base64.RawURLEncoding.EncodeToString(sum[:]), "nonce": a.currentNonce()}
 	if mod != nil {
 		mod(h, c)
 	}
@@ -578,7 +595,7 @@ func TestTokenEndpointRefusals(t *testing.T) {
 	// A long-lived assertion.
 	long, _ := jwt.Sign(signer, map[string]any{"alg": "ES256", "typ": "JWT", "x5c": []string{base64.StdEncoding.EncodeToString(id.Leaf.Raw)}},
 		map[string]any{"sub": "orga::agent", "iss": "orga::agent", "aud": "agent-trust-broker", "iat": now, "exp": now + 3600, "jti": "x3"})
-	if b := post(`{"client_assertion":"`+long+`"}`, tokProof(), nil); b["_status"] != 401 || !strings.Contains(b["_raw"].(string), "longer than") {
+	if b := post(`{"client_assertion":"`+long+`"}`, tokProof(), nil); b["_status"] != 400 || !strings.Contains(b["_raw"].(string), "longer than") {
 		t.Fatalf("long assertion: %v", b["_raw"])
 	}
 	if b := post(`{"client_assertion":`, tokProof(), nil); b["_status"] != 400 {

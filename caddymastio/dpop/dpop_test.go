@@ -24,7 +24,7 @@ const rfc9449Proof = "eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6IkVTMjU2IiwiandrIjp7Imt0eS
 func TestRFC9449ExampleProof(t *testing.T) {
 	now := time.Unix(1562262616, 0).Add(5 * time.Second)
 	p, err := Verify(context.Background(), []string{rfc9449Proof}, Checks{Method: "POST", URL: "https://server.example.com/token",
-		Now: now, Replay: NewMemoryCache(100)})
+		Now: now, Replay: startedCache(100)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func TestRFC9449ExampleProof(t *testing.T) {
 	}
 	// The same proof once more is a replay (the cache runs on the same
 	// injected clock as the check).
-	cache := NewMemoryCache(100)
+	cache := startedCache(100)
 	cache.now = func() time.Time { return now }
 	c := Checks{Method: "POST", URL: "https://server.example.com/token", Now: now, Replay: cache}
 	Verify(context.Background(), []string{rfc9449Proof}, c)
@@ -95,7 +95,7 @@ func TestVerifyRefusals(t *testing.T) {
 	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	c, o := newClient(t, ec), newClient(t, other)
-	nonces := NewNonces([]byte("0123456789abcdef0123456789abcdef"), time.Minute)
+	nonces := NewNonces([]byte("0123456789abcdef0123456789abcdef"), time.Minute, []byte("epoch"))
 	now := time.Now()
 	nonce := nonces.Current(now)
 	oldNonce := nonces.Current(now.Add(-3 * time.Minute))
@@ -161,7 +161,7 @@ func TestVerifyRefusals(t *testing.T) {
 				vals = []string{tc.proof}
 			}
 			ch := base
-			ch.Replay = NewMemoryCache(100)
+			ch.Replay = startedCache(100)
 			p, err := Verify(context.Background(), vals, ch)
 			if tc.want == "" {
 				if err != nil {
@@ -223,7 +223,7 @@ func TestNormalizeHTU(t *testing.T) {
 
 func TestNoncesAcrossInstancesAndSteps(t *testing.T) {
 	key := []byte("a shared deployment key of 32+ bytes")
-	a, b := NewNonces(key, time.Minute), NewNonces(key, time.Minute)
+	a, b := NewNonces(key, time.Minute, []byte("e")), NewNonces(key, time.Minute, []byte("e"))
 	now := time.Now()
 	n := a.Current(now)
 	if !b.Valid(n, now) || !b.Valid(n, now.Add(time.Minute)) {
@@ -232,7 +232,7 @@ func TestNoncesAcrossInstancesAndSteps(t *testing.T) {
 	if b.Valid(n, now.Add(3*time.Minute)) {
 		t.Fatal("nonce valid after two steps")
 	}
-	if NewNonces([]byte("a different key of 32 bytes....."), time.Minute).Valid(n, now) {
+	if NewNonces([]byte("a different key of 32 bytes....."), time.Minute, []byte("e")).Valid(n, now) {
 		t.Fatal("nonce valid under another key")
 	}
 	for _, c := range n {
@@ -322,12 +322,68 @@ func BenchmarkVerifyProof(b *testing.B) {
 	for i := range proofs {
 		proofs[i] = c.proof(b, nil, map[string]any{"jti": fmt.Sprint(i), "ath": ath("tok")})
 	}
-	ch := Checks{Method: "GET", URL: "https://mastio.example:9443/mcp", AccessToken: "tok", Replay: NewMemoryCache(0)}
+	ch := Checks{Method: "GET", URL: "https://mastio.example:9443/mcp", AccessToken: "tok", Replay: startedCache(0)}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := Verify(context.Background(), []string{proofs[i]}, ch); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// startedCache is a replay cache that began long ago: the proofs of a
+// test are all signed after it started.
+func startedCache(capacity int) *MemoryCache {
+	c := NewMemoryCache(capacity)
+	c.since = time.Time{}
+	return c
+}
+
+// TestReplayProtectionSurvivesARestart: a new replay cache (a restarted
+// process) has forgotten the proofs the old one saw, so it refuses every
+// proof it cannot vouch for — nonces of the old epoch, and proofs without
+// a nonce signed before it began (counting the allowed clock skew) — and
+// the client is told to sign a new one.
+func TestReplayProtectionSurvivesARestart(t *testing.T) {
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c := newClient(t, ec)
+	key := []byte("0123456789abcdef0123456789abcdef")
+	before := NewMemoryCache(100)
+	before.since = time.Now().Add(-time.Hour)
+	oldNonces := NewNonces(key, time.Minute, before.Epoch())
+	proof := c.proof(t, nil, map[string]any{"nonce": oldNonces.Current(time.Now())})
+	checks := Checks{Method: "GET", URL: "https://mastio.example:9443/mcp", Nonces: oldNonces, NonceMode: NonceRequired, Replay: before}
+	if _, err := Verify(context.Background(), []string{proof}, checks); err != nil {
+		t.Fatal(err)
+	}
+
+	after := NewMemoryCache(100) // the restarted process
+	if string(after.Epoch()) == string(before.Epoch()) {
+		t.Fatal("two caches share an epoch")
+	}
+	newNonces := NewNonces(key, time.Minute, after.Epoch())
+	checks.Nonces, checks.Replay = newNonces, after
+	if _, err := Verify(context.Background(), []string{proof}, checks); err == nil || err.Code != CodeUseNonce {
+		t.Fatalf("a proof with a nonce from before the restart: %v", err)
+	}
+	fresh := c.proof(t, nil, map[string]any{"nonce": newNonces.Current(time.Now())})
+	if _, err := Verify(context.Background(), []string{fresh}, checks); err != nil {
+		t.Fatalf("a fresh proof after the restart: %v", err)
+	}
+
+	// Without nonces, only the iat can tell: a proof signed before the
+	// restart (or within the clock skew after it) is refused.
+	noNonce := c.proof(t, nil, nil)
+	for mode, code := range map[NonceMode]string{NonceOff: CodeInvalidProof, NonceOptional: CodeUseNonce} {
+		ch := Checks{Method: "GET", URL: "https://mastio.example:9443/mcp", Nonces: newNonces, NonceMode: mode, Replay: NewMemoryCache(10)}
+		if _, err := Verify(context.Background(), []string{noNonce}, ch); err == nil || err.Code != code {
+			t.Fatalf("mode %d: a nonce-less proof from before the cache began: %v", mode, err)
+		}
+		ch.Now = time.Now().Add(DefaultMaxSkew + time.Second)
+		later := c.proof(t, nil, map[string]any{"iat": ch.Now.Unix()})
+		if _, err := Verify(context.Background(), []string{later}, ch); err != nil {
+			t.Fatalf("mode %d: a nonce-less proof signed after the cache began: %v", mode, err)
 		}
 	}
 }

@@ -10,12 +10,19 @@ import (
 )
 
 // Nonces issues DPoP-Nonce values statelessly: a nonce is a time step and
-// an HMAC of it under a deployment key, valid for the current and the
-// previous step. Every worker and host holding the key issues and accepts
-// the same nonces, with no shared storage.
+// an HMAC of it under a deployment key and the epoch of the replay cache,
+// valid for the current and the previous step. Everything holding the key
+// and sharing the replay cache issues and accepts the same nonces, with no
+// shared storage.
+//
+// The epoch is what makes replay protection survive a restart: the replay
+// cache of a new process has a new epoch, so the nonces issued before the
+// restart — and with them every proof the old cache saw — are refused
+// (use_dpop_nonce: the client signs a fresh proof with a fresh nonce).
 type Nonces struct {
-	key  []byte
-	step time.Duration
+	key   []byte
+	step  time.Duration
+	epoch []byte
 
 	mu      sync.Mutex
 	curStep int64
@@ -26,12 +33,13 @@ type Nonces struct {
 // for up to two steps.
 const DefaultNonceStep = 5 * time.Minute
 
-// NewNonces returns a nonce source keyed by key (at least 32 bytes).
-func NewNonces(key []byte, step time.Duration) *Nonces {
+// NewNonces returns a nonce source keyed by key (at least 32 bytes) for
+// the replay cache whose epoch is given.
+func NewNonces(key []byte, step time.Duration, epoch []byte) *Nonces {
 	if step <= 0 {
 		step = DefaultNonceStep
 	}
-	return &Nonces{key: append([]byte(nil), key...), step: step}
+	return &Nonces{key: append([]byte(nil), key...), step: step, epoch: append([]byte(nil), epoch...)}
 }
 
 func (n *Nonces) forStep(step int64) string {
@@ -39,6 +47,8 @@ func (n *Nonces) forStep(step int64) string {
 	binary.BigEndian.PutUint64(buf[:8], uint64(step))
 	m := hmac.New(sha256.New, n.key)
 	m.Write([]byte("dpop-nonce|"))
+	m.Write(n.epoch)
+	m.Write([]byte("|"))
 	m.Write(buf[:8])
 	copy(buf[8:], m.Sum(nil))
 	return base64.RawURLEncoding.EncodeToString(buf[:])

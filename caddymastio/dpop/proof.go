@@ -70,6 +70,10 @@ func ParseNonceMode(s string) (NonceMode, error) {
 	return 0, fmt.Errorf("dpop nonce mode %q: want off, optional or required", s)
 }
 
+// DefaultMaxSkew is how far in the future a proof's iat may be by default
+// (the original Mastio's DPOP_CLOCK_SKEW).
+const DefaultMaxSkew = 5 * time.Second
+
 // Proof is a verified DPoP proof.
 type Proof struct {
 	JKT   string // RFC 7638 thumbprint of the proof key
@@ -96,7 +100,7 @@ type Checks struct {
 	Now time.Time
 	// MaxAge is how far in the past iat may be. Default 60s.
 	MaxAge time.Duration
-	// MaxSkew is how far in the future iat may be. Default 10s.
+	// MaxSkew is how far in the future iat may be. Default 5s.
 	MaxSkew time.Duration
 	// Nonces issues and checks server nonces; nil disables nonces.
 	Nonces *Nonces
@@ -214,7 +218,7 @@ func Verify(ctx context.Context, values []string, c Checks) (*Proof, *Error) {
 		maxAge = 60 * time.Second
 	}
 	if maxSkew <= 0 {
-		maxSkew = 10 * time.Second
+		maxSkew = DefaultMaxSkew
 	}
 	if p.HTM != c.Method {
 		return nil, invalid("htm %q does not match the request method %s", p.HTM, c.Method)
@@ -248,6 +252,7 @@ func Verify(ctx context.Context, values []string, c Checks) (*Proof, *Error) {
 	} else if cl.ATH != nil {
 		return nil, invalid("ath is only allowed with an access token")
 	}
+	nonceChecked := false
 	if c.Nonces != nil && c.NonceMode != NonceOff {
 		switch {
 		case p.Nonce == "" && c.NonceMode == NonceRequired:
@@ -255,8 +260,20 @@ func Verify(ctx context.Context, values []string, c Checks) (*Proof, *Error) {
 		case p.Nonce != "" && !c.Nonces.Valid(p.Nonce, now):
 			return nil, &Error{Code: CodeUseNonce, Description: "the DPoP nonce is stale or unknown; use the one in the DPoP-Nonce header"}
 		}
+		nonceChecked = p.Nonce != ""
 	}
 	if c.Replay != nil {
+		// A proof without a nonce bound to this cache's epoch may have
+		// been used before the cache began (before a restart): it is
+		// accepted only if issued after then, counting the clock skew a
+		// proof's iat is allowed.
+		if !nonceChecked && p.IAT.Before(c.Replay.Since().Add(maxSkew)) {
+			if c.Nonces != nil && c.NonceMode != NonceOff {
+				return nil, &Error{Code: CodeUseNonce, Description: "the server restarted after this proof was signed: sign a new one with the nonce in the DPoP-Nonce header"}
+			}
+			return nil, invalid("the proof was signed before the server's replay protection began (a restart at %s): sign a new one",
+				c.Replay.Since().UTC().Format(time.RFC3339))
+		}
 		fresh, err := c.Replay.Use(ctx, ReplayKey(p.JKT, p.JTI), p.IAT.Add(maxAge+maxSkew))
 		if err != nil {
 			return nil, invalid("the replay cache is unavailable: %v", err)

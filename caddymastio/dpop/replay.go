@@ -2,6 +2,7 @@ package dpop
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"sync"
@@ -13,6 +14,12 @@ type ReplayCache interface {
 	// Use records key until exp. It returns false if key was already
 	// recorded and has not expired.
 	Use(ctx context.Context, key string, exp time.Time) (bool, error)
+	// Since is when the cache began remembering: it cannot vouch for a
+	// proof issued before then.
+	Since() time.Time
+	// Epoch identifies this cache's memory; nonces are bound to it (see
+	// Nonces), so a nonce from before it began is refused.
+	Epoch() []byte
 }
 
 // ErrCacheFull is returned when a MemoryCache holds its capacity of live
@@ -27,6 +34,8 @@ type MemoryCache struct {
 	shards [16]shard
 	per    int
 	now    func() time.Time
+	since  time.Time
+	epoch  [16]byte
 }
 
 type shard struct {
@@ -49,12 +58,19 @@ func NewMemoryCache(capacity int) *MemoryCache {
 	if capacity <= 0 {
 		capacity = DefaultReplayCapacity
 	}
-	c := &MemoryCache{per: (capacity + 15) / 16, now: time.Now}
+	c := &MemoryCache{per: (capacity + 15) / 16, now: time.Now, since: time.Now()}
+	rand.Read(c.epoch[:])
 	for i := range c.shards {
 		c.shards[i].m = map[[16]byte]int64{}
 	}
 	return c
 }
+
+// Since implements ReplayCache: the cache's creation.
+func (c *MemoryCache) Since() time.Time { return c.since }
+
+// Epoch implements ReplayCache: random, new for every cache.
+func (c *MemoryCache) Epoch() []byte { return c.epoch[:] }
 
 // Use implements ReplayCache.
 func (c *MemoryCache) Use(_ context.Context, key string, exp time.Time) (bool, error) {

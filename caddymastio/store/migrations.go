@@ -131,6 +131,15 @@ CREATE TABLE mcp_servers (
 	updated_at TEXT NOT NULL
 );
 `},
+	{3, "single-use credentials", `
+-- Credentials that may be used once (client assertion ids), kept until
+-- they expire so that a restart or crash forgets none.
+CREATE TABLE used_credentials (
+	key        TEXT PRIMARY KEY,
+	expires_at TEXT NOT NULL
+);
+CREATE INDEX used_credentials_expiry ON used_credentials (expires_at);
+`},
 }
 
 // LatestVersion is the newest schema version this binary knows.

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddy-mastio/caddy-mastio/internal/testutil"
 )
@@ -204,5 +205,49 @@ func TestPostgresURLIsRefusedClearly(t *testing.T) {
 	_, err := Open(context.Background(), "postgres://u@localhost/db")
 	if err == nil || !strings.Contains(err.Error(), "postgres") {
 		t.Fatalf("got %v", err)
+	}
+}
+
+func TestUseOnceSurvivesReopen(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "m.db")
+	use := func(s *Store, key string, exp time.Time) bool {
+		t.Helper()
+		tx, err := s.DB().BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		fresh, err := UseOnce(ctx, tx, key, exp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		return fresh
+	}
+	s, err := Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	soon := time.Now().Add(time.Minute)
+	if !use(s, "a", soon) || use(s, "a", soon) {
+		t.Fatal("a key was not single-use")
+	}
+	if !use(s, "gone", time.Now().Add(-time.Second)) || !use(s, "gone", soon) {
+		t.Fatal("an expired key is still remembered")
+	}
+	s.Close()
+	s, err = Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if use(s, "a", soon) {
+		t.Fatal("a used key was forgotten when the database was reopened")
+	}
+	if n, err := s.PurgeUsed(ctx); err != nil || n != 0 {
+		t.Fatalf("purge: %d %v", n, err)
 	}
 }

@@ -2,6 +2,7 @@ package token
 
 import (
 	"crypto/x509"
+	"errors"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -17,6 +18,10 @@ const AssertionAudience = "agent-trust-broker"
 
 // MaxAssertionLifetime bounds exp - iat of a client assertion.
 const MaxAssertionLifetime = 5 * time.Minute
+
+// ErrAssertionTooLong: the assertion lives longer than
+// MaxAssertionLifetime (exp - iat).
+var ErrAssertionTooLong = errors.New("client_assertion lives longer than 5m0s (exp - iat)")
 
 // Assertion is a verified client assertion (RFC 7523 private_key_jwt with
 // the signing certificate in x5c).
@@ -126,8 +131,8 @@ func VerifyAssertion(raw string, c AssertionChecks) (*Assertion, error) {
 		return nil, fmt.Errorf("client_assertion expired")
 	case iat > n+leeway:
 		return nil, fmt.Errorf("client_assertion iat is in the future")
-	case exp-iat > MaxAssertionLifetime.Seconds()+leeway:
-		return nil, fmt.Errorf("client_assertion lives longer than %s (exp - iat)", MaxAssertionLifetime)
+	case exp-iat > MaxAssertionLifetime.Seconds():
+		return nil, ErrAssertionTooLong
 	}
 	sec, _ := math.Modf(exp)
 	return &Assertion{Leaf: certs[0], Subject: cl.Sub, JTI: cl.JTI, Nonce: cl.Nonce, Expiry: time.Unix(int64(sec), 0)}, nil
