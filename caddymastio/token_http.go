@@ -2,9 +2,9 @@ package caddymastio
 
 import (
 	"crypto/hmac"
-	"database/sql"
 	"crypto/rand"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"

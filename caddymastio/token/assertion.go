@@ -2,9 +2,9 @@ package token
 
 import (
 	"crypto/x509"
-	"errors"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"time"
