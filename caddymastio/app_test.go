@@ -14,6 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 )
 
 const testSecret = "3f9c2a7d41b8e6054c1d9a2f7e8b3c61"
@@ -253,6 +254,58 @@ func TestMissingOrMismatchedCAIsRefused(t *testing.T) {
 	d := &App{DataDir: other, AdminSecret: testSecret}
 	if err := provision(t, d); err == nil || !strings.Contains(err.Error(), "not the one the database") {
 		t.Fatalf("mismatched CA: %v", err)
+	}
+}
+
+// TestLostDatabaseIsRefused: a missing or empty database beside an Org CA
+// is not silently replaced by a new one (new signing key, audit seq 1,
+// every agent orphaned); init-database starts over explicitly.
+func TestLostDatabaseIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	a := &App{DataDir: dir, AdminSecret: testSecret}
+	if err := provision(t, a); err != nil {
+		t.Fatal(err)
+	}
+	org := a.OrgIDValue()
+	a.Cleanup()
+	db := filepath.Join(dir, "mastio.db")
+	for _, f := range []string{db, db + "-wal", db + "-shm"} {
+		os.Remove(f)
+	}
+	for name, lose := range map[string]func(){
+		"missing": func() {},
+		"empty":   func() { os.WriteFile(db, nil, 0o600) },
+		"another": func() { os.Remove(db); st, _ := store.Open(context.Background(), db); st.Close() },
+	} {
+		lose()
+		b := &App{DataDir: dir, AdminSecret: testSecret}
+		err := provision(t, b)
+		if err == nil || !strings.Contains(err.Error(), "missing or empty") || !strings.Contains(err.Error(), "caddy mastio init-database") {
+			t.Fatalf("%s database: %v", name, err)
+		}
+		if hasFile(db) && name != "another" {
+			t.Fatalf("%s database: a database was created", name)
+		}
+	}
+	os.Remove(db)
+	got, err := initDatabase(context.Background(), dir, db)
+	if err != nil || got != org {
+		t.Fatalf("init-database: %q %v (org %q)", got, err, org)
+	}
+	if _, err := initDatabase(context.Background(), dir, db); err == nil {
+		t.Fatal("init-database ran twice over one installation")
+	}
+	c := &App{DataDir: dir, AdminSecret: testSecret}
+	if err := provision(t, c); err != nil {
+		t.Fatalf("start after init-database: %v", err)
+	}
+	if c.OrgIDValue() != org {
+		t.Fatalf("org id %q after init-database, was %q", c.OrgIDValue(), org)
+	}
+	var first string
+	c.state.store.DB().QueryRow(`SELECT event_type FROM audit_events WHERE seq = 1`).Scan(&first)
+	if first != "system.database_created" {
+		t.Fatalf("the new chain begins with %q", first)
 	}
 }
 

@@ -271,6 +271,39 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 var credentialHeaders = []string{"Authorization", "DPoP", "X-SSL-Client-Cert", "X-SSL-Client-Verify", "X-SSL-Client-S-DN",
 	"X-Client-Cert", "X-Forwarded-Client-Cert"}
 
+// Identity headers: whatever a caller sent under these names is removed,
+// then the guard sets X-Agent-Id and X-Agent-Spiffe-Id from the verified
+// identity, in every mode, so an upstream reading them reads what the
+// Mastio verified. Any X-Mastio-* or X-Cullis-* header is removed too (the
+// original Mastio's prefix, and ours for headers an operator sets from
+// {mastio.*} placeholders).
+var (
+	identityHeaders        = []string{"X-Agent-Id", "X-Agent-Spiffe-Id", "X-Agent-Jkt", "X-Agent-Scope", "X-Agent-Capabilities", "X-Agent-Groups"}
+	identityHeaderPrefixes = []string{"X-Mastio-", "X-Cullis-"}
+)
+
+// setIdentityHeaders replaces every identity header of r by the verified
+// identity p.
+func setIdentityHeaders(r *http.Request, p *Principal) {
+	for _, hdr := range credentialHeaders {
+		r.Header.Del(hdr)
+	}
+	for _, hdr := range identityHeaders {
+		r.Header.Del(hdr)
+	}
+	for name := range r.Header {
+		for _, prefix := range identityHeaderPrefixes {
+			if strings.HasPrefix(name, prefix) {
+				delete(r.Header, name)
+			}
+		}
+	}
+	r.Header.Set("X-Agent-Id", p.AgentID)
+	if p.SPIFFEID != "" {
+		r.Header.Set("X-Agent-Spiffe-Id", p.SPIFFEID)
+	}
+}
+
 // admit is what every handler does with an authenticated agent before
 // serving it: count it, strip the credential headers, hand token callers
 // the current DPoP nonce, and track the request so that revoking or
@@ -278,9 +311,7 @@ var credentialHeaders = []string{"Authorization", "DPoP", "X-SSL-Client-Cert", "
 // caller serves the returned request and calls done when it returns.
 func (a *App) admit(w http.ResponseWriter, r *http.Request, p *Principal) (*http.Request, func()) {
 	authCounter.WithLabelValues("success", p.Method).Inc()
-	for _, hdr := range credentialHeaders {
-		r.Header.Del(hdr)
-	}
+	setIdentityHeaders(r, p)
 	if a.nonceMode != dpop.NonceOff && p.Method == "dpop" {
 		w.Header().Set("DPoP-Nonce", a.state.nonces.Current(time.Now()))
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"time"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
@@ -26,9 +27,10 @@ func init() {
   caddy mastio token  --dir ./identity [--request GET https://mastio.example.com:9443/path]
 
 Operator side:
-  caddy mastio audit verify --db ./data/mastio.db`,
+  caddy mastio audit verify --db ./data/mastio.db
+  caddy mastio init-database --data-dir ./data`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(enrollCommand(), tokenCommand(), auditCommand())
+			cmd.AddCommand(enrollCommand(), tokenCommand(), auditCommand(), initDatabaseCommand())
 		},
 	})
 }
@@ -167,6 +169,34 @@ broken at the reported seq; 2: could not be read.`,
 	verify.Flags().Int64Var(&to, "to", 0, "last seq (0: the newest)")
 	c := &cobra.Command{Use: "audit", Short: "Audit log tools"}
 	c.AddCommand(verify)
+	return c
+}
+
+func initDatabaseCommand() *cobra.Command {
+	var dataDir, db string
+	c := &cobra.Command{
+		Use:   "init-database --data-dir <dir> [--database <file>]",
+		Short: "Start over with an empty database that keeps the existing Org CA",
+		Long: `When the database is lost and no backup can be restored, the gateway refuses
+to start beside the Org CA that remains (a silent new database would orphan
+every agent). This creates the empty database explicitly, for that Org CA
+and its org id: every agent must enroll again, and a new audit chain begins
+with a system.database_created row. Run it while Caddy is stopped.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if db == "" {
+				db = filepath.Join(dataDir, "mastio.db")
+			}
+			org, err := initDatabase(cmd.Context(), dataDir, db)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("created %s for the Org CA of org %s: start Caddy, then enroll every agent again\n", db, org)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&dataDir, "data-dir", DefaultDataDir, "the data directory holding the Org CA")
+	c.Flags().StringVar(&db, "database", "", "the database file (default: <data-dir>/mastio.db)")
 	return c
 }
 

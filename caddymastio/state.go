@@ -101,6 +101,10 @@ func openState(dataDir, dbPath, orgHint string, logger *zap.Logger) (*state, err
 	if err := ensureDataDir(dataDir, logger); err != nil {
 		return nil, err
 	}
+	pkiDir := filepath.Join(dataDir, "pki")
+	if hasFile(filepath.Join(pkiDir, pki.RootCertFile)) && !hasFile(dbPath) {
+		return nil, lostDatabaseError(dataDir, dbPath)
+	}
 	st, err := store.Open(ctx, dbPath)
 	if err != nil {
 		return nil, fmt.Errorf("database: %w", err)
@@ -114,10 +118,12 @@ func openState(dataDir, dbPath, orgHint string, logger *zap.Logger) (*state, err
 	}()
 	s.audit = audit.Open(st.DB(), audit.Options{BeforeCommit: st.CheckFile})
 
-	pkiDir := filepath.Join(dataDir, "pki")
 	knownRoot, haveRoot, err := st.GetConfig(ctx, cfgRootSHA256)
 	if err != nil {
 		return nil, err
+	}
+	if !haveRoot && hasFile(filepath.Join(pkiDir, pki.RootCertFile)) {
+		return nil, lostDatabaseError(dataDir, dbPath) // a database file, but not this installation's
 	}
 	if haveRoot {
 		if _, err := os.Stat(filepath.Join(pkiDir, pki.RootCertFile)); errors.Is(err, os.ErrNotExist) {
@@ -288,6 +294,24 @@ func (s *state) Destruct() error {
 		return s.store.Close()
 	}
 	return nil
+}
+
+// hasFile reports a regular file that is not empty (an empty database
+// file is as good as none).
+func hasFile(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Mode().IsRegular() && fi.Size() > 0
+}
+
+// lostDatabaseError refuses to start a new database beside an existing
+// Org CA: it would bring a new signing key and a new audit chain and
+// orphan every enrolled agent, silently.
+func lostDatabaseError(dataDir, dbPath string) error {
+	return fmt.Errorf("the database %s is missing or empty, but %s holds an Org CA: restore the database from the backup "+
+		"taken with the Org CA (and its -wal file, if any); refusing to start a new database, which would orphan every "+
+		"enrolled agent and begin a new audit chain. To start over with an empty database that keeps this Org CA "+
+		"(every agent must enroll again): caddy mastio init-database --data-dir %s --database %s",
+		dbPath, filepath.Join(dataDir, "pki"), dataDir, dbPath)
 }
 
 // ensureDataDir creates dir with mode 0700 and checks that files can be

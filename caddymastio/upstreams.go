@@ -2,6 +2,7 @@ package caddymastio
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+	"go.uber.org/zap"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
@@ -222,30 +224,78 @@ func (a *App) ListServers(ctx context.Context) ([]map[string]any, error) {
 }
 
 // PutServer implements admin.Upstreams: register or replace a stored
-// server. A literal bearer token goes to the key store, not the database.
+// server. A literal bearer token goes to the key store, not the database:
+// under a name of its own, written only once the settings are valid,
+// removed again if the registration is not committed, and the replaced
+// server's token removed once it is.
 func (a *App) PutServer(ctx context.Context, name string, s *MCPServer, bearerToken string, details map[string]any) error {
 	if _, ok := a.MCPServers[name]; ok {
 		return fmt.Errorf("MCP server %s is defined in the config; change it there", name)
 	}
 	if bearerToken != "" {
-		ref := "mcp-server-" + name + ".token"
-		if err := a.state.keyStore.Store(ref, []byte(bearerToken)); err != nil {
-			return err
+		if s.BearerSecret != "" {
+			return errors.New("give bearer_token or bearer_secret, not both")
 		}
-		s.BearerSecret = ref
+		s.BearerSecret = "mcp-server-" + name + "." + randomHex(6) + ".token"
 	}
 	if err := s.validate(name); err != nil {
 		return err
 	}
+	previous, err := a.state.storedServers(ctx)
+	if err != nil {
+		return err
+	}
+	var old string
+	if p := previous[name]; p != nil && p.BearerSecret != s.BearerSecret && storedByAPI(name, p.BearerSecret) {
+		old = p.BearerSecret
+	}
+	if bearerToken != "" {
+		if err := a.state.keyStore.Store(s.BearerSecret, []byte(bearerToken)); err != nil {
+			return err
+		}
+	}
 	cfg, _ := json.Marshal(s)
 	defer a.state.forgetStoredServers()
-	return a.state.withAudit(ctx, func(tx *sql.Tx) error {
+	err = a.state.withAudit(ctx, func(tx *sql.Tx) error {
 		now := store.FormatTime(time.Now())
 		_, err := tx.ExecContext(ctx, `INSERT INTO mcp_servers (name, config, created_at, updated_at) VALUES (?, ?, ?, ?)
 			ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at`, name, string(cfg), now, now)
 		return err
 	}, audit.Event{Type: "mcp_server.registered", Actor: "admin", Subject: name,
 		Details: mergeMaps(map[string]any{"server": s.Redacted(name, "store")}, details)})
+	switch {
+	case err != nil && bearerToken != "":
+		a.removeSecret(s.BearerSecret)
+	case err == nil && old != "":
+		a.removeSecret(old)
+	}
+	return err
+}
+
+// removeSecret deletes a credential the registry no longer refers to; a
+// failure is logged (the file stays 0600 in the key store).
+func (a *App) removeSecret(ref string) {
+	if err := a.state.keyStore.Delete(ref); err != nil {
+		a.logger.Error("removing an MCP server credential", zap.String("secret", ref), zap.Error(err))
+	}
+}
+
+// storedByAPI reports a key-store secret the admin API wrote for server
+// name (its to remove), as opposed to one an operator put there.
+func storedByAPI(name, ref string) bool {
+	if ref == "mcp-server-"+name+".token" {
+		return true
+	}
+	mid, ok := strings.CutPrefix(ref, "mcp-server-"+name+".")
+	mid, ok2 := strings.CutSuffix(mid, ".token")
+	_, err := hex.DecodeString(mid)
+	return ok && ok2 && err == nil && mid != ""
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 // PutServerJSON implements admin.Upstreams.
@@ -262,8 +312,12 @@ func (a *App) PutServerJSON(ctx context.Context, name string, settings json.RawM
 // DeleteServer implements admin.Upstreams.
 func (a *App) DeleteServer(ctx context.Context, name string, details map[string]any) (bool, error) {
 	found := false
+	previous, err := a.state.storedServers(ctx)
+	if err != nil {
+		return false, err
+	}
 	defer a.state.forgetStoredServers()
-	err := a.state.withAudit(ctx, func(tx *sql.Tx) error {
+	err = a.state.withAudit(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM mcp_servers WHERE name = ?`, name)
 		if err != nil {
 			return err
@@ -278,6 +332,9 @@ func (a *App) DeleteServer(ctx context.Context, name string, details map[string]
 		return false, nil
 	}
 	a.state.upstreams.drop(name)
+	if p := previous[name]; err == nil && p != nil && storedByAPI(name, p.BearerSecret) {
+		a.removeSecret(p.BearerSecret) // a token the admin API stored
+	}
 	return found, err
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -214,7 +215,7 @@ func TestAggregator(t *testing.T) {
 	code, body = s.adminCall(t, "GET", "/v1/admin/mcp-servers", adminSecret, nil)
 	listed := body["_raw"].(string)
 	if code != 200 || strings.Contains(listed, "weather-upstream-secret") || strings.Contains(listed, "search-upstream-secret") ||
-		!strings.Contains(listed, `"Authorization":"Bearer {env.WEATHER_TOKEN}"`) || !strings.Contains(listed, `"bearer_secret":"mcp-server-search.token"`) {
+		!strings.Contains(listed, `"Authorization":"Bearer {env.WEATHER_TOKEN}"`) || !regexp.MustCompile(`"bearer_secret":"mcp-server-search\.[0-9a-f]+\.token"`).MatchString(listed) {
 		t.Fatalf("server list: %d %v", code, body["_raw"])
 	}
 	cs.Close()
@@ -222,10 +223,11 @@ func TestAggregator(t *testing.T) {
 	db := openDB(t, s.dataDir)
 	var stored string
 	db.QueryRow(`SELECT config FROM mcp_servers WHERE name = 'search'`).Scan(&stored)
-	if strings.Contains(stored, "search-upstream-secret") || !strings.Contains(stored, "mcp-server-search.token") {
-		t.Fatalf("stored server config: %s", stored)
+	secretFiles, _ := filepath.Glob(filepath.Join(s.dataDir, "keys", "mcp-server-search.*.token"))
+	if strings.Contains(stored, "search-upstream-secret") || len(secretFiles) != 1 || !strings.Contains(stored, filepath.Base(secretFiles[0])) {
+		t.Fatalf("stored server config: %s (secret files %v)", stored, secretFiles)
 	}
-	if m := fileMode(t, filepath.Join(s.dataDir, "keys", "mcp-server-search.token")); m != 0o600 {
+	if m := fileMode(t, secretFiles[0]); m != 0o600 {
 		t.Fatalf("upstream secret file mode %04o", m)
 	}
 	var calls int

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -391,5 +393,83 @@ func TestReplayRefusedAfterRestart(t *testing.T) {
 			}
 			resp.Body.Close()
 		})
+	}
+}
+
+// TestIdentityHeadersComeFromTheMastio: whatever identity headers a caller
+// sends are removed, in certificate and token mode alike; the upstream
+// gets X-Agent-Id and X-Agent-Spiffe-Id as the Mastio verified them.
+func TestIdentityHeadersComeFromTheMastio(t *testing.T) {
+	s, _ := tokenServer(t)
+	id := makeIdentity(t, s, "agent", "api:read")
+	forged := map[string][]string{"X-Agent-Id": {"orga::admin", "orga::root"}, "X-Agent-Spiffe-Id": {"spiffe://mastio.local/orga/admin"},
+		"X-Mastio-Scope": {"admin:write"}, "X-Cullis-Agent": {"orga::admin"}}
+	check := func(what string, b map[string]any) {
+		t.Helper()
+		if b["x_agent_id"] != "orga::agent" || b["x_agent_spiffe_id"] != "spiffe://mastio.local/orga/agent" ||
+			b["x_mastio_scope"] != "" || b["x_cullis_agent"] != "" {
+			t.Fatalf("%s: the upstream got %v", what, b["_raw"])
+		}
+	}
+	resp := s.do(t, "GET", "/mtls/x", forged, &id.Certificate, nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("mtls: %d", resp.StatusCode)
+	}
+	check("mastio_auth mtls", readBody(t, resp))
+
+	req, _ := http.NewRequest("GET", s.url("/api/x"), nil)
+	for k, v := range forged {
+		req.Header[k] = v
+	}
+	resp, err := id.Session().HTTPClient().Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("token: %v %v", resp, err)
+	}
+	check("mastio_auth (token)", readBody(t, resp))
+}
+
+// TestRejectedRegistrationWritesNoCredential: an MCP server registration
+// the admin API refuses leaves no credential behind; a replaced or removed
+// server's credential is removed with it.
+func TestRejectedRegistrationWritesNoCredential(t *testing.T) {
+	s := identityServer(t)
+	tokens := func() []string {
+		files, _ := filepath.Glob(filepath.Join(s.dataDir, "keys", "mcp-server-*"))
+		return files
+	}
+	for _, body := range []string{
+		`{"name":"weather","url":"ftp://weather.internal/mcp","bearer_token":"s3cret-token-1"}`,
+		`{"name":"bad name","url":"https://weather.internal/mcp","bearer_token":"s3cret-token-2"}`,
+		`{"name":"weather","url":"https://weather.internal/mcp","bearer_token":"s3cret-token-3","timeout_seconds":-1}`,
+	} {
+		if code, b := s.adminCall(t, "POST", "/v1/admin/mcp-servers", adminSecret, body); code != 400 {
+			t.Fatalf("%s: %d %v", body, code, b["_raw"])
+		}
+		if files := tokens(); len(files) != 0 {
+			t.Fatalf("a refused registration wrote %v", files)
+		}
+	}
+	register := func(token string) {
+		t.Helper()
+		if code, b := s.adminCall(t, "POST", "/v1/admin/mcp-servers", adminSecret,
+			`{"name":"weather","url":"https://weather.internal/mcp","bearer_token":"`+token+`"}`); code != 201 {
+			t.Fatalf("register: %d %v", code, b["_raw"])
+		}
+	}
+	register("first-token-value")
+	first := tokens()
+	register("second-token-value")
+	second := tokens()
+	if len(first) != 1 || len(second) != 1 || first[0] == second[0] {
+		t.Fatalf("credentials after a replacement: %v then %v", first, second)
+	}
+	if data, _ := os.ReadFile(second[0]); string(data) != "second-token-value" || fileMode(t, second[0]) != 0o600 {
+		t.Fatalf("the stored credential: %q mode %v", data, fileMode(t, second[0]))
+	}
+	if code, b := s.adminCall(t, "DELETE", "/v1/admin/mcp-servers/weather", adminSecret, nil); code != 200 {
+		t.Fatalf("delete: %d %v", code, b["_raw"])
+	}
+	if files := tokens(); len(files) != 0 {
+		t.Fatalf("a removed server left %v", files)
 	}
 }

@@ -39,6 +39,8 @@ func echoUpstream(t testing.TB) *httptest.Server {
 			"agent": r.Header.Get("X-Agent"), "scope": r.Header.Get("X-Scope"), "jkt": r.Header.Get("X-JKT"),
 			"spiffe": r.Header.Get("X-Spiffe"), "authorization": r.Header.Get("Authorization"), "dpop": r.Header.Get("DPoP"),
 			"ssl_client_cert": r.Header.Get("X-SSL-Client-Cert"), "path": r.URL.Path,
+			"x_agent_id": strings.Join(r.Header.Values("X-Agent-Id"), ","), "x_agent_spiffe_id": r.Header.Get("X-Agent-Spiffe-Id"),
+			"x_mastio_scope": r.Header.Get("X-Mastio-Scope"), "x_cullis_agent": r.Header.Get("X-Cullis-Agent"),
 		})
 	}))
 	t.Cleanup(srv.Close)

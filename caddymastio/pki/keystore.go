@@ -22,6 +22,9 @@ type KeyStore interface {
 	// Store saves a PEM-encoded private key under name, replacing any
 	// previous one atomically.
 	Store(name string, keyPEM []byte) error
+	// Delete removes the key stored under name; removing a key that is
+	// not there is not an error.
+	Delete(name string) error
 	// String describes the store for logs and errors (never key material).
 	String() string
 }
@@ -70,6 +73,18 @@ func (f FileKeyStore) Store(name string, keyPEM []byte) error {
 		return fmt.Errorf("key store %s: %w", f.Dir, err)
 	}
 	return writeFileAtomic(p, keyPEM, 0o600)
+}
+
+// Delete implements KeyStore.
+func (f FileKeyStore) Delete(name string) error {
+	p, err := f.path(name)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("key store %s: %w", f.Dir, err)
+	}
+	return nil
 }
 
 // writeFileAtomic writes data to path through a temporary file in the same
