@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -63,11 +64,19 @@ type API struct {
 	Secret func() *Secret
 	// Policy returns the issuance settings in force.
 	Policy func() registry.Policy
-	// Failures limits failed secret attempts per client address.
+	// Failures limits failed secret attempts per client address: over it,
+	// every attempt from the address is refused, right secret or not.
 	Failures *ratelimit.Limiter
-	// RateLimited, if set, is called for every request refused because
-	// its address failed too often.
-	RateLimited func()
+	// GlobalFailures limits failed secret attempts from all addresses
+	// together (key "all"): over it, wrong secrets are refused with 429
+	// without being audited one by one (their count is carried by the
+	// next audited failure), so that many addresses cannot flood the audit
+	// chain; a right secret still works, so an attack cannot lock the
+	// operator out.
+	GlobalFailures *ratelimit.Limiter
+	// RateLimited, if set, is called for every request refused by a
+	// limit, with its scope (ip or global).
+	RateLimited func(scope string)
 	// ClientIP returns the caller's address.
 	ClientIP func(*http.Request) string
 	// RotateKeys rotates the access-token signing key.
@@ -76,6 +85,10 @@ type API struct {
 	Policies PolicyStore
 	// Upstreams is the MCP server registry.
 	Upstreams Upstreams
+
+	// unaudited counts the failures refused by GlobalFailures since the
+	// last audited one.
+	unaudited atomic.Int64
 }
 
 // Upstreams is the MCP server registry as the admin API manages it. The
@@ -198,12 +211,7 @@ func (a *API) authenticate(w http.ResponseWriter, r *http.Request) bool {
 	// Never let the secret reach access logs or anything downstream.
 	r.Header.Del(SecretHeader)
 	if ok, wait := a.Failures.Peek(ip); !ok {
-		if a.RateLimited != nil {
-			a.RateLimited()
-		}
-		w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
-		httpjson.Error(w, 429, "too_many_failed_attempts", "too many failed admin secret attempts from this address; retry later")
-		return false
+		return a.tooMany(w, "ip", wait, "too many failed admin secret attempts from this address; retry later")
 	}
 	if a.Secret().Match(presented) {
 		return true
@@ -213,8 +221,16 @@ func (a *API) authenticate(w http.ResponseWriter, r *http.Request) bool {
 		reason, status, code, msg = "missing", 401, "admin_secret_required", "the X-Admin-Secret header is required"
 	}
 	a.Failures.Allow(ip)
+	if ok, wait := a.GlobalFailures.Allow("all"); !ok {
+		a.unaudited.Add(1)
+		return a.tooMany(w, "global", wait, "too many failed admin secret attempts; retry later")
+	}
+	d := map[string]any{"reason": reason, "remote_ip": ip, "method": r.Method}
+	if n := a.unaudited.Swap(0); n > 0 {
+		d["unaudited_before"] = n
+	}
 	if _, err := a.Audit.Append(r.Context(), audit.Event{Type: "admin.auth_failed", Actor: "anonymous", Subject: r.URL.Path,
-		Result: audit.ResultDenied, Details: map[string]any{"reason": reason, "remote_ip": ip, "method": r.Method}}); err != nil {
+		Result: audit.ResultDenied, Details: d}); err != nil {
 		a.Logger.Error("auditing a failed admin secret", zap.Error(err))
 		httpjson.Error(w, 503, "audit_unavailable", "the audit log cannot be written")
 		return false
@@ -222,6 +238,16 @@ func (a *API) authenticate(w http.ResponseWriter, r *http.Request) bool {
 	a.Logger.Warn("admin secret refused", zap.String("reason", reason), zap.String("remote_ip", ip),
 		zap.String("method", r.Method), zap.String("path", r.URL.Path))
 	httpjson.Error(w, status, code, msg)
+	return false
+}
+
+// tooMany answers 429 for an admin secret attempt refused by a limit.
+func (a *API) tooMany(w http.ResponseWriter, scope string, wait time.Duration, msg string) bool {
+	if a.RateLimited != nil {
+		a.RateLimited(scope)
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+	httpjson.Error(w, 429, "too_many_failed_attempts", msg)
 	return false
 }
 

@@ -291,9 +291,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 		Logger:   a.logger.Named("admin"),
 		Secret:   func() *admin.Secret { return a.secret },
 		Policy:   a.Policy,
-		Failures: a.state.adminFailLimit,
-		RateLimited: func() {
-			rateLimited.WithLabelValues("admin_auth", "ip").Inc()
+		Failures:       a.state.adminFailLimit,
+		GlobalFailures: a.state.adminFailGlobal,
+		RateLimited: func(scope string) {
+			rateLimited.WithLabelValues("admin_auth", scope).Inc()
 		},
 		ClientIP: clientIP,
 		RotateKeys: func(ctx context.Context, grace time.Duration, details map[string]any) (any, error) {

@@ -29,6 +29,10 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
 )
 
+// adminFailuresPerMinute bounds the failed admin secret attempts audited
+// in a minute from all addresses together (10 a minute per address).
+const adminFailuresPerMinute = 60
+
 // states holds the long-lived state of every data location in use, keyed
 // by the absolute database path. A config reload provisions a new App
 // while the old one still serves; both get the same *state, so there is
@@ -79,7 +83,8 @@ type state struct {
 
 	// Per-address limits on anonymous and failing requests. They live here
 	// so that a reload does not reset them.
-	adminFailLimit *ratelimit.Limiter
+	adminFailLimit  *ratelimit.Limiter
+	adminFailGlobal *ratelimit.Limiter
 	// inflight ends an agent's requests when its credentials are withdrawn.
 	inflight *inflight
 	// refusals limits the audited refusals per agent.
@@ -216,6 +221,7 @@ func openState(dataDir, dbPath, orgHint string, logger *zap.Logger) (*state, err
 	mac.Write(s.replay.Epoch())
 	s.challengeKey = mac.Sum(nil)
 	s.adminFailLimit = ratelimit.New(10, time.Minute, 10, 100_000)
+	s.adminFailGlobal = ratelimit.New(adminFailuresPerMinute, time.Minute, adminFailuresPerMinute, 1)
 	if newKey != nil {
 		if _, err := s.audit.Append(ctx, audit.Event{Type: "token.signing_key_created", Actor: "system", Subject: newKey.Kid,
 			Details: map[string]any{"alg": newKey.Alg, "status": newKey.Status}}); err != nil {

@@ -612,3 +612,157 @@ func TestRevocationEndsOpenStreamsAndCalls(t *testing.T) {
 	}
 	verifyChain(t, db)
 }
+
+// metric returns the value of one sample of Caddy's /metrics (0 if absent).
+func (s *server) metric(t testing.TB, name string, labels ...string) float64 {
+	t.Helper()
+	_, body := s.admin("GET", "/metrics", nil)
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		if contains(line, labels...) {
+			var v float64
+			fmt.Sscan(line[strings.LastIndexByte(line, ' ')+1:], &v)
+			return v
+		}
+	}
+	return 0
+}
+
+// TestRefusalsNamingAnAgentAreAudited: a refusal whose credentials name an
+// agent — another agent's MCP session, a revoked agent's token on an open
+// connection — is audited; anonymous refusals are counted, not audited.
+func TestRefusalsNamingAnAgentAreAudited(t *testing.T) {
+	s := mcpServer(t)
+	owner := makeIdentity(t, s, "owner", "mcp:call")
+	other := makeIdentity(t, s, "other", "mcp:call")
+	cs := connectMCP(t, s, owner, "/mcp/json")
+	list := `{"jsonrpc":"2.0","id":1,"method":"tools/list"}`
+	if code, _, body := rawMCP(t, s, other.Session(), "/mcp/json", map[string]string{"Mcp-Session-Id": cs.ID()}, list); code != 403 {
+		t.Fatalf("another agent's session: %d %s", code, body)
+	}
+	// The revoked agent's connections are still open: its next requests
+	// are refused with its identity known.
+	tr := &http.Transport{TLSClientConfig: owner.TLSConfig(), ForceAttemptHTTP2: true}
+	sess, err := owner.NewSession(s.url(""), tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/mcp/json", "/mcp/batch"} { // behind mastio_auth, and authenticated by mastio_mcp
+		if code, _, _ := rawMCP(t, s, sess, path, nil, list); code != 200 {
+			t.Fatalf("%s before the revocation: %d", path, code)
+		}
+	}
+	if code, b := s.adminCall(t, "POST", "/v1/admin/agents/orga::owner/revoke", adminSecret, nil); code != 200 {
+		t.Fatalf("revoke: %d %v", code, b["_raw"])
+	}
+	tok, err := sess.Token(context.Background()) // minted before the revocation
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{"/mcp/json", "/mcp/batch"} {
+		proof, _ := sess.Proof("POST", s.url(path), tok)
+		req, _ := http.NewRequest("POST", s.url(path), strings.NewReader(list))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "DPoP "+tok)
+		req.Header.Set("DPoP", proof)
+		resp, err := tr.RoundTrip(req) // on the connection opened before the revocation
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 401 || !strings.Contains(string(body), "revoked") {
+			t.Fatalf("%s after the revocation: %d %s", path, resp.StatusCode, body)
+		}
+	}
+	// Anonymous refusals: counted, not audited.
+	before := s.metric(t, "caddy_mastio_auth_total", `result="deny"`, `reason="missing_token"`)
+	for i := 0; i < 20; i++ {
+		resp, err := s.client().Post(s.url("/mcp/json"), "application/json", strings.NewReader(list))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 401 {
+			t.Fatalf("anonymous: %d", resp.StatusCode)
+		}
+	}
+	if after := s.metric(t, "caddy_mastio_auth_total", `result="deny"`, `reason="missing_token"`); after-before != 20 {
+		t.Fatalf("anonymous refusals counted: %v -> %v", before, after)
+	}
+	closeSessions()
+	s.stop()
+	db := openDB(t, s.dataDir)
+	rows := func(q string, args ...any) int {
+		var n int
+		db.QueryRow(q, args...).Scan(&n)
+		return n
+	}
+	if n := rows(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'mcp.refused' AND actor = 'agent:orga::other'
+		AND json_extract(details, '$.reason') = 'session_of_another_agent'`); n != 1 {
+		t.Errorf("session refusals audited: %d", n)
+	}
+	if n := rows(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'auth.refused' AND actor = 'agent:orga::owner'
+		AND json_extract(details, '$.reason') = 'agent_revoked' AND json_extract(details, '$.method') = 'POST'
+		AND seq > (SELECT seq FROM audit_events WHERE event_type = 'agent.revoked')`); n != 2 {
+		t.Errorf("revoked-agent refusals audited: %d", n)
+	}
+	if n := rows(`SELECT COUNT(*) FROM audit_events WHERE event_type IN ('auth.refused', 'mcp.refused') AND actor NOT LIKE 'agent:%'`); n != 0 {
+		t.Errorf("anonymous refusals audited: %d", n)
+	}
+	verifyChain(t, db)
+}
+
+// TestAdminSecretFailuresLimitedGlobally: failed admin secrets are limited
+// per address and in total, so 50 addresses guessing 10 times each cannot
+// write 500 audit rows; the operator's right secret still works.
+func TestAdminSecretFailuresLimitedGlobally(t *testing.T) {
+	s := exampleServerWith(t, func(cf string) string {
+		return strings.Replace(cf, "\t\tprotocols h1 h2\n", "\t\tprotocols h1 h2\n\t\ttrusted_proxies static 127.0.0.1/32\n", 1)
+	}, "", "")
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	for a := 0; a < 50; a++ {
+		wg.Add(1)
+		go func(a int) {
+			defer wg.Done()
+			c := s.client()
+			for i := 0; i < 10; i++ {
+				req, _ := http.NewRequest("GET", s.url("/v1/admin/agents"), nil)
+				req.Header.Set("X-Admin-Secret", fmt.Sprintf("guess-%d-%d-aaaaaaaaaaaaaa", a, i))
+				req.Header.Set("X-Forwarded-For", fmt.Sprintf("198.51.100.%d", a+1))
+				resp, err := c.Do(req)
+				if err != nil {
+					continue
+				}
+				resp.Body.Close()
+				mu.Lock()
+				statuses[resp.StatusCode]++
+				mu.Unlock()
+			}
+		}(a)
+	}
+	wg.Wait()
+	if statuses[429] == 0 || statuses[403]+statuses[429] != 500 {
+		t.Fatalf("answers to 500 wrong secrets: %v", statuses)
+	}
+	req, _ := http.NewRequest("GET", s.url("/v1/admin/agents"), nil)
+	req.Header.Set("X-Admin-Secret", adminSecret)
+	req.Header.Set("X-Forwarded-For", "203.0.113.9")
+	resp, err := s.client().Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("the right secret during the attack: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if s.metric(t, "caddy_mastio_rate_limited_total", `route="admin_auth"`, `scope="global"`) == 0 {
+		t.Fatal("global refusals not counted")
+	}
+	s.stop()
+	n := eventCounts(t, openDB(t, s.dataDir))["admin.auth_failed"]
+	if n > 100 || n < 10 {
+		t.Fatalf("%d failures audited for 500 attempts (want the global limit, 60 a minute)", n)
+	}
+}

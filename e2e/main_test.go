@@ -163,10 +163,20 @@ func newServer(t testing.TB, dir, caddyfile string, extraEnv ...string) *server 
 // Caddyfile's {$VARS}.
 func exampleServer(t testing.TB, global, routes string, env ...string) *server {
 	t.Helper()
+	return exampleServerWith(t, nil, global, routes, env...)
+}
+
+// exampleServerWith is exampleServer with edit applied to the Caddyfile
+// first (for options outside the mastio block).
+func exampleServerWith(t testing.TB, edit func(string) string, global, routes string, env ...string) *server {
+	t.Helper()
 	dir := workDir(t)
 	data, err := os.ReadFile(filepath.Join(repoRoot, "Caddyfile.example"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if edit != nil {
+		data = []byte(edit(string(data)))
 	}
 	cf := strings.Replace(string(data), "trust_domain mastio.local", "trust_domain mastio.local\n\t\torg_id orga\n"+global, 1)
 	cf = strings.Replace(cf, "\t# Health, readiness", routes+"\n\t# Health, readiness", 1)
