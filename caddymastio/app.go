@@ -286,11 +286,11 @@ func (a *App) Provision(ctx caddy.Context) error {
 			"which anyone who obtains them can use; turn it off once every client sends DPoP proofs")
 	}
 	a.adminAPI = &admin.API{
-		Registry: a.state.registry,
-		Audit:    a.state.audit,
-		Logger:   a.logger.Named("admin"),
-		Secret:   func() *admin.Secret { return a.secret },
-		Policy:   a.Policy,
+		Registry:       a.state.registry,
+		Audit:          a.state.audit,
+		Logger:         a.logger.Named("admin"),
+		Secret:         func() *admin.Secret { return a.secret },
+		Policy:         a.Policy,
 		Failures:       a.state.adminFailLimit,
 		GlobalFailures: a.state.adminFailGlobal,
 		RateLimited: func(scope string) {
