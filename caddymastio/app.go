@@ -173,6 +173,7 @@ type App struct {
 	ctx               caddy.Context
 	logger            *zap.Logger
 	refusalLog        *zap.Logger // sampled: anonymous refusals
+	accessLog         *zap.Logger // Caddy's access logger, for entries with credentials redacted
 	dataDir           string
 	dbPath            string
 	trustDomain       string
@@ -202,6 +203,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.refusalLog = sampledLogger(a.logger)
+	a.accessLog = ctx.Logger(httpLogModule{}).Named("log.access")
 	if err := a.validateStatic(); err != nil {
 		return err
 	}

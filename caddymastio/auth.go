@@ -222,6 +222,10 @@ func (a *App) checkTokenUse(r *http.Request, tok, scheme string, claims *token.C
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	return h.app.serveRedacted(w, r, func(w http.ResponseWriter, r *http.Request) error { return h.serve(w, r, next) })
+}
+
+func (h *Auth) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	var p *Principal
 	var aerr *authError
 	if h.Require == "mtls" {

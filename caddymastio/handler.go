@@ -81,6 +81,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	return h.app.serveRedacted(w, r, func(w http.ResponseWriter, r *http.Request) error { return h.serve(w, r, next) })
+}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	path := r.URL.Path
 	if strings.HasPrefix(path, "/v1/") || strings.HasPrefix(path, "/registry/") || path == "/proxy/admin/agents" {
 		// TLS early data can be replayed; nothing here may act on it.

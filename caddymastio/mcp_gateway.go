@@ -170,6 +170,10 @@ var singleHeaders = []string{"Mcp-Session-Id", "Mcp-Method", "Mcp-Name", "Mcp-Pr
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (g *MCPGateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	return g.app.serveRedacted(w, r, func(w http.ResponseWriter, r *http.Request) error { return g.serve(w, r, next) })
+}
+
+func (g *MCPGateway) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	ar, ok := g.app.authenticateAgent(w, r, g.logger)
 	if !ok {
 		return nil

@@ -766,3 +766,89 @@ func TestAdminSecretFailuresLimitedGlobally(t *testing.T) {
 		t.Fatalf("%d failures audited for 500 attempts (want the global limit, 60 a minute)", n)
 	}
 }
+
+// TestSecretsNeverReachALog switches on an access log (and debug logging)
+// and sends what carries secrets — admin calls, token requests, guarded
+// requests, enrollment status polls, a request whose upstream is down —
+// then reads every log line: the admin secret, the DPoP proofs and the
+// tokens sent never appear, and the entries show the headers REDACTED.
+func TestSecretsNeverReachALog(t *testing.T) {
+	up := echoUpstream(t)
+	accessLog := filepath.Join(workDir(t), "access.log")
+	s := exampleServerWith(t, func(cf string) string {
+		cf = strings.Replace(cf, "{\n\tadmin ", "{\n\tdebug\n\tadmin ", 1)
+		return strings.Replace(cf, "localhost:{$MASTIO_HTTPS_PORT:9443} {\n", "localhost:{$MASTIO_HTTPS_PORT:9443} {\n\tlog {\n\t\toutput file "+
+			accessLog+"\n\t\tformat json\n\t}\n", 1)
+	}, "", guardedRoutes+`
+	handle /down/* {
+		mastio_auth
+		reverse_proxy 127.0.0.1:1
+	}`, "MASTIO_UPSTREAM="+up.URL)
+	var secrets []string
+	for _, path := range []string{"/v1/admin/agents", "/v1/admin/nothing-here", "/proxy/admin/agents"} {
+		s.adminCall(t, "GET", path, adminSecret, nil)
+	}
+	secrets = append(secrets, adminSecret)
+	id := makeIdentity(t, s, "agent", "api:read")
+	sess := id.Session()
+	for _, path := range []string{"/api/x", "/down/x"} {
+		resp, err := sess.HTTPClient().Get(s.url(path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	tok, _ := sess.Token(context.Background())
+	proof, _ := sess.Proof("GET", s.url("/api/x"), tok)
+	s.do(t, "GET", "/api/x", map[string][]string{"Authorization": {"DPoP " + tok}, "DPoP": {proof}}, &id.Certificate, nil).Body.Close()
+	secrets = append(secrets, tok, proof)
+	// An enrollment polled with its proof of possession.
+	p, err := client.StartEnrollment(context.Background(), client.EnrollOptions{URL: s.url(""), Dir: filepath.Join(t.TempDir(), "id"),
+		RootCAs: s.rootPool(), Requester: client.Requester{Name: "N", Email: "n@orga.example"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Check(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	s.stop()
+
+	data, err := os.ReadFile(accessLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := string(data) + s.out.String()
+	for _, secret := range secrets {
+		if strings.Contains(all, secret) {
+			t.Errorf("a log holds a secret: %.20s...", secret)
+		}
+	}
+	seen := map[string]int{}
+	for _, line := range strings.Split(string(data), "\n") {
+		var entry struct {
+			Msg     string `json:"msg"`
+			Status  int    `json:"status"`
+			Request struct {
+				URI     string              `json:"uri"`
+				Headers map[string][]string `json:"headers"`
+			} `json:"request"`
+		}
+		if json.Unmarshal([]byte(line), &entry) != nil || entry.Msg != "handled request" {
+			continue
+		}
+		for _, h := range []string{"X-Admin-Secret", "Dpop", "X-Enrollment-Proof", "Authorization"} {
+			if v, ok := entry.Request.Headers[h]; ok {
+				seen[h]++
+				if len(v) != 1 || v[0] != "REDACTED" {
+					t.Errorf("%s logged for %s: %v", h, entry.Request.URI, v)
+				}
+			}
+		}
+		seen[entry.Request.URI]++
+	}
+	for _, want := range []string{"X-Admin-Secret", "Dpop", "X-Enrollment-Proof", "/v1/admin/nothing-here", "/down/x", "/v1/auth/token"} {
+		if seen[want] == 0 {
+			t.Errorf("no access log entry with %s: %v", want, seen)
+		}
+	}
+}
