@@ -3,14 +3,20 @@ package caddymastio
 import (
 	"sync"
 	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
 // mcpSessions remembers which agent opened each upstream MCP session, so
 // that another agent presenting the same Mcp-Session-Id is refused, and a
-// session id the gateway never saw opened is not honoured at all.
+// session id the gateway never saw opened is not honoured at all. It holds
+// at most maxSessions, in least-recently-used order: when full, the least
+// recently used session is forgotten (its client gets 404 and starts a new
+// one; it never becomes usable by another agent), and a session idle for a
+// day is forgotten when next looked up. Every operation is O(1).
 type mcpSessions struct {
-	mu sync.Mutex
-	m  map[string]sessionOwner
+	mu  sync.Mutex
+	lru *simplelru.LRU[string, sessionOwner]
 }
 
 type sessionOwner struct {
@@ -26,40 +32,32 @@ const (
 func (s *state) bindSession(server, sid, agent string) {
 	s.sessions.mu.Lock()
 	defer s.sessions.mu.Unlock()
-	if s.sessions.m == nil {
-		s.sessions.m = map[string]sessionOwner{}
+	if s.sessions.lru == nil {
+		s.sessions.lru, _ = simplelru.NewLRU[string, sessionOwner](maxSessions, nil)
 	}
 	key := server + "|" + sid
-	if _, ok := s.sessions.m[key]; !ok && len(s.sessions.m) >= maxSessions {
-		// Full: forget idle sessions, or else the least recently used one.
-		// A forgotten session is refused (404) and its client starts anew;
-		// it never becomes usable by another agent.
-		now := time.Now()
-		oldest, oldestKey := now, ""
-		for k, o := range s.sessions.m {
-			if now.Sub(o.seen) > sessionIdle {
-				delete(s.sessions.m, k)
-			} else if o.seen.Before(oldest) {
-				oldest, oldestKey = o.seen, k
-			}
-		}
-		if len(s.sessions.m) >= maxSessions {
-			delete(s.sessions.m, oldestKey)
-		}
-	}
-	if o, ok := s.sessions.m[key]; ok && o.agent != agent {
+	if o, ok := s.sessions.lru.Get(key); ok && o.agent != agent && time.Since(o.seen) <= sessionIdle {
 		return // first owner keeps it
 	}
-	s.sessions.m[key] = sessionOwner{agent: agent, seen: time.Now()}
+	s.sessions.lru.Add(key, sessionOwner{agent: agent, seen: time.Now()}) // evicts the least recently used when full
 }
 
 func (s *state) sessionOwner(server, sid string) (string, bool) {
 	s.sessions.mu.Lock()
 	defer s.sessions.mu.Unlock()
-	o, ok := s.sessions.m[server+"|"+sid]
-	if ok {
-		o.seen = time.Now()
-		s.sessions.m[server+"|"+sid] = o
+	if s.sessions.lru == nil {
+		return "", false
 	}
-	return o.agent, ok
+	key := server + "|" + sid
+	o, ok := s.sessions.lru.Get(key)
+	if !ok {
+		return "", false
+	}
+	if time.Since(o.seen) > sessionIdle {
+		s.sessions.lru.Remove(key)
+		return "", false
+	}
+	o.seen = time.Now()
+	s.sessions.lru.Add(key, o)
+	return o.agent, true
 }

@@ -118,28 +118,29 @@ func checkAction(a string) error {
 }
 
 // match reports whether s matches pattern, where * matches any run of
-// characters (including none and including '/').
+// characters (including none and including '/'). It runs in time linear
+// in the lengths (no backtracking): with * the only wildcard, taking the
+// leftmost occurrence of each literal piece between stars is always right.
 func match(pattern, s string) bool {
+	star := strings.IndexByte(pattern, '*')
+	if star < 0 {
+		return pattern == s
+	}
+	if !strings.HasPrefix(s, pattern[:star]) {
+		return false
+	}
+	s, pattern = s[star:], pattern[star+1:]
 	for {
-		star := strings.IndexByte(pattern, '*')
-		if star < 0 {
-			return pattern == s
+		star = strings.IndexByte(pattern, '*')
+		if star < 0 { // the last piece ends the string
+			return len(s) >= len(pattern) && strings.HasSuffix(s, pattern)
 		}
-		if !strings.HasPrefix(s, pattern[:star]) {
+		piece := pattern[:star]
+		i := strings.Index(s, piece)
+		if i < 0 {
 			return false
 		}
-		s = s[star:]
-		pattern = pattern[star+1:]
-		if pattern == "" {
-			return true
-		}
-		// Try every position for the rest of the pattern.
-		for i := 0; i <= len(s); i++ {
-			if match(pattern, s[i:]) {
-				return true
-			}
-		}
-		return false
+		s, pattern = s[i+len(piece):], pattern[star+1:]
 	}
 }
 

@@ -106,3 +106,40 @@ func BenchmarkDecide(b *testing.B) {
 		}
 	}
 }
+
+func TestGlobMatching(t *testing.T) {
+	for _, c := range []struct {
+		pattern, s string
+		want       bool
+	}{
+		{"*", "", true}, {"*", "a/b", true}, {"a*", "a", true}, {"a*", "ba", false}, {"*a", "ba", true}, {"*a", "ab", false},
+		{"a*b*c", "abc", true}, {"a*b*c", "axxbyyc", true}, {"a*b*c", "acb", false}, {"a*bc*bc", "abcbc", true},
+		{"a*bc*bc", "abc", false}, {"*ab*ab", "abab", true}, {"*ab*ab", "aab", false}, {"github/search_*", "github/search_code", true},
+		{"*/delete_*", "fs/delete_all", true}, {"*/delete_*", "fs/remove", false}, {"x**y", "xy", true}, {"ab", "ab", true}, {"ab", "abc", false},
+	} {
+		if got := match(c.pattern, c.s); got != c.want {
+			t.Errorf("match(%q, %q) = %v", c.pattern, c.s, got)
+		}
+	}
+}
+
+// TestGlobIsLinear: a pattern that makes a backtracking matcher take
+// exponential time (the run would hang until go test's timeout) is
+// decided at once; BenchmarkGlobPathological measures it.
+func TestGlobIsLinear(t *testing.T) {
+	pattern := strings.Repeat("*a", 40) + "*b"
+	if match(pattern, strings.Repeat("a", 10_000)) {
+		t.Fatal("matched without a b")
+	}
+	if !match(pattern, strings.Repeat("a", 10_000)+"b") {
+		t.Fatal("no match with the b")
+	}
+}
+
+func BenchmarkGlobPathological(b *testing.B) {
+	pattern := strings.Repeat("*a", 40) + "*b"
+	s := strings.Repeat("a", 10_000)
+	for i := 0; i < b.N; i++ {
+		match(pattern, s)
+	}
+}

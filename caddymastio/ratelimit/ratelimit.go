@@ -5,21 +5,25 @@ import (
 	"math"
 	"sync"
 	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
 // Limiter allows, per key, Rate events per Per with bursts up to Burst.
-// It keeps at most MaxKeys buckets: when the table is full, buckets that
-// have refilled completely (idle keys) are dropped; if every bucket is
-// still in use, new keys are refused — under a flood of distinct keys the
-// limiter fails closed instead of growing without bound.
+// It keeps at most MaxKeys buckets in least-recently-used order: when the
+// table is full, a new key takes the place of the least recently used one
+// if that bucket has refilled completely (forgetting it changes nothing);
+// otherwise the new key is refused — under a flood of distinct keys the
+// limiter fails closed instead of growing without bound. Every operation
+// is O(1).
 type Limiter struct {
-	rate    float64 // tokens per second
-	burst   float64
-	maxKeys int
-	now     func() time.Time
+	rate  float64 // tokens per second
+	burst float64
+	now   func() time.Time
 
-	mu sync.Mutex
-	m  map[string]*bucket
+	mu      sync.Mutex
+	lru     *simplelru.LRU[string, *bucket]
+	maxKeys int
 }
 
 type bucket struct {
@@ -36,8 +40,13 @@ func New(n int, period time.Duration, burst, maxKeys int) *Limiter {
 	if maxKeys < 1 {
 		maxKeys = 1
 	}
-	return &Limiter{rate: float64(n) / period.Seconds(), burst: float64(burst), maxKeys: maxKeys,
-		now: time.Now, m: map[string]*bucket{}}
+	lru, _ := simplelru.NewLRU[string, *bucket](maxKeys, nil) // only fails for a size below 1
+	return &Limiter{rate: float64(n) / period.Seconds(), burst: float64(burst), now: time.Now, lru: lru, maxKeys: maxKeys}
+}
+
+// full reports whether b has refilled to the burst size at now.
+func (l *Limiter) full(b *bucket, now time.Time) bool {
+	return b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst
 }
 
 // Allow takes a token for key. When none is left it reports how long to
@@ -46,16 +55,16 @@ func (l *Limiter) Allow(key string) (bool, time.Duration) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, ok := l.m[key]
+	b, ok := l.lru.Get(key)
 	if !ok {
-		if len(l.m) >= l.maxKeys {
-			l.sweep(now)
-			if len(l.m) >= l.maxKeys {
+		if l.lru.Len() >= l.maxKeys {
+			if _, oldest, _ := l.lru.GetOldest(); !l.full(oldest, now) {
 				return false, time.Second
 			}
+			l.lru.RemoveOldest()
 		}
 		b = &bucket{tokens: l.burst, last: now}
-		l.m[key] = b
+		l.lru.Add(key, b)
 	}
 	b.tokens = math.Min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
 	b.last = now
@@ -67,21 +76,11 @@ func (l *Limiter) Allow(key string) (bool, time.Duration) {
 	return false, wait
 }
 
-// sweep drops buckets that have refilled to the burst size: forgetting
-// them changes nothing.
-func (l *Limiter) sweep(now time.Time) {
-	for k, b := range l.m {
-		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
-			delete(l.m, k)
-		}
-	}
-}
-
 // Len returns the number of keys held.
 func (l *Limiter) Len() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.m)
+	return l.lru.Len()
 }
 
 // Peek reports whether key has a token left, without taking it.
@@ -89,7 +88,7 @@ func (l *Limiter) Peek(key string) (bool, time.Duration) {
 	now := l.now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, ok := l.m[key]
+	b, ok := l.lru.Peek(key)
 	if !ok {
 		return true, 0
 	}

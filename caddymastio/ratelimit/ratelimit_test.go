@@ -49,3 +49,69 @@ func TestMemoryIsBounded(t *testing.T) {
 		t.Fatal("a new key was admitted into a table full of active keys")
 	}
 }
+
+// BenchmarkNewKeyAt100k measures taking a token for a key not seen
+// before while 100,000 keys are held (the table is full: the least
+// recently used, refilled key makes room). Target: under 5 µs.
+func BenchmarkNewKeyAt100k(b *testing.B) {
+	now := time.Unix(0, 0)
+	l := New(10, time.Minute, 10, 100_000)
+	l.now = func() time.Time { return now }
+	for i := 0; i < 100_000; i++ {
+		l.Allow("warm" + strconv.Itoa(i))
+	}
+	now = now.Add(time.Hour) // every held key has refilled
+	keys := make([]string, b.N)
+	for i := range keys {
+		keys[i] = "new" + strconv.Itoa(i)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		now = now.Add(6 * time.Second) // a key's one token back: the oldest has refilled
+		if ok, _ := l.Allow(keys[i]); !ok {
+			b.Fatal("a new key was refused although the oldest had refilled")
+		}
+	}
+}
+
+// TestLeastRecentlyUsedGivesWay: when full, the least recently used key
+// makes room once it has refilled; a recently used key is kept.
+func TestLeastRecentlyUsedGivesWay(t *testing.T) {
+	now := time.Unix(0, 0)
+	l := New(1, time.Second, 2, 2)
+	l.now = func() time.Time { return now }
+	l.Allow("a")
+	l.Allow("a") // a is empty
+	l.Allow("b")
+	if ok, _ := l.Allow("c"); ok {
+		t.Fatal("c admitted while a (the oldest) had not refilled")
+	}
+	now = now.Add(3 * time.Second)
+	l.Allow("b") // b is now the most recently used
+	if ok, _ := l.Allow("c"); !ok {
+		t.Fatal("c refused although a had refilled")
+	}
+	l.Allow("b")
+	l.Allow("b")
+	if ok, _ := l.Allow("b"); ok {
+		t.Fatal("b lost its state: it was evicted instead of a")
+	}
+}
+
+// BenchmarkNewKeyAt100kLive measures a key not seen before while 100,000
+// keys that are all still in use are held: it is refused (fail closed),
+// at the same cost whatever the table holds.
+func BenchmarkNewKeyAt100kLive(b *testing.B) {
+	now := time.Unix(0, 0)
+	l := New(10, time.Minute, 10, 100_000)
+	l.now = func() time.Time { return now }
+	for i := 0; i < 100_000; i++ {
+		l.Allow("live" + strconv.Itoa(i))
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if ok, _ := l.Allow("new"); ok {
+			b.Fatal("a new key was admitted into a table of live keys")
+		}
+	}
+}
