@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"time"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
@@ -83,8 +84,7 @@ writes the certificate chain, the Org CA and metadata.json into --dir.`,
 }
 
 func tokenCommand() *cobra.Command {
-	var dir, url string
-	var request []string
+	var dir, url, method string
 	c := &cobra.Command{
 		Use:   "token --dir <identity-dir> [--request <METHOD> <URL>]",
 		Short: "Mint an access token; with --request, print the headers for that request",
@@ -92,13 +92,27 @@ func tokenCommand() *cobra.Command {
 token is also bound to the agent certificate). Prints the token, or with
 --request METHOD URL the two headers that request needs, ready for curl:
 
-  caddy mastio token --dir ./identity --request GET https://localhost:9443/api | \
+  caddy mastio token --dir ./identity --request GET https://localhost:9443/whoami | \
     curl -H @- --cacert ./identity/ca.crt --cert ./identity/agent.crt --key ./identity/agent.key \
-    https://localhost:9443/api
+    https://localhost:9443/whoami
 
-A DPoP proof is single-use: print new headers for every request.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+(--request GET,https://... works too.) A DPoP proof is single-use: print
+new headers for every request.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var target string
+			if m, u, ok := strings.Cut(method, ","); ok {
+				method, target = m, u
+			}
+			if len(args) == 1 {
+				if method == "" || target != "" {
+					return fmt.Errorf("unexpected argument %q: the URL follows --request METHOD", args[0])
+				}
+				target = args[0]
+			}
+			if method != "" && target == "" {
+				return errors.New("--request takes a method and a URL: --request GET https://host/path")
+			}
 			id, err := client.LoadIdentity(dir)
 			if err != nil {
 				return err
@@ -114,14 +128,11 @@ A DPoP proof is single-use: print new headers for every request.`,
 			if err != nil {
 				return err
 			}
-			if len(request) == 0 {
+			if method == "" {
 				fmt.Println(tok)
 				return nil
 			}
-			if len(request) != 2 {
-				return errors.New("--request takes a method and a URL: --request GET https://host/path")
-			}
-			proof, err := s.Proof(request[0], request[1], tok)
+			proof, err := s.Proof(strings.ToUpper(method), target, tok)
 			if err != nil {
 				return err
 			}
@@ -131,7 +142,7 @@ A DPoP proof is single-use: print new headers for every request.`,
 	}
 	c.Flags().StringVar(&dir, "dir", "", "identity directory written by enroll (required)")
 	c.Flags().StringVar(&url, "url", "", "base URL of the Mastio (default: the one enrolled with)")
-	c.Flags().StringSliceVar(&request, "request", nil, "METHOD,URL of the request to sign a DPoP proof for")
+	c.Flags().StringVar(&method, "request", "", "the METHOD of the request to sign a DPoP proof for, followed by its URL")
 	c.MarkFlagRequired("dir")
 	return c
 }

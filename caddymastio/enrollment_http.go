@@ -3,6 +3,7 @@ package caddymastio
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -162,4 +163,40 @@ func (h *Handler) internalError(w http.ResponseWriter, r *http.Request, err erro
 	h.logger.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
 	httpjson.Error(w, 500, "internal_error", "the request could not be completed")
 	return nil
+}
+
+// serveEnrollmentLink is the page the approval link printed by `caddy
+// mastio enroll` leads to (GET /proxy/enrollments/{sid}): until a
+// dashboard exists, the admin API calls that approve or reject the session.
+// It needs no secret and shows nothing of the request itself: only that a
+// session with this (unguessable) id is waiting.
+func (h *Handler) serveEnrollmentLink(w http.ResponseWriter, r *http.Request) {
+	sid := strings.TrimPrefix(r.URL.Path, "/proxy/enrollments/")
+	e, err := h.app.Registry().Enrollment(r.Context(), sid)
+	if err != nil || strings.Contains(sid, "/") {
+		notFound(w, r.URL.Path)
+		return
+	}
+	base := h.baseURL(r)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	fmt.Fprintf(w, `Enrollment session %s: %s.
+
+This version of caddy-mastio has no dashboard: an administrator decides the
+session with the admin API (ADMIN_SECRET is the admin secret; on a default
+install it is in data/admin-secret):
+
+  Approve, naming the agent and what it may do:
+    curl --cacert org-ca.crt -H "X-Admin-Secret: $ADMIN_SECRET" -X POST \
+      %s/v1/admin/enrollments/%s/approve \
+      -d '{"agent_id":"<agent-name>","capabilities":["mcp:call"],"groups":[]}'
+
+  Reject, with a reason the agent will see:
+    curl --cacert org-ca.crt -H "X-Admin-Secret: $ADMIN_SECRET" -X POST \
+      %s/v1/admin/enrollments/%s/reject -d '{"reason":"..."}'
+
+  See who asked (requester, e-mail, reason, key):
+    curl --cacert org-ca.crt -H "X-Admin-Secret: $ADMIN_SECRET" "%s/v1/admin/enrollments?status=pending"
+`, e.SessionID, e.Status, base, e.SessionID, base, e.SessionID, base)
 }

@@ -127,7 +127,55 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.H
 	case "/pki/ca.crt":
 		return h.get(w, r, func() { h.serveCACert(w, r) })
 	}
+	if strings.HasPrefix(path, "/proxy/enrollments/") {
+		return h.get(w, r, func() { h.serveEnrollmentLink(w, r) })
+	}
+	if owned(path) {
+		notFound(w, path)
+		return nil
+	}
 	return next.ServeHTTP(w, r)
+}
+
+// ownedPrefixes are the namespaces the Mastio answers for entirely: a path
+// under them that no endpoint serves is 404 here, never passed on.
+var ownedPrefixes = []string{"/v1/", "/registry/", "/proxy/", "/pki/", "/.well-known/"}
+
+func owned(path string) bool {
+	for _, p := range ownedPrefixes {
+		if strings.HasPrefix(path, p) || path+"/" == p {
+			return true
+		}
+	}
+	return false
+}
+
+// notProvided are the original Mastio's routes this gateway does not
+// have, with what to use instead.
+var notProvided = []struct{ prefix, message string }{
+	{"/v1/egress/", "the original Mastio's egress API (agent messaging through a Cullis Court) is not part of caddy-mastio; MCP tools are served at /v1/mcp"},
+	{"/v1/chat/", "LLM proxying (/v1/chat/completions) is not part of caddy-mastio: put the LLM API behind a route with mastio_auth and reverse_proxy"},
+	{"/v1/models", "LLM proxying (/v1/models) is not part of caddy-mastio: put the LLM API behind a route with mastio_auth and reverse_proxy"},
+	{"/v1/llm/", "LLM proxying is not part of caddy-mastio: put the LLM API behind a route with mastio_auth and reverse_proxy"},
+	{"/v1/ingress/", "federated ingress is not part of caddy-mastio; MCP tools are served at /v1/mcp"},
+	{"/v1/broker/", "federation with a Cullis Court (broker) is not part of caddy-mastio"},
+	{"/v1/federation/", "federation with a Cullis Court (broker) is not part of caddy-mastio"},
+	{"/v1/guardian/", "the Guardian inspection API is not part of caddy-mastio"},
+	{"/v1/principals/", "user and workload principals are not part of caddy-mastio; agents enroll at POST /v1/enrollment/start"},
+	{"/v1/policy/", "the MCP policy is managed at /v1/admin/policies"},
+	{"/proxy/", "the dashboard is not part of this version of caddy-mastio; use the admin API (/v1/admin/..., see the README)"},
+}
+
+// notFound answers 404 for a path in the Mastio's namespaces.
+func notFound(w http.ResponseWriter, path string) {
+	msg := "nothing is served at " + path + " (see the README for the Mastio's endpoints)"
+	for _, np := range notProvided {
+		if strings.HasPrefix(path, np.prefix) || path == strings.TrimSuffix(np.prefix, "/") {
+			msg = np.message
+			break
+		}
+	}
+	httpjson.Error(w, http.StatusNotFound, "not_found", msg)
 }
 
 func (h *Handler) get(w http.ResponseWriter, r *http.Request, serve func()) error {

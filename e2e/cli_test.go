@@ -58,13 +58,16 @@ func TestCLIEnrollTokenAndCurl(t *testing.T) {
 		t.Fatalf("agent.key mode %04o", m)
 	}
 
-	// The README's copy-paste example.
-	url := s.url("/api/from-curl")
-	script := caddyBin + ` mastio token --dir ` + idDir + ` --request GET,` + url + ` | curl -sS -H @- --cacert ` + idDir + `/ca.crt --cert ` +
-		idDir + `/agent.crt --key ` + idDir + `/agent.key ` + url
-	out, err := exec.Command("bash", "-c", "set -o pipefail; "+script).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), `"agent":"orga::cli-agent"`) || !strings.Contains(string(out), `"scope":"api:read"`) {
-		t.Fatalf("token | curl: %v\n%s", err, out)
+	// The README's copy-paste example, on the route Caddyfile.example
+	// serves, in the form the help shows and in the comma form.
+	url := s.url("/whoami")
+	for _, form := range []string{" --request GET " + url, " --request GET," + url} {
+		script := caddyBin + ` mastio token --dir ` + idDir + form + ` | curl -sS -H @- --cacert ` + idDir + `/ca.crt --cert ` +
+			idDir + `/agent.crt --key ` + idDir + `/agent.key ` + url
+		out, err := exec.Command("bash", "-c", "set -o pipefail; "+script).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), `"agent_id":"orga::cli-agent"`) || !strings.Contains(string(out), `"scope":"api:read"`) {
+			t.Fatalf("token%s | curl: %v\n%s", form, err, out)
+		}
 	}
 	tok, err := exec.Command(caddyBin, "mastio", "token", "--dir", idDir).Output()
 	if err != nil || strings.Count(strings.TrimSpace(string(tok)), ".") != 2 {
@@ -72,7 +75,7 @@ func TestCLIEnrollTokenAndCurl(t *testing.T) {
 	}
 
 	s.stop()
-	out, err = exec.Command(caddyBin, "mastio", "audit", "verify", "--db", filepath.Join(s.dataDir, "mastio.db")).CombinedOutput()
+	out, err := exec.Command(caddyBin, "mastio", "audit", "verify", "--db", filepath.Join(s.dataDir, "mastio.db")).CombinedOutput()
 	if err != nil || !strings.HasPrefix(string(out), "OK: ") {
 		t.Fatalf("caddy mastio audit verify: %v %s", err, out)
 	}
