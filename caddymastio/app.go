@@ -8,11 +8,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -24,6 +26,7 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
+	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
 
 func init() {
@@ -187,6 +190,7 @@ type App struct {
 	policyRules       []policy.Rule
 	state             *state
 	stateKey          string
+	readyOnce         *sync.Once // builds adminAPI once the state is open
 }
 
 // CaddyModule returns the Caddy module information.
@@ -202,6 +206,7 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
+	a.readyOnce = new(sync.Once)
 	a.refusalLog = sampledLogger(a.logger)
 	a.accessLog = ctx.Logger(httpLogModule{}).Named("log.access")
 	if err := a.validateStatic(); err != nil {
@@ -252,7 +257,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 
 	val, _, err := states.LoadOrNew(a.dbPath, func() (caddy.Destructor, error) {
-		return openState(a.dataDir, a.dbPath, a.OrgID, a.logger)
+		return prepareState(a.dataDir, a.dbPath, a.OrgID, a.logger)
 	})
 	if err != nil {
 		return fmt.Errorf("mastio: %w", err)
@@ -287,6 +292,33 @@ func (a *App) Provision(ctx caddy.Context) error {
 		a.logger.Warn("allow_bearer_tokens is on: token requests without a DPoP proof get unbound bearer tokens, " +
 			"which anyone who obtains them can use; turn it off once every client sends DPoP proofs")
 	}
+	return nil
+}
+
+// ready opens the state (once per data location: Start, or the first
+// request or handshake that comes before it) and builds what runs on it.
+// Provision only prepares (see prepareState), so that checking a config
+// writes nothing.
+func (a *App) ready() error {
+	if err := a.state.open(); err != nil {
+		return err
+	}
+	a.readyOnce.Do(a.buildAdminAPI)
+	return nil
+}
+
+// readyOrRefuse opens the state for a request, or answers 503 when it
+// cannot be opened.
+func (a *App) readyOrRefuse(w http.ResponseWriter) bool {
+	if err := a.ready(); err != nil {
+		a.logger.Error("the Mastio's state cannot be opened", zap.Error(err))
+		httpjson.Error(w, http.StatusServiceUnavailable, "not_ready", "the Mastio cannot open its data; see its log")
+		return false
+	}
+	return true
+}
+
+func (a *App) buildAdminAPI() {
 	a.adminAPI = &admin.API{
 		Registry:       a.state.registry,
 		Audit:          a.state.audit,
@@ -305,7 +337,6 @@ func (a *App) Provision(ctx caddy.Context) error {
 		Policies:  a,
 		Upstreams: a,
 	}
-	return nil
 }
 
 // Policy returns the issuance settings of this config.
@@ -331,15 +362,11 @@ func (a *App) resolveAdminSecret(repl *caddy.Replacer) error {
 	case os.Getenv(AdminSecretEnv) != "":
 		a.adminSecret, a.adminSecretSource = os.Getenv(AdminSecretEnv), "env "+AdminSecretEnv
 	default:
-		secret, created, err := generatedAdminSecret(a.dataDir)
+		secret, _, err := a.state.adminSecretFromFile() // written when the state opens
 		if err != nil {
 			return fmt.Errorf("admin secret: %w", err)
 		}
 		a.adminSecret, a.adminSecretSource = secret, "file "+filepath.Join(a.dataDir, "admin-secret")
-		if created {
-			a.logger.Warn("no admin_secret configured: generated one; read it from the file (and set admin_secret for production)",
-				zap.String("file", filepath.Join(a.dataDir, "admin-secret")))
-		}
 	}
 	return checkSecretStrength(a.adminSecret, a.adminSecretSource)
 }
@@ -495,6 +522,9 @@ func isPostgresURL(s string) bool {
 // Start audits the start of the process (once) and every config load.
 func (a *App) Start() error {
 	ctx := context.Background()
+	if err := a.ready(); err != nil {
+		return fmt.Errorf("mastio: %w", err)
+	}
 	// The audit settings belong to the writer shared by every config, so
 	// they change here, once this config is the one that runs (not in
 	// Provision, which a reload that fails later would also have run).
@@ -511,12 +541,6 @@ func (a *App) Start() error {
 	})
 	if err != nil {
 		return fmt.Errorf("auditing system start: %w", err)
-	}
-	// Re-bootstrap the stored admin secret hash from the configured secret
-	// at every start, so rotating the secret and restarting (or reloading)
-	// recovers from a lockout.
-	if err := a.state.store.SetConfig(ctx, "admin_secret_hash", a.secret.String()); err != nil {
-		return fmt.Errorf("storing the admin secret hash: %w", err)
 	}
 	if _, err := a.state.audit.Append(ctx, audit.Event{Type: "config.load", Actor: "system", Subject: a.state.orgID,
 		Details: map[string]any{

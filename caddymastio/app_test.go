@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -77,13 +78,14 @@ func TestReloadSharesOneStateAndReleasesIt(t *testing.T) {
 		t.Fatalf("config.load=%d system.start=%d, want 2 and 1", loads, starts)
 	}
 
+	db := st.store.DB()
 	if err := caddy.Stop(); err != nil {
 		t.Fatal(err)
 	}
 	if refs, ok := states.References(st.dbPath); ok || refs != 0 {
 		t.Fatalf("state still referenced after stop: %d", refs)
 	}
-	if err := st.store.DB().Ping(); err == nil {
+	if err := db.Ping(); err == nil {
 		t.Fatal("database still open after the last config stopped")
 	}
 }
@@ -110,15 +112,18 @@ func TestReloadsDoNotLeakGoroutines(t *testing.T) {
 	}
 }
 
-// provision runs Provision on a fresh App the way Caddy would, and
-// registers its Cleanup.
+// provision runs Provision on a fresh App the way Caddy would, registers
+// its Cleanup, and opens its state as its Start would.
 func provision(t testing.TB, a *App) error {
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.ActiveContext())
 	t.Cleanup(cancel)
 	err := a.Provision(ctx)
 	t.Cleanup(func() { a.Cleanup() })
-	return err
+	if err != nil {
+		return err
+	}
+	return a.ready()
 }
 
 func TestAdminSecretRules(t *testing.T) {
@@ -272,12 +277,16 @@ func TestLostDatabaseIsRefused(t *testing.T) {
 	for _, f := range []string{db, db + "-wal", db + "-shm"} {
 		os.Remove(f)
 	}
-	for name, lose := range map[string]func(){
-		"missing": func() {},
-		"empty":   func() { os.WriteFile(db, nil, 0o600) },
-		"another": func() { os.Remove(db); st, _ := store.Open(context.Background(), db); st.Close() },
+	for _, c := range []struct {
+		name string
+		lose func()
+	}{
+		{"missing", func() { os.Remove(db) }},
+		{"empty", func() { os.WriteFile(db, nil, 0o600) }},
+		{"another", func() { os.Remove(db); st, _ := store.Open(context.Background(), db); st.Close() }},
 	} {
-		lose()
+		name := c.name
+		c.lose()
 		b := &App{DataDir: dir, AdminSecret: testSecret}
 		err := provision(t, b)
 		if err == nil || !strings.Contains(err.Error(), "missing or empty") || !strings.Contains(err.Error(), "caddy mastio init-database") {
@@ -361,5 +370,79 @@ func copyDir(t *testing.T, from, to string) {
 		}
 		info, _ := e.Info()
 		os.WriteFile(filepath.Join(to, e.Name()), data, info.Mode().Perm())
+	}
+}
+
+// tree lists the files under dir with their sizes and times.
+func tree(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil {
+			out[p] = fmt.Sprint(fi.Size(), fi.ModTime().UnixNano(), fi.Mode())
+		}
+		return nil
+	})
+	return out
+}
+
+// TestProvisionWritesNothing: provisioning a config (what caddy validate
+// does) creates no CA, keys, secret, database or audit row; the state is
+// written when it opens (at Start).
+func TestProvisionWritesNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	a := &App{DataDir: dir}
+	ctx, cancel := caddy.NewContext(caddy.ActiveContext())
+	if err := a.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a.CA() == nil || a.CA().Root() == nil || a.OrgIDValue() == "" {
+		t.Fatal("provisioning does not give the CA and org id other modules need")
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("provisioning created the data directory: %v", err)
+	}
+	a.Cleanup()
+	cancel()
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("cleanup created the data directory: %v", err)
+	}
+
+	// On an installed data directory: nothing changes either.
+	b := &App{DataDir: dir}
+	if err := provision(t, b); err != nil {
+		t.Fatal(err)
+	}
+	org := b.OrgIDValue()
+	b.Cleanup()
+	before := tree(t, dir)
+	if len(before) < 8 {
+		t.Fatalf("an opened state wrote too little: %v", before)
+	}
+	c := &App{DataDir: dir}
+	ctx, cancel = caddy.NewContext(caddy.ActiveContext())
+	if err := c.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c.OrgIDValue() != org {
+		t.Fatalf("org id %q, was %q", c.OrgIDValue(), org)
+	}
+	c.Cleanup()
+	cancel()
+	after := tree(t, dir)
+	for p, v := range after {
+		// SQLite's readers keep their index in the -shm file (and may
+		// touch the -wal): bookkeeping of the read, not content.
+		if strings.HasSuffix(p, "-shm") || strings.HasSuffix(p, "-wal") || p == dir {
+			continue
+		}
+		if before[p] != v {
+			t.Errorf("provisioning changed %s", p)
+		}
+	}
+	for p := range before {
+		if _, ok := after[p]; !ok {
+			t.Errorf("provisioning removed %s", p)
+		}
 	}
 }

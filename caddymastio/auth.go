@@ -226,6 +226,9 @@ func (h *Auth) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.
 }
 
 func (h *Auth) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !h.app.readyOrRefuse(w) {
+		return nil
+	}
 	var p *Principal
 	var aerr *authError
 	if h.Require == "mtls" {

@@ -324,7 +324,7 @@ func (a *App) checkOption(opt string) error {
 	single := App{}
 	switch opt {
 	case "data_dir":
-		return checkDataDirSyntax(a.DataDir)
+		return checkDataDir(a.DataDir)
 	case "database":
 		if isPostgresURL(a.Database) {
 			return errorString("postgres:// URLs need the Postgres store, which this build does not include yet")

@@ -85,6 +85,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 }
 
 func (h *Handler) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !h.app.readyOrRefuse(w) {
+		return nil
+	}
 	path := r.URL.Path
 	if strings.HasPrefix(path, "/v1/") || strings.HasPrefix(path, "/registry/") || path == "/proxy/admin/agents" {
 		// TLS early data can be replayed; nothing here may act on it.

@@ -78,6 +78,9 @@ func (iss *Issuer) IssuerKey() string { return "mastio-" + iss.app.OrgIDValue() 
 
 // Issue implements certmagic.Issuer.
 func (iss *Issuer) Issue(ctx context.Context, csr *x509.CertificateRequest) (*certmagic.IssuedCertificate, error) {
+	if err := iss.app.ready(); err != nil { // the tls app may start before the mastio app
+		return nil, err
+	}
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("CSR signature: %w", err)
 	}

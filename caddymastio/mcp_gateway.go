@@ -174,6 +174,9 @@ func (g *MCPGateway) ServeHTTP(w http.ResponseWriter, r *http.Request, next cadd
 }
 
 func (g *MCPGateway) serve(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if !g.app.readyOrRefuse(w) {
+		return nil
+	}
 	ar, ok := g.app.authenticateAgent(w, r, g.logger)
 	if !ok {
 		return nil

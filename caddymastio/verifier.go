@@ -53,6 +53,9 @@ func (v *Verifier) VerifyClientCertificate(rawCerts [][]byte, verifiedChains [][
 	if len(rawCerts) == 0 {
 		return nil
 	}
+	if err := v.app.ready(); err != nil {
+		return fmt.Errorf("the Mastio's state cannot be opened: %w", err)
+	}
 	if len(verifiedChains) == 0 {
 		// A mode that does not verify chains (request, require): do it here.
 		certs := make([]*x509.Certificate, 0, len(rawCerts))

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"database/sql"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -267,6 +268,41 @@ func TestValidateReportsBadConfig(t *testing.T) {
 	if err != nil || !strings.Contains(out, "Valid configuration") {
 		t.Fatalf("Caddyfile.example does not validate: %v\n%s", err, out)
 	}
+	// Validating created nothing: no data directory, no CA, no secret.
+	if _, err := os.Stat(s.dataDir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("caddy validate created %s: %v", s.dataDir, err)
+	}
+	// Nor does it change an installation: no audit row, no new file.
+	s.start()
+	s.stop()
+	db := openDB(t, s.dataDir)
+	rows := eventCounts(t, db)
+	db.Close()
+	files := listFiles(t, s.dataDir)
+	if out, err := s.runCaddy("validate", "--config", filepath.Join(dir, "Caddyfile"), "--adapter", "caddyfile"); err != nil {
+		t.Fatalf("validate an installation: %v\n%s", err, out)
+	}
+	db = openDB(t, s.dataDir)
+	if after := eventCounts(t, db); fmt.Sprint(after) != fmt.Sprint(rows) {
+		t.Fatalf("caddy validate wrote audit rows: %v, was %v", after, rows)
+	}
+	if after := listFiles(t, s.dataDir); strings.Join(after, " ") != strings.Join(files, " ") {
+		t.Fatalf("caddy validate changed the files: %v, was %v", after, files)
+	}
+}
+
+// listFiles lists the files under dir but SQLite's -wal and -shm (its
+// readers' bookkeeping) and Caddy's own storage.
+func listFiles(t testing.TB, dir string) []string {
+	var out []string
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() && !strings.HasSuffix(p, "-wal") && !strings.HasSuffix(p, "-shm") &&
+			!strings.Contains(p, string(filepath.Separator)+"caddy"+string(filepath.Separator)) {
+			out = append(out, strings.TrimPrefix(p, dir)+fmt.Sprintf(":%d", fi.Size()))
+		}
+		return nil
+	})
+	return out
 }
 
 func TestReloadKeepsServingAndLosesNothing(t *testing.T) {

@@ -639,28 +639,26 @@ func pythonWithCryptography(t testing.TB) string {
 // TestAdminLockoutRecovery is runbook section 7: put a new secret in
 // proxy.env, restart; the new one works, the old one no longer does, and
 // the stored hash was re-bootstrapped.
+// TestAdminLockoutRecovery: an address locked out by failed secrets is
+// refused even with the right one; rotating the secret and restarting (as
+// the runbook says) lets the administrator in with the new secret, and the
+// old one is refused.
 func TestAdminLockoutRecovery(t *testing.T) {
 	s := identityServer(t)
-	if code, _ := s.adminCall(t, "GET", "/proxy/admin/agents", adminSecret, nil); code != 200 {
-		t.Fatalf("initial secret: %d", code)
+	for i := 0; i < 12; i++ {
+		s.adminCall(t, "GET", "/v1/admin/agents", fmt.Sprintf("guess-%d-aaaaaaaaaaaaaa", i), nil)
+	}
+	if code, _ := s.adminCall(t, "GET", "/proxy/admin/agents", adminSecret, nil); code != 429 {
+		t.Fatalf("locked out, right secret: %d", code)
 	}
 	s.stop()
-	var before string
-	openDB(t, s.dataDir).QueryRow(`SELECT value FROM config WHERE key = 'admin_secret_hash'`).Scan(&before)
-
 	const newSecret = "rotated-admin-secret-8d41f0c2e7b9a3"
 	writeFile(t, filepath.Join(s.dir, "proxy.env"), "MCP_PROXY_ADMIN_SECRET="+newSecret+"\n")
 	s.start()
+	if code, body := s.adminCall(t, "GET", "/proxy/admin/agents", newSecret, nil); code != 200 {
+		t.Fatalf("new secret after the restart: %d %v", code, body["_raw"])
+	}
 	if code, body := s.adminCall(t, "GET", "/proxy/admin/agents", adminSecret, nil); code != 403 {
 		t.Fatalf("old secret after rotation: %d %v", code, body["_raw"])
-	}
-	if code, body := s.adminCall(t, "GET", "/proxy/admin/agents", newSecret, nil); code != 200 {
-		t.Fatalf("new secret: %d %v", code, body["_raw"])
-	}
-	s.stop()
-	var after string
-	openDB(t, s.dataDir).QueryRow(`SELECT value FROM config WHERE key = 'admin_secret_hash'`).Scan(&after)
-	if before == "" || after == "" || before == after || strings.Contains(after, newSecret) || !strings.HasPrefix(after, "hmac-sha256$") {
-		t.Fatalf("stored hash before %q after %q", before, after)
 	}
 }

@@ -126,7 +126,23 @@ func writeFile(path string, data []byte, mode os.FileMode) error {
 	return os.Rename(tmp, path)
 }
 
+// checkPrivate refuses a private key file others may read: it may have
+// leaked already, and using it silently would hide that.
+func checkPrivate(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return fmt.Errorf("%s has mode %04o: private keys must be 0600 (chmod 600 %s)", path, perm, path)
+	}
+	return nil
+}
+
 func readPrivate(path string) (crypto.Signer, error) {
+	if err := checkPrivate(path); err != nil {
+		return nil, err
+	}
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -294,6 +310,9 @@ func (p *Pending) finish(st *Status) (*Identity, error) {
 func LoadIdentity(dir string) (*Identity, error) {
 	certPEM, err := os.ReadFile(filepath.Join(dir, CertFile))
 	if err != nil {
+		return nil, err
+	}
+	if err := checkPrivate(filepath.Join(dir, KeyFile)); err != nil {
 		return nil, err
 	}
 	keyPEM, err := os.ReadFile(filepath.Join(dir, KeyFile))

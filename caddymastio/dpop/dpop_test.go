@@ -42,6 +42,35 @@ func TestRFC9449ExampleProof(t *testing.T) {
 	}
 }
 
+// rfc9449ResourceProof is RFC 9449's example proof for a protected
+// resource request (Figure 13), bound to the example access token by ath.
+const rfc9449ResourceProof = "eyJ0eXAiOiJkcG9wK2p3dCIsImFsZyI6IkVTMjU2IiwiandrIjp7Imt0eSI6IkVDIiwieCI6Imw4dEZyaHgtMzR0VjNoUklDUkRZOXpDa0RscEJoRjQyVVFVZldWQVdCRnMiLCJ5IjoiOVZFNGpmX09rX282NHpiVFRsY3VOSmFqSG10NnY5VERWclUwQ2R2R1JEQSIsImNydiI6IlAtMjU2In19" +
+	".eyJqdGkiOiJlMWozVl9iS2ljOC1MQUVCIiwiaHRtIjoiR0VUIiwiaHR1IjoiaHR0cHM6Ly9yZXNvdXJjZS5leGFtcGxlLm9yZy9wcm90ZWN0ZWRyZXNvdXJjZSIsImlhdCI6MTU2MjI2MjYxOCwiYXRoIjoiZlVIeU8ycjJaM0RaNTNFc05yV0JiMHhXWG9hTnk1OUlpS0NBcWtzbVFFbyJ9" +
+	".2oW9RP35yRqzhrtNP86L-Ey71EOptxRimPPToA1plemAgR6pxHF8y6-yqyVnmcw6Fy1dqd-jfxSYoMxhAJpLjA"
+
+// TestRFC9449ATH verifies RFC 9449's resource proof with its access
+// token: the ath check accepts exactly the token the proof was made for.
+func TestRFC9449ATH(t *testing.T) {
+	const token = "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU"
+	checks := func(tok string) Checks {
+		return Checks{Method: "GET", URL: "https://resource.example.org/protectedresource", AccessToken: tok,
+			Now: time.Unix(1562262618, 0).Add(time.Second), Replay: startedCache(10)}
+	}
+	p, err := Verify(context.Background(), []string{rfc9449ResourceProof}, checks(token))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.ATH != "fUHyO2r2Z3DZ53EsNrWBb0xWXoaNy59IiKCAqksmQEo" || p.JKT != "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" || p.JTI != "e1j3V_bKic8-LAEB" {
+		t.Fatalf("%+v", p)
+	}
+	if _, err := Verify(context.Background(), []string{rfc9449ResourceProof}, checks(token+"x")); err == nil || !strings.Contains(err.Description, "ath does not match") {
+		t.Fatalf("another token: %v", err)
+	}
+	if _, err := Verify(context.Background(), []string{rfc9449ResourceProof}, checks("")); err == nil || !strings.Contains(err.Description, "ath is only allowed") {
+		t.Fatalf("no token: %v", err)
+	}
+}
+
 // client makes proofs.
 type client struct {
 	key crypto.Signer

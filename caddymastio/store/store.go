@@ -88,6 +88,43 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	return s, nil
 }
 
+// Peek reads, without changing anything, the config values named by keys
+// of the database at path (absent keys are left out) and its schema
+// version; a database written by a newer binary is ErrSchemaTooNew. It is
+// what a configuration check (caddy validate) may do with the database.
+func Peek(ctx context.Context, path string, keys ...string) (map[string]string, int, error) {
+	u := url.URL{Scheme: "file", Path: path, OmitHost: true}
+	db, err := sql.Open("sqlite", u.String()+"?mode=ro&_pragma=busy_timeout(10000)")
+	if err != nil {
+		return nil, 0, fmt.Errorf("opening database %s: %w", path, err)
+	}
+	defer db.Close()
+	var version int
+	if err := db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&version); err != nil {
+		if strings.Contains(err.Error(), "no such table") {
+			return map[string]string{}, 0, nil // an empty database file
+		}
+		return nil, 0, fmt.Errorf("reading database %s: %w", path, err)
+	}
+	if version > LatestVersion() {
+		return nil, version, fmt.Errorf("%w: database %s is at schema version %d, this binary knows up to %d; "+
+			"run the caddy-mastio release that wrote it, or restore a backup taken before the upgrade",
+			ErrSchemaTooNew, path, version, LatestVersion())
+	}
+	out := map[string]string{}
+	for _, k := range keys {
+		var v string
+		switch err := db.QueryRowContext(ctx, `SELECT value FROM config WHERE key = ?`, k).Scan(&v); {
+		case err == nil:
+			out[k] = v
+		case errors.Is(err, sql.ErrNoRows):
+		default:
+			return nil, version, fmt.Errorf("reading database %s: %w", path, err)
+		}
+	}
+	return out, version, nil
+}
+
 // dsn builds the modernc DSN. With mustExist the file is opened read-write
 // without creating it (the readiness probe must not conjure up an empty
 // database where the real one was deleted).
