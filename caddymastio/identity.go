@@ -89,7 +89,8 @@ func hintFor(code string) string {
 	case denyCertRequired:
 		return "present the agent certificate (and key) from enrollment at the TLS handshake; open a new connection after enrolling"
 	case registry.DenyRevoked:
-		return "this agent was revoked by an administrator; it must be enrolled again under a new name"
+		return "this agent was revoked by an administrator; an administrator reactivates it by issuing it new material " +
+			"(POST /v1/admin/agents/{id}/rotate-cert, runbook section 6): its old certificates stay dead"
 	case registry.DenyNotPinned:
 		return "use the most recent certificate issued to this agent"
 	case denyCertUntrusted:

@@ -284,3 +284,29 @@ func TestAgentIDParsing(t *testing.T) {
 		}
 	}
 }
+
+// TestPrepareWritesNothing: Prepare generates a first CA in memory only;
+// Persist writes it, and refuses if another process wrote a root first.
+func TestPrepareWritesNothing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pki")
+	ca, created, err := Prepare(Config{Dir: dir, Org: "acme"})
+	if err != nil || !created.Root || !created.Intermediate || ca.Root() == nil || ca.Intermediate() == nil {
+		t.Fatalf("%v %+v", err, created)
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("Prepare wrote %s: %v", dir, err)
+	}
+	if err := ca.Persist(); err != nil {
+		t.Fatal(err)
+	}
+	again, created, err := Prepare(Config{Dir: dir})
+	if err != nil || created.Root || created.Intermediate || Fingerprint(again.Root()) != Fingerprint(ca.Root()) {
+		t.Fatalf("after Persist: %v %+v", err, created)
+	}
+	other, _, _ := Prepare(Config{Dir: dir + "2"})
+	os.MkdirAll(dir+"2", 0o700)
+	os.WriteFile(filepath.Join(dir+"2", RootCertFile), ca.RootPEM(), 0o644)
+	if err := other.Persist(); err == nil || !strings.Contains(err.Error(), "meanwhile") {
+		t.Fatalf("a second root over the first: %v", err)
+	}
+}
