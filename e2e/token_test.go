@@ -487,6 +487,10 @@ func TestTokenRejections(t *testing.T) {
 			if c.code == "use_dpop_nonce" && (resp.Header.Get("DPoP-Nonce") == "" || !strings.Contains(body["_raw"].(string), "use_dpop_nonce")) {
 				t.Fatal("use_dpop_nonce without a DPoP-Nonce header or without the code in the body")
 			}
+			// The original SDK reads this hint on an htu mismatch.
+			if hint := resp.Header.Get("X-Cullis-Hint"); (c.desc == "htu mismatch") != (hint == "htu_mismatch_check_proxy_public_url") {
+				t.Fatalf("X-Cullis-Hint %q", hint)
+			}
 		})
 	}
 

@@ -416,3 +416,26 @@ func TestReplayProtectionSurvivesARestart(t *testing.T) {
 		}
 	}
 }
+
+// TestFutureIATSkew: a proof from a clock running ahead is accepted up to
+// the skew (5s by default, the original Mastio's), refused beyond.
+func TestFutureIATSkew(t *testing.T) {
+	ec, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c := newClient(t, ec)
+	now := time.Now()
+	check := func(ahead, skew time.Duration) *Error {
+		p := c.proof(t, nil, map[string]any{"iat": now.Add(ahead).Unix()})
+		_, err := Verify(context.Background(), []string{p}, Checks{Method: "GET", URL: "https://mastio.example:9443/mcp", Now: now,
+			MaxSkew: skew, Replay: startedCache(10)})
+		return err
+	}
+	if err := check(4*time.Second, 0); err != nil {
+		t.Fatalf("4s ahead, default skew: %v", err)
+	}
+	if err := check(7*time.Second, 0); err == nil || !strings.Contains(err.Description, "future") {
+		t.Fatalf("7s ahead, default skew: %v", err)
+	}
+	if err := check(7*time.Second, 10*time.Second); err != nil {
+		t.Fatalf("7s ahead, skew 10s: %v", err)
+	}
+}
