@@ -72,13 +72,15 @@ func (h *Handler) requireAgent(w http.ResponseWriter, r *http.Request) (registry
 	}
 	fields := []zap.Field{zap.String("reason", cerr.Code), zap.String("remote_ip", clientIP(r)),
 		zap.String("method", r.Method), zap.String("path", r.URL.Path)}
-	if cerr.AgentID != "" {
-		fields = append(fields, zap.String("agent_id", cerr.AgentID))
-	}
 	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
 		fields = append(fields, zap.String("cert_sha256", certHex(r.TLS.PeerCertificates[0])))
 	}
-	h.logger.Info("client certificate refused", fields...)
+	if cerr.AgentID != "" { // a known agent's certificate, revoked or rotated out: audited
+		h.logger.Info("client certificate refused", append(fields, zap.String("agent_id", cerr.AgentID))...)
+		h.app.auditRefusal(r, "auth.refused", cerr.AgentID, http.StatusUnauthorized, cerr.Code, cerr.Message, nil)
+	} else {
+		h.app.refusalLog.Info("client certificate refused", fields...)
+	}
 	httpjson.WriteProblem(w, &httpjson.Problem{Status: http.StatusUnauthorized, Code: cerr.Code, Reason: cerr.Code,
 		Message: cerr.Message, Hint: hintFor(cerr.Code)})
 	return registry.Identity{}, false

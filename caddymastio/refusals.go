@@ -55,20 +55,26 @@ func (ra *refusalAudit) admit(agentID string) (bool, int) {
 // refused request of a known agent. The refusal stands whether or not the
 // row can be written; a failure is logged.
 func (a *App) auditRefusal(r *http.Request, eventType, agentID string, status int, reason, message string, extra map[string]any) {
+	d := map[string]any{"status": status, "reason": reason, "message": message, "method": r.Method,
+		"path": originalPath(r), "remote_ip": clientIP(r)}
+	for k, v := range extra {
+		d[k] = v
+	}
+	a.auditRefusalDetails(context.WithoutCancel(r.Context()), eventType, agentID, d)
+}
+
+// auditRefusalDetails appends the refusal row with its details, within
+// the agent's audited-refusal rate.
+func (a *App) auditRefusalDetails(ctx context.Context, eventType, agentID string, d map[string]any) {
 	ok, skipped := a.state.refusals.admit(agentID)
 	if !ok {
 		refusalsUnaudited.WithLabelValues(eventType).Inc()
 		return
 	}
-	d := map[string]any{"status": status, "reason": reason, "message": message, "method": r.Method,
-		"path": originalPath(r), "remote_ip": clientIP(r)}
 	if skipped > 0 {
 		d["unaudited_before"] = skipped
 	}
-	for k, v := range extra {
-		d[k] = v
-	}
-	if _, err := a.state.audit.Append(context.WithoutCancel(r.Context()), audit.Event{Type: eventType, Actor: "agent:" + agentID,
+	if _, err := a.state.audit.Append(ctx, audit.Event{Type: eventType, Actor: "agent:" + agentID,
 		Subject: agentID, Result: audit.ResultDenied, Details: d}); err != nil {
 		a.logger.Error("auditing a refusal", zap.String("event_type", eventType), zap.String("agent_id", agentID), zap.Error(err))
 	}

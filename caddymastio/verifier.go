@@ -1,6 +1,8 @@
 package caddymastio
 
 import (
+	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -67,16 +69,18 @@ func (v *Verifier) VerifyClientCertificate(rawCerts [][]byte, verifiedChains [][
 			certs = append(certs, c)
 		}
 		if err := v.app.verifyChain(certs[0], certs[1:]); err != nil {
-			v.logger.Info("client certificate refused at handshake", zap.String("reason", denyCertUntrusted), zap.Error(err))
+			v.app.refusalLog.Info("client certificate refused at handshake", zap.String("reason", denyCertUntrusted), zap.Error(err))
 			return errors.New("client certificate is not issued by the Org CA")
 		}
 	}
 	if _, cerr := v.app.Registry().CheckDER(rawCerts[0]); cerr != nil {
-		fields := []zap.Field{zap.String("reason", cerr.Code)}
-		if cerr.AgentID != "" {
-			fields = append(fields, zap.String("agent_id", cerr.AgentID))
+		if cerr.AgentID == "" { // a certificate of nobody we know: counted, sampled
+			v.app.refusalLog.Info("client certificate refused at handshake", zap.String("reason", cerr.Code))
+			return errors.New(cerr.Message)
 		}
-		v.logger.Info("client certificate refused at handshake", fields...)
+		v.logger.Info("client certificate refused at handshake", zap.String("reason", cerr.Code), zap.String("agent_id", cerr.AgentID))
+		v.app.auditRefusalDetails(context.Background(), "auth.refused", cerr.AgentID, map[string]any{"stage": "tls_handshake",
+			"reason": cerr.Code, "message": cerr.Message, "cert_sha256": fmt.Sprintf("%x", sha256.Sum256(rawCerts[0]))})
 		return errors.New(cerr.Message)
 	}
 	return nil

@@ -677,6 +677,8 @@ func TestRefusalsNamingAnAgentAreAudited(t *testing.T) {
 			t.Fatalf("%s after the revocation: %d %s", path, resp.StatusCode, body)
 		}
 	}
+	// A new handshake with the revoked certificate is refused, and audited.
+	expectHandshakeRefused(t, s, owner.Certificate, "the revoked certificate")
 	// Anonymous refusals: counted, not audited.
 	before := s.metric(t, "caddy_mastio_auth_total", `result="deny"`, `reason="missing_token"`)
 	for i := 0; i < 20; i++ {
@@ -708,6 +710,10 @@ func TestRefusalsNamingAnAgentAreAudited(t *testing.T) {
 		AND json_extract(details, '$.reason') = 'agent_revoked' AND json_extract(details, '$.method') = 'POST'
 		AND seq > (SELECT seq FROM audit_events WHERE event_type = 'agent.revoked')`); n != 2 {
 		t.Errorf("revoked-agent refusals audited: %d", n)
+	}
+	if n := rows(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'auth.refused' AND actor = 'agent:orga::owner'
+		AND json_extract(details, '$.stage') = 'tls_handshake'`); n < 1 {
+		t.Errorf("refused handshakes audited: %d", n)
 	}
 	if n := rows(`SELECT COUNT(*) FROM audit_events WHERE event_type IN ('auth.refused', 'mcp.refused') AND actor NOT LIKE 'agent:%'`); n != 0 {
 		t.Errorf("anonymous refusals audited: %d", n)
