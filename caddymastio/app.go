@@ -1,7 +1,11 @@
-// Package caddymastio holds the Caddy modules of caddy-mastio: the mastio
-// app and the HTTP, TLS and admin modules that use it. The domain logic
-// lives in the sub-packages (store, audit, pki, token, ...); the modules
-// here are the glue.
+// Package caddymastio holds the Caddy modules of caddy-mastio, thin over
+// the Caddy-free core (package mastio): the mastio app, which opens the
+// core's state once per data location and gives each configuration its
+// view of it; the HTTP handlers mastio (the Mastio's endpoints, package
+// endpoints), mastio_auth (a guard for any route) and mastio_mcp (the MCP
+// policy filter, package gateway); and the TLS issuer, trust pool and
+// client certificate verifier. Each module's Caddyfile parsing is beside
+// it.
 package caddymastio
 
 import (
@@ -9,23 +13,19 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
-	"os"
 	"path/filepath"
-	"runtime/debug"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
-	"github.com/caddy-mastio/caddy-mastio/admin"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/gateway"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
 
@@ -35,22 +35,24 @@ func init() {
 
 // Defaults of the mastio app.
 const (
-	DefaultDataDir     = "./data"
-	DefaultTrustDomain = "mastio.local"
+	DefaultDataDir = "./data"
 	// AdminSecretEnv is read when admin_secret is not configured, so that
 	// `caddy run --envfile proxy.env` works as the original deployment's
 	// proxy.env did.
 	AdminSecretEnv = "MCP_PROXY_ADMIN_SECRET"
-	minSecretLen   = 16
 )
 
-// knownDefaultSecrets are refused as admin secrets: they are in public
-// documentation and example files.
-var knownDefaultSecrets = []string{
-	"change-me-in-production", "changeme", "change-me", "change_me", "changethis",
-	"admin", "administrator", "password", "secret", "mastio", "default", "example",
-	"admin-secret", "mastio-admin-secret", "0123456789abcdef", "1234567890123456",
-}
+// locations holds the core's state of each data location in use, keyed
+// by database path: a reload provisions the new configuration while the
+// old one still serves, and both must share one database handle and one
+// audit writer (two writers on one audit chain would fork it).
+var locations = caddy.NewUsagePool()
+
+// location is a Shared in the UsagePool.
+type location struct{ *mastio.Shared }
+
+// Destruct closes the location when its last configuration is cleaned up.
+func (l location) Destruct() error { return l.Close() }
 
 // App is the Mastio: one per process, it owns the database, the Org CA,
 // the access-token signing keys and the audit log that every other
@@ -145,14 +147,14 @@ type App struct {
 	// MCP servers the /v1/mcp aggregator serves, by name (the <server> of
 	// policy resources). More can be registered at runtime through the
 	// admin API (/v1/admin/mcp-servers).
-	MCPServers map[string]*MCPServer `json:"mcp_servers,omitempty"`
+	MCPServers map[string]*mastio.Server `json:"mcp_servers,omitempty"`
 
 	// Limits on unauthenticated requests, by route: "enrollment" (5 per
 	// minute per address, 120 in all), "enrollment_status" (60, 3000) and
 	// "token" for token requests without a client certificate (300, 6000).
 	// Over a limit the answer is 429 with Retry-After, counted in
 	// caddy_mastio_rate_limited_total{route,scope}.
-	AnonymousRates map[string]*AnonymousRate `json:"anonymous_rates,omitempty"`
+	AnonymousRates map[string]*mastio.Rate `json:"anonymous_rates,omitempty"`
 
 	// How long an audit commit made under load may wait for the rows of
 	// MCP calls whose upstream is still answering, so that one commit (one
@@ -173,24 +175,14 @@ type App struct {
 	AuditSync string `json:"audit_sync,omitempty"`
 
 	// runtime
-	ctx               caddy.Context
 	logger            *zap.Logger
-	refusalLog        *zap.Logger // sampled: anonymous refusals
 	accessLog         *zap.Logger // Caddy's access logger, for entries with credentials redacted
 	dataDir           string
 	dbPath            string
-	trustDomain       string
-	publicURL         *url.URL
-	adminSecret       string
 	adminSecretSource string
-	secret            *admin.Secret
-	adminAPI          *admin.API
-	nonceMode         dpop.NonceMode
-	issuer            string
-	policyRules       []policy.Rule
-	state             *state
-	stateKey          string
-	readyOnce         *sync.Once // builds adminAPI once the state is open
+	shared            *mastio.Shared
+	m                 *mastio.Mastio
+	released          bool // Cleanup gave back the reference to shared
 }
 
 // CaddyModule returns the Caddy module information.
@@ -201,24 +193,60 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision resolves the configuration and attaches the shared state,
-// creating the data directory, database and Org CA on first use.
+// Provision resolves the configuration and attaches this configuration's
+// view of the location's state, which it prepares on first use (reading
+// only: see Start).
 func (a *App) Provision(ctx caddy.Context) error {
-	a.ctx = ctx
 	a.logger = ctx.Logger()
-	a.readyOnce = new(sync.Once)
-	a.refusalLog = sampledLogger(a.logger)
 	a.accessLog = ctx.Logger(httpLogModule{}).Named("log.access")
-	if err := a.validateStatic(); err != nil {
+	if err := a.Validate(); err != nil {
 		return err
 	}
 	if reg := ctx.GetMetricsRegistry(); reg != nil {
-		if err := registerMetrics(reg); err != nil {
+		if err := registerMetrics(reg, append(mastio.Collectors(), gateway.Collectors()...)); err != nil {
 			return fmt.Errorf("registering metrics: %w", err)
 		}
 	}
 	repl := caddy.NewReplacer()
+	if err := a.resolvePaths(repl); err != nil {
+		return err
+	}
+	val, _, err := locations.LoadOrNew(a.dbPath, func() (caddy.Destructor, error) {
+		s, err := mastio.Prepare(a.dataDir, a.dbPath, a.OrgID, a.logger)
+		if err != nil {
+			return nil, err
+		}
+		return location{s}, nil
+	})
+	if err != nil {
+		return fmt.Errorf("mastio: %w", err)
+	}
+	a.shared = val.(location).Shared
+	if a.shared.DataDir() != a.dataDir {
+		return fmt.Errorf("database %s is already in use with data_dir %s; one database belongs to one data_dir",
+			a.dbPath, a.shared.DataDir())
+	}
+	if a.OrgID != "" && a.OrgID != a.shared.OrgID() {
+		return fmt.Errorf("org_id %q differs from the org id %q this data directory was created with; "+
+			"an org id cannot change (every agent id and certificate carries it): remove org_id or set it to %q",
+			a.OrgID, a.shared.OrgID(), a.shared.OrgID())
+	}
+	settings, err := a.settings(repl)
+	if err != nil {
+		return err
+	}
+	if a.m, err = a.shared.With(settings, a.logger); err != nil {
+		return err
+	}
+	if a.AllowBearerTokens {
+		a.logger.Warn("allow_bearer_tokens is on: token requests without a DPoP proof get unbound bearer tokens, " +
+			"which anyone who obtains them can use; turn it off once every client sends DPoP proofs")
+	}
+	return nil
+}
 
+// resolvePaths expands placeholders in data_dir and database.
+func (a *App) resolvePaths(repl *caddy.Replacer) error {
 	dataDir, err := repl.ReplaceOrErr(a.DataDir, true, false)
 	if err != nil {
 		return fmt.Errorf("data_dir: %w", err)
@@ -242,70 +270,79 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.dbPath, err = filepath.Abs(dbPath); err != nil {
 		return fmt.Errorf("database %q: %w", dbPath, err)
 	}
-	a.trustDomain = a.TrustDomain
-	if a.trustDomain == "" {
-		a.trustDomain = DefaultTrustDomain
+	return nil
+}
+
+// settings are the core's settings of this configuration.
+func (a *App) settings(repl *caddy.Replacer) (mastio.Settings, error) {
+	s := mastio.Settings{TrustDomain: a.TrustDomain, AgentCertLifetime: time.Duration(a.AgentCertLifetime),
+		EnrollmentTTL: time.Duration(a.EnrollmentTTL), TokenTTL: time.Duration(a.TokenTTL), AllowBearerTokens: a.AllowBearerTokens,
+		IATWindow: time.Duration(a.DPoPIATWindow), ClockSkew: time.Duration(a.DPoPClockSkew), Policy: a.PolicyRules,
+		Servers: a.MCPServers, AnonymousRates: map[string]mastio.Rate{}, AuditCommitDelay: a.auditCommitDelay(),
+		AuditSync: a.auditSync(), ClientIP: clientIP, RequestPath: originalPath}
+	for route, r := range a.AnonymousRates {
+		s.AnonymousRates[route] = *r
+	}
+	var err error
+	if s.NonceMode, err = dpop.ParseNonceMode(a.DPoPNonce); err != nil {
+		return s, err
 	}
 	if a.PublicURL != "" {
 		raw, err := repl.ReplaceOrErr(a.PublicURL, true, true)
 		if err != nil {
-			return fmt.Errorf("public_url: %w", err)
+			return s, fmt.Errorf("public_url: %w", err)
 		}
-		if a.publicURL, err = parsePublicURL(raw); err != nil {
-			return fmt.Errorf("public_url: %w", err)
+		if s.PublicURL, err = parsePublicURL(raw); err != nil {
+			return s, fmt.Errorf("public_url: %w", err)
 		}
 	}
-
-	val, _, err := states.LoadOrNew(a.dbPath, func() (caddy.Destructor, error) {
-		return prepareState(a.dataDir, a.dbPath, a.OrgID, a.logger)
-	})
+	secret, err := a.resolveAdminSecret(repl)
 	if err != nil {
-		return fmt.Errorf("mastio: %w", err)
+		return s, err
 	}
-	a.state, a.stateKey = val.(*state), a.dbPath
-	if a.state.dataDir != a.dataDir {
-		return fmt.Errorf("database %s is already in use with data_dir %s; one database belongs to one data_dir",
-			a.dbPath, a.state.dataDir)
+	s.AdminSecret, err = mastio.NewSecret(secret)
+	return s, err
+}
+
+// clientIP is the caller's address as Caddy determined it (behind trusted
+// proxies), or the TCP peer.
+func clientIP(r *http.Request) string {
+	if v, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && v != "" {
+		return v
 	}
-	if a.OrgID != "" && a.OrgID != a.state.orgID {
-		return fmt.Errorf("org_id %q differs from the org id %q this data directory was created with; "+
-			"an org id cannot change (every agent id and certificate carries it): remove org_id or set it to %q",
-			a.OrgID, a.state.orgID, a.state.orgID)
+	return mastio.PeerIP(r)
+}
+
+// originalPath is the request path as the client sent it, before any
+// rewrite or handle_path stripping: what a DPoP htu covers.
+func originalPath(r *http.Request) string {
+	if orig, ok := r.Context().Value(caddyhttp.OriginalRequestCtxKey).(http.Request); ok && orig.URL != nil {
+		return orig.URL.EscapedPath()
 	}
-	if err := a.resolveAdminSecret(repl); err != nil {
-		return err
-	}
-	if a.secret, err = admin.NewSecret(a.adminSecret); err != nil {
-		return err
-	}
-	if a.nonceMode, err = dpop.ParseNonceMode(a.DPoPNonce); err != nil {
-		return err
-	}
-	if a.policyRules, err = policy.Parse("config", a.PolicyRules); err != nil {
-		return err
-	}
-	a.issuer = "urn:mastio:" + a.state.orgID
-	if a.publicURL != nil {
-		a.issuer = a.publicURL.String()
-	}
-	if a.AllowBearerTokens {
-		a.logger.Warn("allow_bearer_tokens is on: token requests without a DPoP proof get unbound bearer tokens, " +
-			"which anyone who obtains them can use; turn it off once every client sends DPoP proofs")
+	return r.URL.EscapedPath()
+}
+
+// registerMetrics registers the collectors with a config's registry
+// (counts live in the collectors, across reloads).
+func registerMetrics(reg *prometheus.Registry, collectors []prometheus.Collector) error {
+	for _, c := range collectors {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
 	}
 	return nil
 }
 
-// ready opens the state (once per data location: Start, or the first
-// request or handshake that comes before it) and builds what runs on it.
-// Provision only prepares (see prepareState), so that checking a config
-// writes nothing.
-func (a *App) ready() error {
-	if err := a.state.open(); err != nil {
-		return err
-	}
-	a.readyOnce.Do(a.buildAdminAPI)
-	return nil
-}
+// Mastio is this configuration's view of the core, for the other modules.
+func (a *App) Mastio() *mastio.Mastio { return a.m }
+
+// ready opens the location's state (once: at Start, or on the first
+// request or handshake that comes before it). Provision only prepares, so
+// that checking a config writes nothing.
+func (a *App) ready() error { return a.shared.Open() }
 
 // readyOrRefuse opens the state for a request, or answers 503 when it
 // cannot be opened.
@@ -318,93 +355,15 @@ func (a *App) readyOrRefuse(w http.ResponseWriter) bool {
 	return true
 }
 
-func (a *App) buildAdminAPI() {
-	a.adminAPI = &admin.API{
-		Registry:       a.state.registry,
-		Audit:          a.state.audit,
-		Logger:         a.logger.Named("admin"),
-		Secret:         func() *admin.Secret { return a.secret },
-		Policy:         a.Policy,
-		Failures:       a.state.adminFailLimit,
-		GlobalFailures: a.state.adminFailGlobal,
-		RateLimited: func(scope string) {
-			rateLimited.WithLabelValues("admin_auth", scope).Inc()
-		},
-		ClientIP: clientIP,
-		RotateKeys: func(ctx context.Context, grace time.Duration, details map[string]any) (any, error) {
-			return a.state.keys.Rotate(ctx, a.state.audit, grace, a.state.store.CheckFile, "admin", details)
-		},
-		Policies:  a,
-		Upstreams: a,
-	}
-}
-
-// Policy returns the issuance settings of this config.
-func (a *App) Policy() registry.Policy {
-	return registry.Policy{
-		TrustDomain:       a.trustDomain,
-		AgentCertLifetime: time.Duration(a.AgentCertLifetime),
-		EnrollmentTTL:     time.Duration(a.EnrollmentTTL),
-	}
-}
-
-// resolveAdminSecret applies the admin_secret rules documented on the
-// field. The secret itself never appears in an error or a log line.
-func (a *App) resolveAdminSecret(repl *caddy.Replacer) error {
-	switch {
-	case a.AdminSecret != "":
-		v, err := repl.ReplaceOrErr(a.AdminSecret, true, true)
-		if err != nil || strings.TrimSpace(v) == "" {
-			return fmt.Errorf("admin_secret is configured but resolves to an empty value (is %s set in the environment? "+
-				"e.g. caddy run --envfile proxy.env); refusing to start without an admin secret", placeholderNames(a.AdminSecret))
+// serve runs a handler of this app's modules: with credentials kept out of
+// the logs (see serveRedacted) and only once the state is open.
+func (a *App) serve(w http.ResponseWriter, r *http.Request, fn func(http.ResponseWriter, *http.Request) error) error {
+	return a.serveRedacted(w, r, func(w http.ResponseWriter, r *http.Request) error {
+		if !a.readyOrRefuse(w) {
+			return nil
 		}
-		a.adminSecret, a.adminSecretSource = v, "config"
-	case os.Getenv(AdminSecretEnv) != "":
-		a.adminSecret, a.adminSecretSource = os.Getenv(AdminSecretEnv), "env "+AdminSecretEnv
-	default:
-		secret, _, err := a.state.adminSecretFromFile() // written when the state opens
-		if err != nil {
-			return fmt.Errorf("admin secret: %w", err)
-		}
-		a.adminSecret, a.adminSecretSource = secret, "file "+filepath.Join(a.dataDir, "admin-secret")
-	}
-	return checkSecretStrength(a.adminSecret, a.adminSecretSource)
-}
-
-func checkSecretStrength(secret, source string) error {
-	s := strings.TrimSpace(secret)
-	if len(s) < minSecretLen {
-		return fmt.Errorf("admin secret from %s is too short (%d characters): use at least %d, e.g. openssl rand -hex 32",
-			source, len(s), minSecretLen)
-	}
-	for _, d := range knownDefaultSecrets {
-		if strings.EqualFold(s, d) {
-			return fmt.Errorf("admin secret from %s is a published default value: generate one, e.g. openssl rand -hex 32", source)
-		}
-	}
-	if strings.Count(s, s[:1]) == len(s) {
-		return fmt.Errorf("admin secret from %s is one repeated character: generate one, e.g. openssl rand -hex 32", source)
-	}
-	return nil
-}
-
-// placeholderNames returns the placeholders in s, for error messages that
-// must not echo a literal secret.
-func placeholderNames(s string) string {
-	var names []string
-	for {
-		i := strings.IndexByte(s, '{')
-		j := strings.IndexByte(s, '}')
-		if i < 0 || j < i {
-			break
-		}
-		names = append(names, s[i:j+1])
-		s = s[j+1:]
-	}
-	if len(names) == 0 {
-		return "the value"
-	}
-	return strings.Join(names, ", ")
+		return fn(w, r)
+	})
 }
 
 // defaultAuditCommitDelay: with 24 concurrent clients on 2 cores it takes
@@ -428,133 +387,22 @@ func (a *App) auditSync() audit.Sync {
 	return audit.SyncFull
 }
 
-// validateStatic checks what can be checked without touching the disk.
-func (a *App) validateStatic() error {
-	if a.OrgID != "" {
-		if err := pki.ValidateName("org_id", a.OrgID); err != nil {
-			return err
-		}
-	}
-	if a.TrustDomain != "" {
-		if err := pki.ValidateTrustDomain(a.TrustDomain); err != nil {
-			return fmt.Errorf("trust_domain: %w", err)
-		}
-	}
-	if a.PublicURL != "" && !strings.Contains(a.PublicURL, "{") {
-		if _, err := parsePublicURL(a.PublicURL); err != nil {
-			return fmt.Errorf("public_url: %w", err)
-		}
-	}
-	if a.AdminSecret != "" && !strings.Contains(a.AdminSecret, "{") {
-		if err := checkSecretStrength(a.AdminSecret, "config"); err != nil {
-			return err
-		}
-	}
-	if a.AuditSync != "" && a.AuditSync != "full" && a.AuditSync != "os" {
-		return fmt.Errorf("audit_sync %q: want full or os", a.AuditSync)
-	}
-	if time.Duration(a.AuditCommitDelay) > 100*time.Millisecond {
-		return errors.New("audit_commit_delay must be at most 100ms (it is added to calls under load); use off to disable it")
-	}
-	if a.AgentCertLifetime < 0 || (a.AgentCertLifetime > 0 && time.Duration(a.AgentCertLifetime) < time.Hour) {
-		return errors.New("agent_cert_lifetime must be at least 1h")
-	}
-	if a.EnrollmentTTL < 0 || (a.EnrollmentTTL > 0 && time.Duration(a.EnrollmentTTL) < time.Minute) ||
-		time.Duration(a.EnrollmentTTL) > 7*24*time.Hour {
-		return errors.New("enrollment_ttl must be between 1m and 7d")
-	}
-	if a.TokenTTL < 0 || (a.TokenTTL > 0 && time.Duration(a.TokenTTL) < 10*time.Second) || time.Duration(a.TokenTTL) > 24*time.Hour {
-		return errors.New("token_ttl must be between 10s and 24h")
-	}
-	if a.DPoPIATWindow < 0 || (a.DPoPIATWindow > 0 && time.Duration(a.DPoPIATWindow) < 5*time.Second) ||
-		time.Duration(a.DPoPIATWindow) > 10*time.Minute {
-		return errors.New("dpop_iat_window must be between 5s and 10m")
-	}
-	if a.DPoPClockSkew < 0 || time.Duration(a.DPoPClockSkew) > time.Minute {
-		return errors.New("dpop_clock_skew must be between 0s and 60s")
-	}
-	if _, err := dpop.ParseNonceMode(a.DPoPNonce); err != nil {
-		return err
-	}
-	if _, err := policy.Parse("config", a.PolicyRules); err != nil {
-		return err
-	}
-	if err := validateAnonymousRates(a.AnonymousRates); err != nil {
-		return err
-	}
-	for name, s := range a.MCPServers {
-		if s == nil {
-			return fmt.Errorf("mcp_servers: %s has no settings", name)
-		}
-		if err := s.validate(name); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// Validate rejects invalid configuration.
-func (a *App) Validate() error { return a.validateStatic() }
-
-// parsePublicURL accepts https://host[:port] (http only for loopback
-// development) with no path, query or fragment.
-func parsePublicURL(raw string) (*url.URL, error) {
-	u, err := url.Parse(strings.TrimSuffix(raw, "/"))
-	if err != nil {
-		return nil, err
-	}
-	if u.Scheme != "https" && u.Scheme != "http" {
-		return nil, fmt.Errorf("%q: scheme must be https", raw)
-	}
-	if u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("%q: want scheme://host[:port] only", raw)
-	}
-	u.Scheme = strings.ToLower(u.Scheme)
-	u.Host = strings.ToLower(u.Host)
-	u.Path = ""
-	return u, nil
-}
-
-func isPostgresURL(s string) bool {
-	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
-}
-
-// Start audits the start of the process (once) and every config load.
+// Start opens the state, applies the audit settings and audits the start
+// of the process (once) and every config load.
 func (a *App) Start() error {
-	ctx := context.Background()
 	if err := a.ready(); err != nil {
 		return fmt.Errorf("mastio: %w", err)
 	}
-	// The audit settings belong to the writer shared by every config, so
-	// they change here, once this config is the one that runs (not in
-	// Provision, which a reload that fails later would also have run).
-	a.state.audit.SetCommitDelay(a.auditCommitDelay())
 	if a.auditSync() == audit.SyncOS {
 		a.logger.Warn("audit_sync is os: audit rows are committed to the operating system, not fsynced, before answers are sent; " +
 			"they survive a crash or restart of Caddy, but a power loss or kernel crash may lose the last ones")
 	}
-	a.state.audit.SetSync(a.auditSync())
-	var err error
-	a.state.startOnce.Do(func() {
-		_, err = a.state.audit.Append(ctx, audit.Event{Type: "system.start", Actor: "system", Subject: a.state.orgID,
-			Details: map[string]any{"version": Version(), "pid": os.Getpid(), "data_dir": a.dataDir, "database": a.dbPath}})
-	})
-	if err != nil {
-		return fmt.Errorf("auditing system start: %w", err)
-	}
-	if _, err := a.state.audit.Append(ctx, audit.Event{Type: "config.load", Actor: "system", Subject: a.state.orgID,
-		Details: map[string]any{
-			"org_id":              a.state.orgID,
-			"trust_domain":        a.trustDomain,
-			"public_url":          a.PublicURLString(),
-			"admin_secret_source": a.adminSecretSource,
-			"audit_sync":          a.auditSync().String(),
-		}}); err != nil {
-		return fmt.Errorf("auditing config load: %w", err)
+	if err := a.m.Start(context.Background(), map[string]any{"admin_secret_source": a.adminSecretSource}); err != nil {
+		return fmt.Errorf("mastio: %w", err)
 	}
 	a.logger.Info("mastio ready",
-		zap.String("org_id", a.state.orgID),
-		zap.String("trust_domain", a.trustDomain),
+		zap.String("org_id", a.m.OrgID()),
+		zap.String("trust_domain", a.m.Settings().TrustDomain),
 		zap.String("data_dir", a.dataDir),
 		zap.String("database", a.dbPath),
 		zap.String("org_ca", filepath.Join(a.dataDir, "pki", pki.RootCertFile)),
@@ -565,96 +413,25 @@ func (a *App) Start() error {
 // Stop audits a process shutdown. On a reload the old app is stopped
 // after the new one has started; that is not a shutdown.
 func (a *App) Stop() error {
-	if caddy.Exiting() && a.state != nil {
-		if _, err := a.state.audit.Append(context.Background(), audit.Event{Type: "system.stop", Actor: "system",
-			Subject: a.state.orgID, Details: map[string]any{"pid": os.Getpid()}}); err != nil {
+	if caddy.Exiting() && a.m != nil {
+		if err := a.m.AuditShutdown(context.Background()); err != nil {
 			a.logger.Error("auditing system stop", zap.Error(err))
 		}
 	}
 	return nil
 }
 
-// Cleanup releases this config's reference to the shared state.
+// Cleanup releases this config's reference to the location's state. The
+// view stays usable: a request of the old config may still be finishing.
 func (a *App) Cleanup() error {
-	if a.stateKey != "" {
-		a.stateKey = ""
-		if _, err := states.Delete(a.dbPath); err != nil {
+	if a.shared != nil && !a.released {
+		a.released = true
+		if _, err := locations.Delete(a.dbPath); err != nil {
 			return err
 		}
 	}
 	return nil
 }
-
-// OrgIDValue returns the organisation id in force.
-func (a *App) OrgIDValue() string { return a.state.orgID }
-
-// TrustDomainValue returns the trust domain in force.
-func (a *App) TrustDomainValue() string { return a.trustDomain }
-
-// PublicURLString returns the configured public URL or "".
-func (a *App) PublicURLString() string {
-	if a.publicURL == nil {
-		return ""
-	}
-	return a.publicURL.String()
-}
-
-// tokenTTL is the access-token lifetime in force.
-func (a *App) tokenTTL() time.Duration {
-	if a.TokenTTL > 0 {
-		return time.Duration(a.TokenTTL)
-	}
-	return 5 * time.Minute
-}
-
-// clockSkew is how far in the future a DPoP proof's iat may be.
-func (a *App) clockSkew() time.Duration {
-	if a.DPoPClockSkew > 0 {
-		return time.Duration(a.DPoPClockSkew)
-	}
-	return dpop.DefaultMaxSkew
-}
-
-// iatWindow is how old a DPoP proof may be.
-func (a *App) iatWindow() time.Duration {
-	if a.DPoPIATWindow > 0 {
-		return time.Duration(a.DPoPIATWindow)
-	}
-	return 60 * time.Second
-}
-
-// Issuer is the iss (and aud) of the access tokens of this Mastio: the
-// public_url, or urn:mastio:<org_id> when none is configured.
-func (a *App) Issuer() string { return a.issuer }
-
-// Registry returns the agent registry.
-func (a *App) Registry() *registry.Registry { return a.state.registry }
-
-// CA returns the Org CA.
-func (a *App) CA() *pki.CA { return a.state.ca }
-
-// Audit returns the audit log.
-func (a *App) Audit() *audit.Log { return a.state.audit }
-
-// Version is the caddy-mastio module version baked into the binary.
-func Version() string {
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, m := range bi.Deps {
-			if m.Path == modulePath {
-				if m.Replace != nil && m.Replace.Version != "" {
-					return m.Replace.Version
-				}
-				return m.Version
-			}
-		}
-		if bi.Main.Path == modulePath && bi.Main.Version != "" {
-			return bi.Main.Version
-		}
-	}
-	return "(devel)"
-}
-
-const modulePath = "github.com/caddy-mastio/caddy-mastio"
 
 // Interface guards
 var (

@@ -2,6 +2,7 @@ package caddymastio
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 )
 
@@ -49,44 +51,49 @@ func TestReloadSharesOneStateAndReleasesIt(t *testing.T) {
 	t.Cleanup(func() { quietCaddy() })
 	loadConfig(t, map[string]any{"data_dir": dir, "admin_secret": testSecret})
 	first := activeApp(t)
-	st := first.state
+	st := first.shared
 
 	loadConfig(t, map[string]any{"data_dir": dir, "admin_secret": testSecret, "trust_domain": "example.org"})
 	second := activeApp(t)
 	if second == first {
 		t.Fatal("reload did not provision a new app")
 	}
-	if second.state != st {
+	if second.shared != st {
 		t.Fatal("reload opened a second state (database handle and audit writer) for the same database")
 	}
-	if refs, _ := states.References(st.dbPath); refs != 1 {
+	if refs, _ := locations.References(first.dbPath); refs != 1 {
 		t.Fatalf("pool holds %d references after the old config was cleaned up, want 1", refs)
 	}
-	if second.TrustDomainValue() != "example.org" {
+	if second.Mastio().Settings().TrustDomain != "example.org" {
 		t.Fatal("new config not in force")
 	}
 
 	// Both loads are in the one chain, which verifies.
-	res, err := audit.Verify(context.Background(), st.store.DB(), 1, 0)
+	db := readDB(t, first.dbPath)
+	res, err := audit.Verify(context.Background(), db, 1, 0)
 	if err != nil || !res.OK() {
 		t.Fatalf("chain: %+v %v", res, err)
 	}
 	var loads, starts int
-	st.store.DB().QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'config.load'`).Scan(&loads)
-	st.store.DB().QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'system.start'`).Scan(&starts)
+	db.QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'config.load'`).Scan(&loads)
+	db.QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'system.start'`).Scan(&starts)
+	db.Close()
 	if loads != 2 || starts != 1 {
 		t.Fatalf("config.load=%d system.start=%d, want 2 and 1", loads, starts)
 	}
 
-	db := st.store.DB()
+	if _, err := os.Stat(first.dbPath + "-wal"); err != nil {
+		t.Fatalf("no write-ahead log while the database is open: %v", err)
+	}
 	if err := caddy.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	if refs, ok := states.References(st.dbPath); ok || refs != 0 {
+	if refs, ok := locations.References(first.dbPath); ok || refs != 0 {
 		t.Fatalf("state still referenced after stop: %d", refs)
 	}
-	if err := db.Ping(); err == nil {
-		t.Fatal("database still open after the last config stopped")
+	// SQLite removes the write-ahead log when its last connection closes.
+	if _, err := os.Stat(first.dbPath + "-wal"); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("database still open after the last config stopped (its -wal remains: %v)", err)
 	}
 }
 
@@ -110,6 +117,17 @@ func TestReloadsDoNotLeakGoroutines(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// readDB opens a database file for the test's own queries.
+func readDB(t testing.TB, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?mode=ro&_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
 }
 
 // provision runs Provision on a fresh App the way Caddy would, registers
@@ -169,22 +187,25 @@ func TestAdminSecretSources(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("generated secret file: %v %v", fi, err)
 	}
-	if len(a.adminSecret) != 64 || !strings.HasPrefix(a.adminSecretSource, "file ") {
-		t.Fatalf("generated secret: len %d source %q", len(a.adminSecret), a.adminSecretSource)
+	data, _ := os.ReadFile(filepath.Join(dir, "admin-secret"))
+	generated := strings.TrimSpace(string(data))
+	if len(generated) != 64 || !a.Mastio().Settings().AdminSecret.Match(generated) || !strings.HasPrefix(a.adminSecretSource, "file ") {
+		t.Fatalf("generated secret: len %d source %q", len(generated), a.adminSecretSource)
 	}
 	b := &App{DataDir: dir}
-	if err := provision(t, b); err != nil || b.adminSecret != a.adminSecret {
+	if err := provision(t, b); err != nil || !b.Mastio().Settings().AdminSecret.Match(generated) {
 		t.Fatalf("second start did not reuse the generated secret: %v", err)
 	}
 
 	t.Setenv(AdminSecretEnv, testSecret)
 	c := &App{DataDir: dir}
-	if err := provision(t, c); err != nil || c.adminSecret != testSecret || c.adminSecretSource != "env "+AdminSecretEnv {
+	if err := provision(t, c); err != nil || !c.Mastio().Settings().AdminSecret.Match(testSecret) || c.adminSecretSource != "env "+AdminSecretEnv {
 		t.Fatalf("env secret: %v %q", err, c.adminSecretSource)
 	}
 	t.Setenv("MASTIO_TEST_SECRET", "9b1e5c0d7a3f4e2b8c6d1a0f5e3b7c9d")
 	d := &App{DataDir: dir, AdminSecret: "{env.MASTIO_TEST_SECRET}"}
-	if err := provision(t, d); err != nil || d.adminSecret != "9b1e5c0d7a3f4e2b8c6d1a0f5e3b7c9d" || d.adminSecretSource != "config" {
+	if err := provision(t, d); err != nil || !d.Mastio().Settings().AdminSecret.Match("9b1e5c0d7a3f4e2b8c6d1a0f5e3b7c9d") ||
+		d.adminSecretSource != "config" {
 		t.Fatalf("placeholder secret: %v %q", err, d.adminSecretSource)
 	}
 }
@@ -195,8 +216,8 @@ func TestOrgIDIsFixedAtFirstStart(t *testing.T) {
 	if err := provision(t, a); err != nil {
 		t.Fatal(err)
 	}
-	if a.OrgIDValue() != "acme" || a.CA().Root().Subject.Organization[0] != "acme" {
-		t.Fatalf("org id %q, root O=%v", a.OrgIDValue(), a.CA().Root().Subject.Organization)
+	if a.Mastio().OrgID() != "acme" || a.Mastio().CA().Root().Subject.Organization[0] != "acme" {
+		t.Fatalf("org id %q, root O=%v", a.Mastio().OrgID(), a.Mastio().CA().Root().Subject.Organization)
 	}
 	a.Cleanup()
 	b := &App{DataDir: dir, OrgID: "globex", AdminSecret: testSecret}
@@ -204,8 +225,8 @@ func TestOrgIDIsFixedAtFirstStart(t *testing.T) {
 		t.Fatalf("changed org_id: %v", err)
 	}
 	c := &App{DataDir: dir, AdminSecret: testSecret} // omitted: the stored one applies
-	if err := provision(t, c); err != nil || c.OrgIDValue() != "acme" {
-		t.Fatalf("omitted org_id: %v %q", err, c.OrgIDValue())
+	if err := provision(t, c); err != nil || c.Mastio().OrgID() != "acme" {
+		t.Fatalf("omitted org_id: %v %q", err, c.Mastio().OrgID())
 	}
 }
 
@@ -215,14 +236,14 @@ func TestDerivedOrgIDIsStable(t *testing.T) {
 	if err := provision(t, a); err != nil {
 		t.Fatal(err)
 	}
-	org := a.OrgIDValue()
+	org := a.Mastio().OrgID()
 	if len(org) != 16 {
 		t.Fatalf("derived org id %q", org)
 	}
 	a.Cleanup()
 	b := &App{DataDir: dir, AdminSecret: testSecret}
-	if err := provision(t, b); err != nil || b.OrgIDValue() != org {
-		t.Fatalf("org id changed across starts: %q -> %q (%v)", org, b.OrgIDValue(), err)
+	if err := provision(t, b); err != nil || b.Mastio().OrgID() != org {
+		t.Fatalf("org id changed across starts: %q -> %q (%v)", org, b.Mastio().OrgID(), err)
 	}
 }
 
@@ -271,7 +292,7 @@ func TestLostDatabaseIsRefused(t *testing.T) {
 	if err := provision(t, a); err != nil {
 		t.Fatal(err)
 	}
-	org := a.OrgIDValue()
+	org := a.Mastio().OrgID()
 	a.Cleanup()
 	db := filepath.Join(dir, "mastio.db")
 	for _, f := range []string{db, db + "-wal", db + "-shm"} {
@@ -292,27 +313,28 @@ func TestLostDatabaseIsRefused(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "missing or empty") || !strings.Contains(err.Error(), "caddy mastio init-database") {
 			t.Fatalf("%s database: %v", name, err)
 		}
-		if hasFile(db) && name != "another" {
+		if fi, err := os.Stat(db); err == nil && fi.Size() > 0 && name != "another" {
 			t.Fatalf("%s database: a database was created", name)
 		}
 	}
 	os.Remove(db)
-	got, err := initDatabase(context.Background(), dir, db)
+	got, err := mastio.InitDatabase(context.Background(), dir, db)
 	if err != nil || got != org {
 		t.Fatalf("init-database: %q %v (org %q)", got, err, org)
 	}
-	if _, err := initDatabase(context.Background(), dir, db); err == nil {
+	if _, err := mastio.InitDatabase(context.Background(), dir, db); err == nil {
 		t.Fatal("init-database ran twice over one installation")
 	}
 	c := &App{DataDir: dir, AdminSecret: testSecret}
 	if err := provision(t, c); err != nil {
 		t.Fatalf("start after init-database: %v", err)
 	}
-	if c.OrgIDValue() != org {
-		t.Fatalf("org id %q after init-database, was %q", c.OrgIDValue(), org)
+	if c.Mastio().OrgID() != org {
+		t.Fatalf("org id %q after init-database, was %q", c.Mastio().OrgID(), org)
 	}
 	var first string
-	c.state.store.DB().QueryRow(`SELECT event_type FROM audit_events WHERE seq = 1`).Scan(&first)
+	rdb := readDB(t, c.dbPath)
+	rdb.QueryRow(`SELECT event_type FROM audit_events WHERE seq = 1`).Scan(&first)
 	if first != "system.database_created" {
 		t.Fatalf("the new chain begins with %q", first)
 	}
@@ -396,7 +418,7 @@ func TestProvisionWritesNothing(t *testing.T) {
 	if err := a.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if a.CA() == nil || a.CA().Root() == nil || a.OrgIDValue() == "" {
+	if a.Mastio().CA() == nil || a.Mastio().CA().Root() == nil || a.Mastio().OrgID() == "" {
 		t.Fatal("provisioning does not give the CA and org id other modules need")
 	}
 	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
@@ -413,7 +435,7 @@ func TestProvisionWritesNothing(t *testing.T) {
 	if err := provision(t, b); err != nil {
 		t.Fatal(err)
 	}
-	org := b.OrgIDValue()
+	org := b.Mastio().OrgID()
 	b.Cleanup()
 	before := tree(t, dir)
 	if len(before) < 8 {
@@ -424,8 +446,8 @@ func TestProvisionWritesNothing(t *testing.T) {
 	if err := c.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if c.OrgIDValue() != org {
-		t.Fatalf("org id %q, was %q", c.OrgIDValue(), org)
+	if c.Mastio().OrgID() != org {
+		t.Fatalf("org id %q, was %q", c.Mastio().OrgID(), org)
 	}
 	c.Cleanup()
 	cancel()

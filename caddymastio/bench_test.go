@@ -2,8 +2,6 @@ package caddymastio
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
@@ -20,8 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/jwt"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio/mastiotest"
 )
 
 // benchServer runs Caddy in-process with two routes to the same upstream:
@@ -49,6 +46,7 @@ func benchServer(b *testing.B) (base string, app *App) {
 					map[string]any{"match": []any{map[string]any{"path": []string{"/open"}}}, "handle": []any{proxy}},
 					map[string]any{"match": []any{map[string]any{"path": []string{"/guarded"}}},
 						"handle": []any{map[string]any{"handler": "mastio_auth"}, proxy}},
+					map[string]any{"handle": []any{map[string]any{"handler": "mastio"}}},
 				},
 			}}},
 		},
@@ -109,22 +107,21 @@ func BenchmarkGuardedRequest(b *testing.B) {
 		run := make([]byte, 6)
 		rand.Read(run)
 		runID := base64.RawURLEncoding.EncodeToString(run)
-		iss, err := app.Registry().CreateAgent(context.Background(), app.Policy(), registry.NewAgent{
-			Name: "bench-" + runID, Method: "admin", Actor: "bench", Capabilities: []string{"mcp:call"}})
+		agent := mastiotest.NewAgent(b, app.Mastio(), "bench-"+runID, "mcp:call")
+		session, err := agent.Identity.NewSession(base, &http.Transport{})
 		if err != nil {
 			b.Fatal(err)
 		}
-		dk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		jwk, jkt, _ := jwt.PublicJWK(dk.Public(), "", "", "")
+		tok, err := session.Token(context.Background())
+		if err != nil {
+			b.Fatal(err)
+		}
+		dk := agent.Identity.DPoPKey
+		jwk, _, _ := jwt.PublicJWK(dk.Public(), "", "", "")
 		now := time.Now()
-		tok, err := app.state.keys.Mint(token.Claims{Issuer: app.Issuer(), Audience: app.Issuer(), Subject: iss.Agent.AgentID,
-			ClientID: iss.Agent.AgentID, Expiry: now.Add(time.Hour).Unix(), Cnf: &token.Confirmation{JKT: jkt}})
-		if err != nil {
-			b.Fatal(err)
-		}
 		sum := sha256.Sum256([]byte(tok))
 		ath := base64.RawURLEncoding.EncodeToString(sum[:])
-		nonce := app.state.nonces.Current(now)
+		nonce := app.Mastio().Nonce()
 		headers := make([]http.Header, b.N)
 		for i := range headers {
 			proof, err := jwt.Sign(dk, map[string]any{"typ": "dpop+jwt", "jwk": jwk}, map[string]any{

@@ -94,7 +94,6 @@ func TestCaddyfileErrorsNameOptionAndLine(t *testing.T) {
 		{"bad trust domain", "{\n\tmastio {\n\t\ttrust_domain UPPER\n\t}\n}\n", "invalid trust domain"},
 		{"bad public url", "{\n\tmastio {\n\t\tpublic_url https://x/y\n\t}\n}\n", "public_url"},
 		{"literal weak secret", "{\n\tmastio {\n\t\tadmin_secret changeme\n\t}\n}\n", "too short"},
-		{"unwritable data dir", "{\n\tmastio {\n\t\tdata_dir " + file + "/data\n\t}\n}\n", "is not a directory"},
 		{"postgres", "{\n\tmastio {\n\t\tdatabase postgres://u@h/db\n\t}\n}\n", "Postgres store"},
 		{"args on option", "{\n\tmastio x\n}\n", "wrong argument count"},
 		{"bad issuer lifetime", "localhost {\n\ttls {\n\t\tissuer mastio {\n\t\t\tlifetime 3 days\n\t\t}\n\t}\n}\n", "lifetime"},
@@ -156,6 +155,21 @@ func TestCaddyfileErrorsNameOptionAndLine(t *testing.T) {
 				t.Fatalf("error %q does not name the file and line", err)
 			}
 		})
+	}
+}
+
+// A Caddyfile may be adapted on another machine than the one that runs
+// it: adapting does not look at the data directory; provisioning the
+// config where it runs does, and says what is wrong with it.
+func TestDataDirIsCheckedWhereTheConfigRuns(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "a-file")
+	os.WriteFile(file, nil, 0o600)
+	if _, err := adapt(t, "{\n\tmastio {\n\t\tdata_dir "+file+"/data\n\t}\n}\n"); err != nil {
+		t.Fatalf("adapting looked at the data directory: %v", err)
+	}
+	err := provision(t, &App{DataDir: file + "/data", AdminSecret: testSecret})
+	if err == nil || !strings.Contains(err.Error(), "data_dir") || !strings.Contains(err.Error(), "is not a directory") {
+		t.Fatalf("provisioning over a file: %v", err)
 	}
 }
 

@@ -38,7 +38,7 @@ func (p *CAPool) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	ca := app.(*App).CA()
+	ca := app.(*App).Mastio().CA()
 	p.certs = append([]*x509.Certificate{ca.Root()}, ca.Intermediates()...)
 	p.pool = x509.NewCertPool()
 	for _, c := range p.certs {

@@ -17,6 +17,7 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/client"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 )
 
 func init() {
@@ -198,7 +199,7 @@ with a system.database_created row. Run it while Caddy is stopped.`,
 			if db == "" {
 				db = filepath.Join(dataDir, "mastio.db")
 			}
-			org, err := initDatabase(cmd.Context(), dataDir, db)
+			org, err := mastio.InitDatabase(cmd.Context(), dataDir, db)
 			if err != nil {
 				return err
 			}

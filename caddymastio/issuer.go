@@ -1,20 +1,16 @@
 package caddymastio
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/certmagic"
-	"go.uber.org/zap"
 
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 )
 
@@ -38,8 +34,7 @@ type Issuer struct {
 	// outlives the intermediate that signs it.
 	Lifetime caddy.Duration `json:"lifetime,omitempty"`
 
-	app    *App
-	logger *zap.Logger
+	m *mastio.Mastio
 }
 
 // CaddyModule returns the Caddy module information.
@@ -52,12 +47,11 @@ func (Issuer) CaddyModule() caddy.ModuleInfo {
 
 // Provision attaches the issuer to the mastio app.
 func (iss *Issuer) Provision(ctx caddy.Context) error {
-	iss.logger = ctx.Logger()
 	app, err := ctx.App("mastio")
 	if err != nil {
 		return err
 	}
-	iss.app = app.(*App)
+	iss.m = app.(*App).Mastio()
 	if iss.Lifetime == 0 {
 		iss.Lifetime = caddy.Duration(pki.DefaultLeafLifetime)
 	}
@@ -74,45 +68,15 @@ func (iss *Issuer) Validate() error {
 
 // IssuerKey implements certmagic.Issuer. Certificates are stored under it,
 // so a new Org CA (a new org id) never reuses the old CA's certificates.
-func (iss *Issuer) IssuerKey() string { return "mastio-" + iss.app.OrgIDValue() }
+func (iss *Issuer) IssuerKey() string { return "mastio-" + iss.m.OrgID() }
 
 // Issue implements certmagic.Issuer.
 func (iss *Issuer) Issue(ctx context.Context, csr *x509.CertificateRequest) (*certmagic.IssuedCertificate, error) {
-	if err := iss.app.ready(); err != nil { // the tls app may start before the mastio app
-		return nil, err
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("CSR signature: %w", err)
-	}
-	ips := make([]string, 0, len(csr.IPAddresses))
-	for _, ip := range csr.IPAddresses {
-		ips = append(ips, ip.String())
-	}
-	leaf, err := iss.app.CA().IssueServer(pki.ServerCert{
-		PublicKey: csr.PublicKey,
-		DNSNames:  csr.DNSNames,
-		IPs:       ips,
-		Lifetime:  time.Duration(iss.Lifetime),
-	})
+	chain, err := iss.m.IssueServerCert(ctx, csr, time.Duration(iss.Lifetime))
 	if err != nil {
 		return nil, err
 	}
-	names := append(append([]string{}, csr.DNSNames...), ips...)
-	if _, err := iss.app.Audit().Append(ctx, audit.Event{Type: "pki.server_cert_issued", Actor: "system",
-		Subject: names[0], Details: map[string]any{
-			"names":     names,
-			"serial":    leaf.SerialNumber.Text(16),
-			"sha256":    pki.Fingerprint(leaf),
-			"not_after": leaf.NotAfter.UTC().Format(time.RFC3339),
-		}}); err != nil {
-		return nil, fmt.Errorf("auditing certificate issuance: %w", err)
-	}
-	iss.logger.Info("issued server certificate", zap.Strings("names", names),
-		zap.String("serial", leaf.SerialNumber.Text(16)), zap.Time("not_after", leaf.NotAfter))
-	var buf bytes.Buffer
-	pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: leaf.Raw})
-	pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: iss.app.CA().Intermediate().Raw})
-	return &certmagic.IssuedCertificate{Certificate: buf.Bytes()}, nil
+	return &certmagic.IssuedCertificate{Certificate: chain}, nil
 }
 
 // UnmarshalCaddyfile sets up the issuer from Caddyfile tokens. Syntax:

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
 
@@ -157,7 +158,7 @@ func (a *App) logAccess(r, logged *http.Request, rec caddyhttp.ResponseRecorder,
 		zap.Int("size", rec.Size()), zap.Int("status", status),
 		zap.Object("resp_headers", caddyhttp.LoggableHTTPHeader{Header: rec.Header(), ShouldLogCredentials: srv.Logs.ShouldLogCredentials}),
 	}
-	if p := principalFrom(r); p != nil {
+	if p := mastio.PrincipalFrom(r); p != nil {
 		fields = append(fields, zap.String("agent_id", p.AgentID))
 	}
 	for _, l := range accessLoggers(a.accessLog, srv.Logs, r) {

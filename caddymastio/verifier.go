@@ -1,16 +1,13 @@
 package caddymastio
 
 import (
-	"context"
-	"crypto/sha256"
 	"crypto/x509"
-	"errors"
-	"fmt"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
-	"go.uber.org/zap"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 )
 
 func init() {
@@ -27,8 +24,7 @@ func init() {
 // Use it with `client_auth { mode verify_if_given; trust_pool mastio;
 // verifier mastio }`.
 type Verifier struct {
-	app    *App
-	logger *zap.Logger
+	m *mastio.Mastio
 }
 
 // CaddyModule returns the Caddy module information.
@@ -41,49 +37,17 @@ func (Verifier) CaddyModule() caddy.ModuleInfo {
 
 // Provision attaches the verifier to the mastio app.
 func (v *Verifier) Provision(ctx caddy.Context) error {
-	v.logger = ctx.Logger()
 	app, err := ctx.App("mastio")
 	if err != nil {
 		return err
 	}
-	v.app = app.(*App)
+	v.m = app.(*App).Mastio()
 	return nil
 }
 
 // VerifyClientCertificate implements caddytls.ClientCertificateVerifier.
 func (v *Verifier) VerifyClientCertificate(rawCerts [][]byte, verifiedChains [][]*x509.Certificate) error {
-	if len(rawCerts) == 0 {
-		return nil
-	}
-	if err := v.app.ready(); err != nil {
-		return fmt.Errorf("the Mastio's state cannot be opened: %w", err)
-	}
-	if len(verifiedChains) == 0 {
-		// A mode that does not verify chains (request, require): do it here.
-		certs := make([]*x509.Certificate, 0, len(rawCerts))
-		for _, raw := range rawCerts {
-			c, err := x509.ParseCertificate(raw)
-			if err != nil {
-				return fmt.Errorf("client certificate: %w", err)
-			}
-			certs = append(certs, c)
-		}
-		if err := v.app.verifyChain(certs[0], certs[1:]); err != nil {
-			v.app.refusalLog.Info("client certificate refused at handshake", zap.String("reason", denyCertUntrusted), zap.Error(err))
-			return errors.New("client certificate is not issued by the Org CA")
-		}
-	}
-	if _, cerr := v.app.Registry().CheckDER(rawCerts[0]); cerr != nil {
-		if cerr.AgentID == "" { // a certificate of nobody we know: counted, sampled
-			v.app.refusalLog.Info("client certificate refused at handshake", zap.String("reason", cerr.Code))
-			return errors.New(cerr.Message)
-		}
-		v.logger.Info("client certificate refused at handshake", zap.String("reason", cerr.Code), zap.String("agent_id", cerr.AgentID))
-		v.app.auditRefusalDetails(context.Background(), "auth.refused", cerr.AgentID, map[string]any{"stage": "tls_handshake",
-			"reason": cerr.Code, "message": cerr.Message, "cert_sha256": fmt.Sprintf("%x", sha256.Sum256(rawCerts[0]))})
-		return errors.New(cerr.Message)
-	}
-	return nil
+	return v.m.CheckHandshakeCert(rawCerts, len(verifiedChains) > 0)
 }
 
 // UnmarshalCaddyfile sets up the verifier from Caddyfile tokens. Syntax:

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio/mastiotest"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 )
 
 // tlsPair provisions an app, registers an agent, and returns a server TLS
@@ -25,26 +25,19 @@ func tlsPair(t testing.TB) (*tls.Config, tls.Certificate, *App) {
 	if err := provision(t, a); err != nil {
 		t.Fatal(err)
 	}
-	iss, err := a.Registry().CreateAgent(context.Background(), a.Policy(), registry.NewAgent{Name: "bench", Method: "admin", Actor: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentCert, err := tls.X509KeyPair([]byte(iss.CertPEM), []byte(iss.KeyPEM))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := &CAPool{certs: append([]*x509.Certificate{a.CA().Root()}, a.CA().Intermediates()...), pool: x509.NewCertPool()}
+	agentCert := mastiotest.NewAgent(t, a.Mastio(), "bench").Identity.Certificate
+	pool := &CAPool{certs: append([]*x509.Certificate{a.Mastio().CA().Root()}, a.Mastio().CA().Intermediates()...), pool: x509.NewCertPool()}
 	for _, c := range pool.certs {
 		pool.pool.AddCert(c)
 	}
-	v := &Verifier{app: a, logger: a.logger}
+	v := &Verifier{m: a.Mastio()}
 	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	srvCert, err := a.CA().IssueServer(pki.ServerCert{PublicKey: srvKey.Public(), DNSNames: []string{"localhost"}})
+	srvCert, err := a.Mastio().CA().IssueServer(pki.ServerCert{PublicKey: srvKey.Public(), DNSNames: []string{"localhost"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{srvCert.Raw, a.CA().Intermediate().Raw}, PrivateKey: srvKey}},
+		Certificates: []tls.Certificate{{Certificate: [][]byte{srvCert.Raw, a.Mastio().CA().Intermediate().Raw}, PrivateKey: srvKey}},
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    pool.CertPool(),
 		// caddytls runs verifiers from VerifyConnection (resumptions too).
@@ -99,14 +92,14 @@ func handshake(addr string, cfg *tls.Config) error {
 func TestVerifierAcceptsPinnedAndRefusesRevoked(t *testing.T) {
 	srv, cert, a := tlsPair(t)
 	addr := tlsServer(t, srv)
-	cli := &tls.Config{RootCAs: a.CA().RootPool(), ServerName: "localhost", Certificates: []tls.Certificate{cert}}
+	cli := &tls.Config{RootCAs: a.Mastio().CA().RootPool(), ServerName: "localhost", Certificates: []tls.Certificate{cert}}
 	if err := handshake(addr, cli); err != nil {
 		t.Fatalf("pinned certificate: %v", err)
 	}
-	if err := handshake(addr, &tls.Config{RootCAs: a.CA().RootPool(), ServerName: "localhost"}); err != nil {
+	if err := handshake(addr, &tls.Config{RootCAs: a.Mastio().CA().RootPool(), ServerName: "localhost"}); err != nil {
 		t.Fatalf("no certificate (verify_if_given): %v", err)
 	}
-	if _, err := a.Registry().Revoke(context.Background(), a.Registry().AgentID("bench"), "test", "test", nil); err != nil {
+	if _, err := a.Mastio().Registry().Revoke(context.Background(), a.Mastio().Registry().AgentID("bench"), "test", "test", nil); err != nil {
 		t.Fatal(err)
 	}
 	err := handshake(addr, cli)
@@ -121,7 +114,7 @@ func TestVerifierAcceptsPinnedAndRefusesRevoked(t *testing.T) {
 func BenchmarkHandshakeWithClientCert(b *testing.B) {
 	srv, cert, a := tlsPair(b)
 	addr := tlsServer(b, srv)
-	cli := &tls.Config{RootCAs: a.CA().RootPool(), ServerName: "localhost", Certificates: []tls.Certificate{cert},
+	cli := &tls.Config{RootCAs: a.Mastio().CA().RootPool(), ServerName: "localhost", Certificates: []tls.Certificate{cert},
 		SessionTicketsDisabled: true}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
@@ -137,7 +130,7 @@ func BenchmarkHandshakeWithClientCert(b *testing.B) {
 func BenchmarkHandshakeWithoutClientCert(b *testing.B) {
 	srv, _, a := tlsPair(b)
 	addr := tlsServer(b, srv)
-	cli := &tls.Config{RootCAs: a.CA().RootPool(), ServerName: "localhost", SessionTicketsDisabled: true}
+	cli := &tls.Config{RootCAs: a.Mastio().CA().RootPool(), ServerName: "localhost", SessionTicketsDisabled: true}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if err := handshake(addr, cli); err != nil {

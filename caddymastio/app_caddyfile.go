@@ -1,0 +1,350 @@
+package caddymastio
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("mastio", parseGlobalOption)
+}
+
+// parseGlobalOption sets up the mastio app from the global options block.
+// Syntax:
+//
+//	mastio {
+//	    data_dir     <path>
+//	    database     <sqlite-path>
+//	    org_id       <id>
+//	    trust_domain <domain>
+//	    public_url   <https://host[:port]>
+//	    admin_secret <secret-placeholder>
+//	    agent_cert_lifetime <duration>
+//	    enrollment_ttl      <duration>
+//	    token_ttl           <duration>
+//	    dpop_iat_window     <duration>
+//	    dpop_clock_skew     <duration>
+//	    dpop_nonce          off|optional|required
+//	    allow_bearer_tokens
+//	    policy {
+//	        <allow|deny> <principal> <action> <server>/<name>
+//	        ...
+//	    }
+//	    mcp_server <name> {
+//	        url                <https://host/path>
+//	        header             <name> <value-or-placeholder>
+//	        bearer_secret      <key-store-name>
+//	        prefix             <tool-prefix>
+//	        timeout            <duration>
+//	        max_argument_bytes <bytes>
+//	        agent_rate         <calls per minute>|off
+//	        item_rate          <calls per minute>|off
+//	    }
+//	    anonymous_rate enrollment|enrollment_status|token <per-ip|off> <global|off>
+//	    audit_sync         full|os
+//	    audit_commit_delay <duration>|off
+//	}
+//
+// anonymous_rate is in requests per minute and may be repeated, once per
+// route.
+//
+// Every option is optional; see the App type for defaults.
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	if existing != nil {
+		return nil, d.Err("the mastio global option may appear only once")
+	}
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "mastio", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile sets up the app from Caddyfile tokens; the syntax is
+// that of the mastio global option (see parseGlobalOption).
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		var target *string
+		var durTarget *caddy.Duration
+		switch opt {
+		case "data_dir":
+			target = &a.DataDir
+		case "database":
+			target = &a.Database
+		case "org_id":
+			target = &a.OrgID
+		case "trust_domain":
+			target = &a.TrustDomain
+		case "public_url":
+			target = &a.PublicURL
+		case "admin_secret":
+			target = &a.AdminSecret
+		case "agent_cert_lifetime":
+			durTarget = &a.AgentCertLifetime
+		case "enrollment_ttl":
+			durTarget = &a.EnrollmentTTL
+		case "token_ttl":
+			durTarget = &a.TokenTTL
+		case "dpop_iat_window":
+			durTarget = &a.DPoPIATWindow
+		case "dpop_clock_skew":
+			durTarget = &a.DPoPClockSkew
+		case "dpop_nonce":
+			target = &a.DPoPNonce
+		case "audit_sync":
+			target = &a.AuditSync
+		case "policy":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if a.PolicyRules != "" {
+				return d.Errf("mastio option policy specified more than once")
+			}
+			var lines []string
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				line := strings.Join(append([]string{d.Val()}, d.RemainingArgs()...), " ")
+				if _, err := policy.Parse("config", line); err != nil {
+					var pe *policy.ParseError
+					if errors.As(err, &pe) {
+						return d.Errf("policy rule %q: %s", line, pe.Msg)
+					}
+					return d.Errf("policy rule %q: %v", line, err)
+				}
+				lines = append(lines, line)
+			}
+			if len(lines) == 0 {
+				return d.Err("policy block is empty")
+			}
+			a.PolicyRules = strings.Join(lines, "\n") + "\n"
+			continue
+		case "mcp_server":
+			if !d.NextArg() {
+				return d.Err("mcp_server needs a name")
+			}
+			name := d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if _, dup := a.MCPServers[name]; dup {
+				return d.Errf("mcp_server %s defined more than once", name)
+			}
+			srv := &mastio.Server{}
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				sub := d.Val()
+				args := d.RemainingArgs()
+				one := func() (string, error) {
+					if len(args) != 1 {
+						return "", d.Errf("mcp_server %s: %s takes one value", name, sub)
+					}
+					return args[0], nil
+				}
+				var err error
+				switch sub {
+				case "url":
+					srv.URL, err = one()
+				case "prefix":
+					srv.Prefix, err = one()
+				case "bearer_secret":
+					srv.BearerSecret, err = one()
+				case "header":
+					if len(args) != 2 {
+						return d.Errf("mcp_server %s: header takes a name and a value", name)
+					}
+					if srv.Headers == nil {
+						srv.Headers = map[string]string{}
+					}
+					srv.Headers[args[0]] = args[1]
+				case "timeout":
+					var v string
+					if v, err = one(); err == nil {
+						dur, perr := caddy.ParseDuration(v)
+						if perr != nil || dur <= 0 {
+							return d.Errf("mcp_server %s: timeout %q: want a positive duration", name, v)
+						}
+						srv.Timeout = mastio.Duration(dur)
+					}
+				case "max_argument_bytes":
+					var v string
+					if v, err = one(); err == nil {
+						n, perr := strconv.ParseInt(v, 10, 64)
+						if perr != nil || n <= 0 {
+							return d.Errf("mcp_server %s: max_argument_bytes %q: want a positive number", name, v)
+						}
+						srv.MaxArgumentBytes = n
+					}
+				case "agent_rate", "item_rate":
+					var v string
+					if v, err = one(); err == nil {
+						n := -1
+						if v != "off" {
+							var perr error
+							if n, perr = strconv.Atoi(v); perr != nil || n <= 0 {
+								return d.Errf("mcp_server %s: %s %q: want calls per minute or off", name, sub, v)
+							}
+						}
+						if sub == "agent_rate" {
+							srv.AgentRate = n
+						} else {
+							srv.ItemRate = n
+						}
+					}
+				default:
+					return d.Errf("mcp_server %s: unrecognized option %q", name, sub)
+				}
+				if err != nil {
+					return err
+				}
+			}
+			if err := srv.Validate(name); err != nil {
+				return d.Err(err.Error())
+			}
+			if a.MCPServers == nil {
+				a.MCPServers = map[string]*mastio.Server{}
+			}
+			a.MCPServers[name] = srv
+			continue
+		case "anonymous_rate":
+			args := d.RemainingArgs()
+			if len(args) != 3 {
+				return d.Errf("anonymous_rate takes a route and two rates: anonymous_rate <route> <per-ip|off> <global|off>")
+			}
+			if _, dup := a.AnonymousRates[args[0]]; dup {
+				return d.Errf("anonymous_rate %s specified more than once", args[0])
+			}
+			var rate mastio.Rate
+			for i, target := range []*int{&rate.PerIP, &rate.Global} {
+				v := args[i+1]
+				if v == "off" {
+					*target = -1
+					continue
+				}
+				n, err := strconv.Atoi(v)
+				if err != nil || n <= 0 {
+					return d.Errf("anonymous_rate %s: %q: want requests per minute or off", args[0], v)
+				}
+				*target = n
+			}
+			if a.AnonymousRates == nil {
+				a.AnonymousRates = map[string]*mastio.Rate{}
+			}
+			a.AnonymousRates[args[0]] = &rate
+			if err := mastio.ValidateRates(map[string]mastio.Rate{args[0]: rate}); err != nil {
+				return d.Err(err.Error())
+			}
+			continue
+		case "audit_commit_delay":
+			if d.NextArg() {
+				if d.Val() == "off" {
+					if a.AuditCommitDelay != 0 || d.NextArg() {
+						return d.Errf("mastio option %s takes one value, once", opt)
+					}
+					a.AuditCommitDelay = -1
+					continue
+				}
+				d.Prev() // a duration: parsed below like the other durations
+			}
+			durTarget = &a.AuditCommitDelay
+		case "allow_bearer_tokens":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if a.AllowBearerTokens {
+				return d.Errf("mastio option %s specified more than once", opt)
+			}
+			a.AllowBearerTokens = true
+			continue
+		default:
+			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, "+
+				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_clock_skew, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay)", opt)
+		}
+		if durTarget != nil {
+			if *durTarget != 0 {
+				return d.Errf("mastio option %s specified more than once", opt)
+			}
+			if !d.NextArg() {
+				return d.Errf("mastio option %s needs a duration", opt)
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil {
+				return d.Errf("mastio option %s %q: %v", opt, d.Val(), err)
+			}
+			if dur <= 0 {
+				return d.Errf("mastio option %s must be positive, got %s", opt, d.Val())
+			}
+			*durTarget = caddy.Duration(dur)
+			if d.NextArg() {
+				return d.Errf("mastio option %s takes one value, got another: %q", opt, d.Val())
+			}
+			single := App{AgentCertLifetime: a.AgentCertLifetime, EnrollmentTTL: a.EnrollmentTTL, TokenTTL: a.TokenTTL,
+				DPoPIATWindow: a.DPoPIATWindow, DPoPClockSkew: a.DPoPClockSkew, AuditCommitDelay: a.AuditCommitDelay}
+			if err := single.Validate(); err != nil {
+				return d.Errf("mastio option %s: %v", opt, err)
+			}
+			continue
+		}
+		if *target != "" {
+			return d.Errf("mastio option %s specified more than once", opt)
+		}
+		if !d.NextArg() {
+			return d.Errf("mastio option %s needs a value", opt)
+		}
+		*target = d.Val()
+		if d.NextArg() {
+			return d.Errf("mastio option %s takes one value, got another: %q", opt, d.Val())
+		}
+		if *target == "" {
+			return d.Errf("mastio option %s: empty value", opt)
+		}
+		if err := a.checkOption(opt); err != nil {
+			return d.Errf("mastio option %s: %v", opt, err)
+		}
+	}
+	return nil
+}
+
+// checkOption validates the value of one option, so that mistakes are
+// reported with their line. The file system is not looked at: a Caddyfile
+// may be adapted on another machine than the one that runs it.
+func (a *App) checkOption(opt string) error {
+	single := App{}
+	switch opt {
+	case "data_dir":
+		return nil // checked where the config runs (Provision), not where it is adapted
+	case "database":
+		if isPostgresURL(a.Database) {
+			return errorString("postgres:// URLs need the Postgres store, which this build does not include yet")
+		}
+		return nil
+	case "org_id":
+		single.OrgID = a.OrgID
+	case "trust_domain":
+		single.TrustDomain = a.TrustDomain
+	case "public_url":
+		single.PublicURL = a.PublicURL
+	case "admin_secret":
+		single.AdminSecret = a.AdminSecret
+	case "dpop_nonce":
+		single.DPoPNonce = a.DPoPNonce
+	case "audit_sync":
+		single.AuditSync = a.AuditSync
+	}
+	return single.Validate()
+}
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }

@@ -1,0 +1,155 @@
+package mastio
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+)
+
+// cfgPolicy is the config key of the policy rules managed through the
+// admin API (the Caddyfile's rules live in the config, not here).
+const cfgPolicy = "policy_rules"
+
+type storedPolicy struct {
+	text  string
+	rules []policy.Rule
+}
+
+// loadPolicy reads the stored rules.
+func (s *Shared) loadPolicy(ctx context.Context) error {
+	text, _, err := s.store.GetConfig(ctx, cfgPolicy)
+	if err != nil {
+		return err
+	}
+	rules, err := policy.Parse("store", text)
+	if err != nil {
+		return fmt.Errorf("stored policy: %w", err)
+	}
+	s.policy.Store(&storedPolicy{text: text, rules: rules})
+	return nil
+}
+
+// setPolicy validates and stores new rules, audited in the same
+// transaction; they apply to the next request on every route.
+func (s *Shared) setPolicy(ctx context.Context, text, actor string, details map[string]any) ([]policy.Rule, error) {
+	s.policyMu.Lock()
+	defer s.policyMu.Unlock()
+	return s.setPolicyLocked(ctx, text, actor, details)
+}
+
+func (s *Shared) setPolicyLocked(ctx context.Context, text, actor string, details map[string]any) ([]policy.Rule, error) {
+	rules, err := policy.Parse("store", text)
+	if err != nil {
+		return nil, err
+	}
+	old := s.policy.Load()
+	sum := sha256.Sum256([]byte(text))
+	tx, err := s.store.DB().BeginTx(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO config (key, value, updated_at) VALUES (?, ?, ?)
+		ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,
+		cfgPolicy, text, store.FormatTime(time.Now())); err != nil {
+		return nil, err
+	}
+	d := map[string]any{"rules": len(rules), "previous_rules": len(old.rules), "sha256": hex.EncodeToString(sum[:]),
+		"text": text}
+	for k, v := range details {
+		d[k] = v
+	}
+	if _, err := s.audit.AppendTx(ctx, tx, audit.Event{Type: "policy.updated", Actor: actor, Subject: "mcp", Details: d}); err != nil {
+		return nil, err
+	}
+	if err := s.store.CheckFile(); err != nil {
+		return nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, err
+	}
+	s.policy.Store(&storedPolicy{text: text, rules: rules})
+	return rules, nil
+}
+
+// Decide applies the configuration's rules and the stored ones.
+func (m *Mastio) Decide(p policy.Principal, action, resource string) policy.Decision {
+	return policy.DecideSets(p, action, resource, m.rules, m.policy.Load().rules)
+}
+
+// PolicyPrincipal is the policy view of an active agent, from the live
+// registry; false for an agent that is not active.
+func (m *Mastio) PolicyPrincipal(agentID string) (policy.Principal, bool) {
+	id, ok := m.registry.Lookup(agentID)
+	if !ok {
+		return policy.Principal{}, false
+	}
+	return policy.Principal{AgentID: id.AgentID, Groups: id.Groups, Capabilities: id.Capabilities}, true
+}
+
+// PolicyRules returns the rules in force: the configuration's, then the
+// stored ones.
+func (m *Mastio) PolicyRules() []policy.Rule {
+	return append(append([]policy.Rule(nil), m.rules...), m.policy.Load().rules...)
+}
+
+// ConfigPolicy is the text of the configuration's rules.
+func (m *Mastio) ConfigPolicy() string { return m.cfg.Policy }
+
+// StoredPolicy is the text of the stored rules.
+func (m *Mastio) StoredPolicy() string { return m.policy.Load().text }
+
+// SetPolicy validates and replaces the stored rules, audited.
+func (m *Mastio) SetPolicy(ctx context.Context, text string, details map[string]any) ([]policy.Rule, error) {
+	return m.setPolicy(ctx, text, "admin", details)
+}
+
+// CheckPolicy is the dry run: may this agent do this?
+func (m *Mastio) CheckPolicy(agentID, action, resource string) (policy.Decision, error) {
+	p, ok := m.PolicyPrincipal(agentID)
+	if !ok {
+		return policy.Decision{}, fmt.Errorf("no active agent %s", agentID)
+	}
+	return m.Decide(p, action, resource), nil
+}
+
+// bindingLine is the rule a binding (agent -> server) stands for.
+func bindingLine(agentID, server string) string {
+	return "allow agent:" + agentID + " * " + server + "/*  # binding"
+}
+
+// SetBinding adds or removes the rule that lets an agent use everything
+// on one server.
+func (m *Mastio) SetBinding(ctx context.Context, agentID, server string, present bool, details map[string]any) ([]policy.Rule, error) {
+	m.policyMu.Lock()
+	defer m.policyMu.Unlock()
+	text := m.policy.Load().text
+	line := bindingLine(agentID, server)
+	var kept []string
+	found := false
+	for _, l := range strings.Split(strings.TrimRight(text, "\n"), "\n") {
+		if strings.TrimSpace(l) == line {
+			found = true
+			if !present {
+				continue
+			}
+		}
+		if l != "" || len(kept) > 0 {
+			kept = append(kept, l)
+		}
+	}
+	if present && !found {
+		kept = append(kept, line)
+	}
+	if found == present {
+		return m.policy.Load().rules, nil
+	}
+	return m.setPolicyLocked(ctx, strings.Join(kept, "\n")+"\n", "admin", details)
+}

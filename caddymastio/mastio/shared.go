@@ -1,0 +1,184 @@
+package mastio
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
+)
+
+// adminFailuresPerMinute bounds the failed admin secret attempts audited
+// in a minute from all addresses together (10 a minute per address).
+const adminFailuresPerMinute = 60
+
+// Config keys fixed at first start.
+const (
+	cfgOrgID      = "org_id"
+	cfgRootSHA256 = "org_ca_sha256"
+)
+
+// Shared is the state of one data location: the store, the audit writer,
+// the Org CA, the signing key ring, the registry and the caches a reload
+// must not reset. Open it once; every configuration's Mastio shares it.
+type Shared struct {
+	dataDir string
+	dbPath  string
+	orgID   string
+	logger  *zap.Logger
+
+	store    *store.Store
+	audit    *audit.Log
+	ca       *pki.CA
+	keys     *token.KeyRing
+	registry *registry.Registry
+	tokens   *token.Verifier
+	policy   atomic.Pointer[storedPolicy]
+	// policyMu serializes changes to the stored policy, so that the rules
+	// in memory are those of the last commit and a binding's
+	// read-modify-write loses no concurrent change.
+	policyMu sync.Mutex
+	// limiters are the MCP rate limiters, by route and scope.
+	limitersMu sync.Mutex
+	limiters   map[string]*ratelimit.Limiter
+	// The MCP servers registered through the admin API, once read.
+	storedMu sync.Mutex
+	stored   map[string]*Server
+	// keyStore holds secrets the Mastio uses (signing keys, upstream
+	// credentials): data/keys, files 0600.
+	keyStore pki.KeyStore
+	nonces   *dpop.Nonces
+	replay   dpop.ReplayCache
+	// challengeKey signs login challenges (stateless; single use through
+	// the replay cache).
+	challengeKey []byte
+
+	// Per-address limits on anonymous and failing requests. They live here
+	// so that a reload does not reset them.
+	adminFailLimit  *ratelimit.Limiter
+	adminFailGlobal *ratelimit.Limiter
+	adminUnaudited  atomic.Int64 // failures refused by adminFailGlobal since the last audited one
+	// inflight ends an agent's requests when its credentials are withdrawn.
+	inflight *inflight
+	// sessions remembers which agent opened each upstream MCP session.
+	sessions sessionOwners
+	// refusals limits the audited refusals per agent.
+	refusals *refusalAudit
+
+	// What prepareState found or generated in memory, and open writes.
+	caCreated     pki.Created
+	secretMu      sync.Mutex
+	pendingSecret string // a generated admin secret not yet written
+	openOnce      sync.Once
+	openErr       error
+
+	startOnce sync.Once
+	stop      chan struct{}
+	stopped   chan struct{}
+
+	readyMu   sync.Mutex
+	lastReady map[string]string // check -> last reported value, to log changes only
+
+	onCloseMu sync.Mutex
+	onClose   []func()
+
+	serverWatchMu  sync.Mutex
+	serverWatchers map[int]func(name string)
+	serverWatchSeq int
+}
+
+// maintain expires overdue enrollment sessions and ended certificate grace
+// periods once a minute (both are also enforced when they are looked at).
+func (s *Shared) maintain() {
+	defer close(s.stopped)
+	defer func() {
+		if err := recover(); err != nil {
+			s.logger.Error("maintenance loop panicked", zap.Any("error", err))
+		}
+	}()
+	t := time.NewTicker(time.Minute)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			ctx := context.Background()
+			if n, err := s.registry.ExpireEnrollments(ctx); err != nil {
+				s.logger.Error("expiring enrollment sessions", zap.Error(err))
+			} else if n > 0 {
+				s.logger.Info("expired enrollment sessions", zap.Int("count", n))
+			}
+			if err := s.keys.Reload(ctx); err != nil {
+				s.logger.Error("reloading signing keys", zap.Error(err))
+			}
+			if _, err := s.store.PurgeUsed(ctx); err != nil {
+				s.logger.Error("forgetting expired single-use credentials", zap.Error(err))
+			}
+			if n, err := s.registry.ExpireGrace(ctx); err != nil {
+				s.logger.Error("ending certificate grace periods", zap.Error(err))
+			} else if n > 0 {
+				s.logger.Info("ended certificate grace periods", zap.Int("count", n))
+			}
+		}
+	}
+}
+
+// Limiter returns the shared limiter for key, creating it (n events per
+// period, burst) on first use. Limiters outlive config reloads.
+func (s *Shared) Limiter(key string, n int, period time.Duration, burst int) *ratelimit.Limiter {
+	s.limitersMu.Lock()
+	defer s.limitersMu.Unlock()
+	k := fmt.Sprintf("%s|%d|%s|%d", key, n, period, burst)
+	l, ok := s.limiters[k]
+	if !ok {
+		l = ratelimit.New(n, period, burst, 100_000)
+		s.limiters[k] = l
+	}
+	return l
+}
+
+// Close stops what Open started and closes what it opened (flushing the
+// audit writer): the last configuration using the location is gone.
+func (s *Shared) Close() error {
+	if s.stop != nil {
+		close(s.stop)
+		<-s.stopped
+		s.stop = nil
+	}
+	s.onCloseMu.Lock()
+	fns := s.onClose
+	s.onClose = nil
+	s.onCloseMu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
+	if s.audit != nil {
+		s.audit.Close()
+		s.audit = nil
+	}
+	if s.store != nil {
+		err := s.store.Close()
+		s.store = nil
+		return err
+	}
+	return nil
+}
+
+// OnClose registers fn to run when the Shared closes (a surface's own
+// connections, say).
+func (s *Shared) OnClose(fn func()) {
+	s.onCloseMu.Lock()
+	s.onClose = append(s.onClose, fn)
+	s.onCloseMu.Unlock()
+}

@@ -1,0 +1,5 @@
+//go:build !unix
+
+package mastio
+
+func writableDir(string) error { return nil }

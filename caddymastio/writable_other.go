@@ -1,5 +1,0 @@
-//go:build !unix
-
-package caddymastio
-
-func writableDir(string) error { return nil }
