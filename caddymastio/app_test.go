@@ -17,7 +17,7 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
 )
 
 const testSecret = "3f9c2a7d41b8e6054c1d9a2f7e8b3c61"
@@ -70,7 +70,7 @@ func TestReloadSharesOneStateAndReleasesIt(t *testing.T) {
 
 	// Both loads are in the one chain, which verifies.
 	db := readDB(t, first.dbPath)
-	res, err := audit.Verify(context.Background(), db, 1, 0)
+	res, err := audit.Verify(context.Background(), sqlite.ReaderOn(db), 1, 0)
 	if err != nil || !res.OK() {
 		t.Fatalf("chain: %+v %v", res, err)
 	}
@@ -304,7 +304,7 @@ func TestLostDatabaseIsRefused(t *testing.T) {
 	}{
 		{"missing", func() { os.Remove(db) }},
 		{"empty", func() { os.WriteFile(db, nil, 0o600) }},
-		{"another", func() { os.Remove(db); st, _ := store.Open(context.Background(), db); st.Close() }},
+		{"another", func() { os.Remove(db); st, _ := sqlite.Open(context.Background(), db); st.Close() }},
 	} {
 		name := c.name
 		c.lose()

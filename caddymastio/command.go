@@ -3,7 +3,6 @@ package caddymastio
 import (
 	"context"
 	"crypto/x509"
-	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/client"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
 )
 
 func init() {
@@ -158,9 +158,10 @@ func auditCommand() *cobra.Command {
 the first row whose link or content is wrong. Exit status 0: intact; 1:
 broken at the reported seq; 2: could not be read.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			h, err := sql.Open("sqlite", "file:"+db+"?mode=ro&_pragma=busy_timeout(5000)")
+			h, err := sqlite.OpenReadOnly(db)
 			if err != nil {
-				return err
+				fmt.Fprintln(os.Stderr, "audit verify:", err)
+				os.Exit(2)
 			}
 			defer h.Close()
 			res, err := audit.Verify(cmd.Context(), h, from, to)

@@ -19,8 +19,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	_ "modernc.org/sqlite"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
 )
 
 // openDB opens the server's database read-only from the test.
@@ -53,7 +55,7 @@ func eventCounts(t testing.TB, db *sql.DB) map[string]int {
 
 func verifyChain(t testing.TB, db *sql.DB) int64 {
 	t.Helper()
-	res, err := audit.Verify(context.Background(), db, 1, 0)
+	res, err := audit.Verify(context.Background(), sqlite.ReaderOn(db), 1, 0)
 	if err != nil || !res.OK() {
 		t.Fatalf("audit chain does not verify: %+v %v", res, err)
 	}

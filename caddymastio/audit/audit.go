@@ -17,8 +17,9 @@
 // Concurrent Append calls are committed together in one transaction (group
 // commit, led by one of the callers) and each returns only after its row is
 // durable, so a response that depends on its audit row is never sent
-// before the row is on disk. The chain head is read inside each write
-// transaction, so even a second process on the same file cannot fork it.
+// before the row is on disk. A change of state is committed with its rows
+// (Change). The chain head is read inside each write transaction, so even
+// a second process on the same database cannot fork it.
 package audit
 
 import (
@@ -32,10 +33,11 @@ import (
 	"time"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/jcs"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 )
 
 // GenesisHash is prev_hash of the first row.
-var GenesisHash = make([]byte, sha256.Size)
+var GenesisHash = store.GenesisHash
 
 // Results used in the result column.
 const (

@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -15,16 +17,38 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/jcs"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
 )
 
-func newLog(t testing.TB) (*audit.Log, *store.Store) {
+// testDB is the store under test, with a handle of the test's own for
+// the SQL it checks (or tampers) with.
+type testDB struct {
+	*sqlite.DB
+	raw *sql.DB
+}
+
+func (d *testDB) Raw() *sql.DB { return d.raw }
+func (d *testDB) Path() string { return d.Location() }
+
+func openDB(t testing.TB, path string) *testDB {
 	t.Helper()
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "mastio.db"))
+	st, err := sqlite.Open(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := audit.Open(st.DB(), audit.Options{BeforeCommit: st.CheckFile})
-	t.Cleanup(func() { l.Close(); st.Close() })
+	raw, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { raw.Close(); st.Close() })
+	return &testDB{DB: st, raw: raw}
+}
+
+func newLog(t testing.TB) (*audit.Log, *testDB) {
+	t.Helper()
+	st := openDB(t, filepath.Join(t.TempDir(), "mastio.db"))
+	l := audit.Open(st, audit.Options{})
+	t.Cleanup(func() { l.Close() })
 	return l, st
 }
 
@@ -67,7 +91,7 @@ func TestAppendChainsRowsFromGenesis(t *testing.T) {
 		t.Fatal("time not UTC")
 	}
 
-	res, err := audit.Verify(ctx, st.DB(), 1, 0)
+	res, err := audit.Verify(ctx, st, 1, 0)
 	if err != nil || !res.OK() || res.Checked != 2 {
 		t.Fatalf("verify: %+v %v", res, err)
 	}
@@ -90,7 +114,7 @@ func TestAppendRejectsBadEventsAndStoresNothing(t *testing.T) {
 		}
 	}
 	var n int
-	st.DB().QueryRow(`SELECT COUNT(*) FROM audit_events`).Scan(&n)
+	st.Raw().QueryRow(`SELECT COUNT(*) FROM audit_events`).Scan(&n)
 	if n != 0 {
 		t.Fatalf("%d rows stored from invalid events", n)
 	}
@@ -128,7 +152,7 @@ func TestConcurrentAppendsKeepOneValidChain(t *testing.T) {
 	if len(uniq) != workers*each {
 		t.Fatalf("%d distinct seqs, want %d", len(uniq), workers*each)
 	}
-	res, err := audit.Verify(ctx, st.DB(), 1, 0)
+	res, err := audit.Verify(ctx, st, 1, 0)
 	if err != nil || !res.OK() || res.Checked != workers*each {
 		t.Fatalf("verify: %+v %v", res, err)
 	}
@@ -138,12 +162,8 @@ func TestTwoWritersOnOneFileDoNotForkTheChain(t *testing.T) {
 	// Even two Logs (as two processes would have) on one file keep a single
 	// chain, because each reads the head inside its write transaction.
 	_, st := newLog(t)
-	second, err := sql.Open("sqlite", "file:"+st.Path()+"?_pragma=busy_timeout(10000)&_txlock=immediate")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer second.Close()
-	a := audit.Open(st.DB(), audit.Options{})
+	second := openDB(t, st.Path())
+	a := audit.Open(st, audit.Options{})
 	b := audit.Open(second, audit.Options{})
 	defer a.Close()
 	defer b.Close()
@@ -163,7 +183,7 @@ func TestTwoWritersOnOneFileDoNotForkTheChain(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	res, err := audit.Verify(context.Background(), st.DB(), 1, 0)
+	res, err := audit.Verify(context.Background(), st, 1, 0)
 	if err != nil || !res.OK() || res.Checked != 200 {
 		t.Fatalf("verify: %+v %v", res, err)
 	}
@@ -181,13 +201,13 @@ func appendN(t *testing.T, l *audit.Log, n int) {
 func TestUpdateAndDeleteAreRefused(t *testing.T) {
 	l, st := newLog(t)
 	appendN(t, l, 3)
-	if _, err := st.DB().Exec(`UPDATE audit_events SET actor = 'mallory' WHERE seq = 2`); err == nil || !strings.Contains(err.Error(), "append-only") {
+	if _, err := st.Raw().Exec(`UPDATE audit_events SET actor = 'mallory' WHERE seq = 2`); err == nil || !strings.Contains(err.Error(), "append-only") {
 		t.Fatalf("UPDATE: %v", err)
 	}
-	if _, err := st.DB().Exec(`DELETE FROM audit_events WHERE seq = 3`); err == nil || !strings.Contains(err.Error(), "append-only") {
+	if _, err := st.Raw().Exec(`DELETE FROM audit_events WHERE seq = 3`); err == nil || !strings.Contains(err.Error(), "append-only") {
 		t.Fatalf("DELETE: %v", err)
 	}
-	res, _ := audit.Verify(context.Background(), st.DB(), 1, 0)
+	res, _ := audit.Verify(context.Background(), st, 1, 0)
 	if !res.OK() || res.Checked != 3 {
 		t.Fatalf("chain changed: %+v", res)
 	}
@@ -195,7 +215,7 @@ func TestUpdateAndDeleteAreRefused(t *testing.T) {
 
 // rawConn opens the database the way an attacker with file access would,
 // drops the guarding triggers and returns the handle.
-func rawConn(t *testing.T, st *store.Store) *sql.DB {
+func rawConn(t *testing.T, st *testDB) *sql.DB {
 	t.Helper()
 	db, err := sql.Open("sqlite", "file:"+st.Path()+"?_pragma=busy_timeout(10000)")
 	if err != nil {
@@ -231,7 +251,7 @@ func TestVerifyNamesTheTamperedRow(t *testing.T) {
 			if _, err := rawConn(t, st).Exec(c.tamper); err != nil {
 				t.Fatal(err)
 			}
-			res, err := audit.Verify(context.Background(), st.DB(), 1, 0)
+			res, err := audit.Verify(context.Background(), st, 1, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -248,12 +268,12 @@ func TestVerifyNamesTheTamperedRow(t *testing.T) {
 func TestVerifySubRange(t *testing.T) {
 	l, st := newLog(t)
 	appendN(t, l, 10)
-	res, err := audit.Verify(context.Background(), st.DB(), 4, 8)
+	res, err := audit.Verify(context.Background(), st, 4, 8)
 	if err != nil || !res.OK() || res.Checked != 5 {
 		t.Fatalf("%+v %v", res, err)
 	}
 	// Asking beyond the head reports the first missing row.
-	res, _ = audit.Verify(context.Background(), st.DB(), 1, 12)
+	res, _ = audit.Verify(context.Background(), st, 1, 12)
 	if res.FirstBad != 11 {
 		t.Fatalf("%+v", res)
 	}
@@ -326,13 +346,13 @@ func TestCloseUnderLoadLosesNoAcknowledgedRow(t *testing.T) {
 	l.Close()
 	wg.Wait()
 	var rows int64
-	if err := st.DB().QueryRow(`SELECT COUNT(*) FROM audit_events`).Scan(&rows); err != nil {
+	if err := st.Raw().QueryRow(`SELECT COUNT(*) FROM audit_events`).Scan(&rows); err != nil {
 		t.Fatal(err)
 	}
 	if rows != int64(len(acked)) {
 		t.Fatalf("%d rows acknowledged, %d in the database", len(acked), rows)
 	}
-	res, err := audit.Verify(ctx, st.DB(), 0, 0)
+	res, err := audit.Verify(ctx, st, 0, 0)
 	if err != nil || res.FirstBad != 0 {
 		t.Fatalf("chain after close: %+v %v", res, err)
 	}
@@ -341,24 +361,20 @@ func TestCloseUnderLoadLosesNoAcknowledgedRow(t *testing.T) {
 func TestRowsSurviveReopen(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "mastio.db")
-	st, err := store.Open(context.Background(), path)
+	st, err := sqlite.Open(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := audit.Open(st.DB(), audit.Options{Now: func() time.Time { return time.Unix(1700000000, 123456789) }})
+	l := audit.Open(st, audit.Options{Now: func() time.Time { return time.Unix(1700000000, 123456789) }})
 	r, err := l.Append(context.Background(), audit.Event{Type: "t.durable", Actor: "a"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	l.Close()
 	st.Close()
-	st, err = store.Open(context.Background(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	reopened := openDB(t, path)
 	var ts string
-	st.DB().QueryRow(`SELECT time FROM audit_events WHERE seq = ?`, r.Seq).Scan(&ts)
+	reopened.Raw().QueryRow(`SELECT time FROM audit_events WHERE seq = ?`, r.Seq).Scan(&ts)
 	if ts != "2023-11-14T22:13:20.123456789Z" {
 		t.Fatalf("stored time %q", ts)
 	}
@@ -384,7 +400,7 @@ func TestHashMatchesJCSForAwkwardStrings(t *testing.T) {
 	}
 }
 
-func TestAppendTxCommitsWithTheCallerAndInterleavesWithTheWriter(t *testing.T) {
+func TestChangeCommitsWithItsRowsAndInterleavesWithTheWriter(t *testing.T) {
 	l, st := newLog(t)
 	ctx := context.Background()
 	var wg sync.WaitGroup
@@ -397,27 +413,37 @@ func TestAppendTxCommitsWithTheCallerAndInterleavesWithTheWriter(t *testing.T) {
 			}
 		}
 	}()
+	failed := errors.New("the change fails")
 	for i := 0; i < 20; i++ {
-		tx, err := st.DB().BeginTx(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
+		_, err := l.Change(ctx, func(c *audit.Change) error {
+			if err := c.SetConfig(ctx, fmt.Sprint("k", i), "v"); err != nil {
+				return err
+			}
+			c.Record(audit.Event{Type: "t.tx", Actor: "a", Details: map[string]int{"i": i}})
+			if i%2 == 0 {
+				return failed // rolled back together with its change
+			}
+			return nil
+		})
+		if (i%2 == 0) != errors.Is(err, failed) {
+			t.Fatalf("change %d: %v", i, err)
 		}
-		if _, err := l.AppendTx(ctx, tx, audit.Event{Type: "t.tx", Actor: "a", Details: map[string]int{"i": i}}); err != nil {
-			t.Fatal(err)
-		}
-		if i%2 == 0 {
-			tx.Rollback() // rolled back together with whatever the caller did
-		} else if err := tx.Commit(); err != nil {
-			t.Fatal(err)
-		}
+	}
+	// An invalid event fails the change: nothing of it is committed.
+	if _, err := l.Change(ctx, func(c *audit.Change) error {
+		c.Record(audit.Event{Type: "t.bad"}) // no actor
+		return c.SetConfig(ctx, "bad", "v")
+	}); err == nil {
+		t.Fatal("a change with an invalid event committed")
 	}
 	wg.Wait()
-	var n int
-	st.DB().QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 't.tx'`).Scan(&n)
-	if n != 10 {
-		t.Fatalf("%d committed tx rows, want 10", n)
+	var n, kept int
+	st.Raw().QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 't.tx'`).Scan(&n)
+	st.Raw().QueryRow(`SELECT COUNT(*) FROM config WHERE value = 'v'`).Scan(&kept)
+	if n != 10 || kept != 10 {
+		t.Fatalf("%d committed rows and %d changes, want 10 and 10", n, kept)
 	}
-	res, err := audit.Verify(ctx, st.DB(), 1, 0)
+	res, err := audit.Verify(ctx, st, 1, 0)
 	if err != nil || !res.OK() || res.Checked != 60 {
 		t.Fatalf("verify: %+v %v", res, err)
 	}
@@ -434,25 +460,46 @@ func newHold() *holdFirst {
 	return &holdFirst{entered: make(chan struct{}), release: make(chan struct{})}
 }
 
-// newDelayedLog opens a log with the given CommitDelay whose first commit
-// is held by hold (nil: none).
-func newDelayedLog(t *testing.T, delay time.Duration, hold *holdFirst) (*audit.Log, *store.Store) {
-	t.Helper()
-	st, err := store.Open(context.Background(), filepath.Join(t.TempDir(), "mastio.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	before := func() error {
-		if hold != nil {
+// heldStore holds the first audit batch inside its transaction (where a
+// commit would check the file) until hold is released, and records the
+// durability each batch asks for.
+type heldStore struct {
+	*testDB
+	hold  *holdFirst
+	mu    sync.Mutex
+	syncs []audit.Sync
+}
+
+func (h *heldStore) AuditWriter() store.AuditWriter { return heldWriter{h.testDB.AuditWriter(), h} }
+
+type heldWriter struct {
+	store.AuditWriter
+	h *heldStore
+}
+
+func (w heldWriter) Append(ctx context.Context, d store.Durability, head *store.AuditHead,
+	rows func(store.AuditHead) ([]store.AuditRow, error)) error {
+	w.h.mu.Lock()
+	w.h.syncs = append(w.h.syncs, d)
+	w.h.mu.Unlock()
+	return w.AuditWriter.Append(ctx, d, head, func(h store.AuditHead) ([]store.AuditRow, error) {
+		if hold := w.h.hold; hold != nil {
 			hold.once.Do(func() {
 				close(hold.entered)
 				<-hold.release
 			})
 		}
-		return st.CheckFile()
-	}
-	l := audit.Open(st.DB(), audit.Options{BeforeCommit: before, CommitDelay: delay})
-	t.Cleanup(func() { l.Close(); st.Close() })
+		return rows(h)
+	})
+}
+
+// newDelayedLog opens a log with the given CommitDelay whose first commit
+// is held by hold (nil: none).
+func newDelayedLog(t *testing.T, delay time.Duration, hold *holdFirst) (*audit.Log, *heldStore) {
+	t.Helper()
+	st := &heldStore{testDB: openDB(t, filepath.Join(t.TempDir(), "mastio.db")), hold: hold}
+	l := audit.Open(st, audit.Options{CommitDelay: delay})
+	t.Cleanup(func() { l.Close() })
 	return l, st
 }
 
@@ -522,7 +569,7 @@ func TestCommitWaitsForAnExpectedRowAndCommitsItInTheSameBatch(t *testing.T) {
 	within(t, second, "second row")
 	within(t, third, "expected row")
 	var commits int
-	if err := st.DB().QueryRow(`SELECT COUNT(DISTINCT time) FROM audit_events WHERE event_type IN ('t.second', 't.third')`).Scan(&commits); err != nil {
+	if err := st.Raw().QueryRow(`SELECT COUNT(DISTINCT time) FROM audit_events WHERE event_type IN ('t.second', 't.third')`).Scan(&commits); err != nil {
 		t.Fatal(err)
 	}
 	if commits != 1 {
@@ -562,27 +609,17 @@ func TestLoneRowsDoNotWaitForExpectedRows(t *testing.T) {
 	within(t, loaded(t, l2, hold), "a row under load with nothing expected")
 }
 
-func TestSyncOSAppliesToTheWriterConnectionOnly(t *testing.T) {
-	l, st := newLog(t)
+func TestSetSyncReachesTheWriter(t *testing.T) {
+	l, st := newDelayedLog(t, 0, nil)
 	appendN(t, l, 1)
-	if got := l.ConnSynchronous(); got != 2 {
-		t.Fatalf("default: synchronous=%d, want 2 (FULL)", got)
-	}
 	l.SetSync(audit.SyncOS)
 	appendN(t, l, 1)
-	if got := l.ConnSynchronous(); got != 1 {
-		t.Fatalf("SyncOS: synchronous=%d, want 1 (NORMAL)", got)
-	}
-	var other int // the store's other connections stay FULL
-	if err := st.DB().QueryRow("PRAGMA synchronous").Scan(&other); err != nil || other != 2 {
-		t.Fatalf("store connection: synchronous=%d (%v), want 2", other, err)
-	}
 	l.SetSync(audit.SyncFull)
 	appendN(t, l, 1)
-	if got := l.ConnSynchronous(); got != 2 {
-		t.Fatalf("back to SyncFull: synchronous=%d, want 2", got)
+	if fmt.Sprint(st.syncs) != fmt.Sprint([]audit.Sync{audit.SyncFull, audit.SyncOS, audit.SyncFull}) {
+		t.Fatalf("the writer was asked for %v", st.syncs)
 	}
-	if res, err := audit.Verify(context.Background(), st.DB(), 0, 0); err != nil || !res.OK() {
+	if res, err := audit.Verify(context.Background(), st, 0, 0); err != nil || !res.OK() {
 		t.Fatalf("%+v %v", res, err)
 	}
 }

@@ -56,7 +56,7 @@ func benchmarkAppend(b *testing.B, mode audit.Sync, appenders int) {
 // pragmas (WAL, synchronous=FULL), no hashing, no canonical JSON.
 func BenchmarkRawBatchedInsert(b *testing.B) {
 	_, st := newLog(b)
-	db := st.DB()
+	db := st.Raw()
 	ctx := context.Background()
 	details := `{"args_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","decision":"allow","duration_ms":3,"rule":"allow-all"}`
 	h := sha256.Sum256([]byte("x"))

@@ -3,11 +3,12 @@ package audit
 import (
 	"bytes"
 	"context"
-	"database/sql"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 )
 
 // VerifyResult is the outcome of Verify.
@@ -27,77 +28,76 @@ type VerifyResult struct {
 // OK reports whether every row in the range verified.
 func (v VerifyResult) OK() bool { return v.FirstBad == 0 }
 
+// errStop ends a walk of the rows early.
+var errStop = errors.New("stop")
+
 // Verify walks the chain from seq from to seq to (inclusive; to <= 0 means
 // the newest row) and reports the first row whose link or hash is wrong.
 // For from > 1 the stored hash of row from-1 is taken as the anchor.
-func Verify(ctx context.Context, db *sql.DB, from, to int64) (VerifyResult, error) {
+func Verify(ctx context.Context, st store.Reader, from, to int64) (VerifyResult, error) {
 	if from < 1 {
 		from = 1
 	}
 	if to <= 0 {
-		var err error
-		if to, _, err = head(ctx, db); err != nil {
+		h, err := st.AuditHead(ctx)
+		if err != nil {
 			return VerifyResult{}, err
 		}
+		to = h.Seq
 	}
 	res := VerifyResult{From: from, To: to}
 	prev := GenesisHash
 	if from > 1 {
-		err := db.QueryRowContext(ctx, `SELECT hash FROM audit_events WHERE seq = ?`, from-1).Scan(&prev)
-		if errors.Is(err, sql.ErrNoRows) {
-			res.FirstBad, res.Reason = from-1, "row is missing"
-			return res, nil
-		}
+		var anchor []byte
+		err := st.AuditRows(ctx, from-1, from-1, func(r store.AuditRow) error { anchor = r.Hash; return nil })
 		if err != nil {
 			return res, fmt.Errorf("audit: reading anchor row %d: %w", from-1, err)
 		}
-	}
-	rows, err := db.QueryContext(ctx, `SELECT seq, time, event_type, actor, subject, result, details, prev_hash, hash
-		FROM audit_events WHERE seq BETWEEN ? AND ? ORDER BY seq`, from, to)
-	if err != nil {
-		return res, fmt.Errorf("audit: reading rows: %w", err)
-	}
-	defer rows.Close()
-	want := from
-	for rows.Next() {
-		var r Record
-		var ts, details string
-		if err := rows.Scan(&r.Seq, &ts, &r.Type, &r.Actor, &r.Subject, &r.Result, &details, &r.PrevHash, &r.Hash); err != nil {
-			return res, fmt.Errorf("audit: reading row: %w", err)
-		}
-		if r.Seq != want {
-			res.FirstBad, res.Reason = want, fmt.Sprintf("row is missing (next row is %d)", r.Seq)
+		if anchor == nil {
+			res.FirstBad, res.Reason = from-1, "row is missing"
 			return res, nil
+		}
+		prev = anchor
+	}
+	want := from
+	err := st.AuditRows(ctx, from, to, func(row store.AuditRow) error {
+		if row.Seq != want {
+			res.FirstBad, res.Reason = want, fmt.Sprintf("row is missing (next row is %d)", row.Seq)
+			return errStop
 		}
 		want++
-		if !bytes.Equal(r.PrevHash, prev) {
-			res.FirstBad, res.Reason = r.Seq, fmt.Sprintf("prev_hash %s does not match the hash of row %d (%s)",
-				short(r.PrevHash), r.Seq-1, short(prev))
-			return res, nil
+		if !bytes.Equal(row.PrevHash, prev) {
+			res.FirstBad, res.Reason = row.Seq, fmt.Sprintf("prev_hash %s does not match the hash of row %d (%s)",
+				short(row.PrevHash), row.Seq-1, short(prev))
+			return errStop
 		}
-		t, err := time.Parse(TimeFormat, ts)
-		if err != nil || t.UTC().Format(TimeFormat) != ts {
-			res.FirstBad, res.Reason = r.Seq, fmt.Sprintf("time %q is not in the canonical format", ts)
-			return res, nil
+		t, err := time.Parse(TimeFormat, row.Time)
+		if err != nil || t.UTC().Format(TimeFormat) != row.Time {
+			res.FirstBad, res.Reason = row.Seq, fmt.Sprintf("time %q is not in the canonical format", row.Time)
+			return errStop
 		}
-		r.Time = t
-		r.Details = []byte(details)
+		r := Record{Seq: row.Seq, Time: t, Type: row.Type, Actor: row.Actor, Subject: row.Subject, Result: row.Result,
+			Details: row.Details, PrevHash: row.PrevHash, Hash: row.Hash}
 		got, err := r.ComputeHash()
 		if err != nil {
 			res.FirstBad, res.Reason = r.Seq, fmt.Sprintf("row content is not valid: %v", err)
-			return res, nil
+			return errStop
 		}
 		if !bytes.Equal(got, r.Hash) {
 			res.FirstBad, res.Reason = r.Seq, fmt.Sprintf("stored hash %s does not match the row content (%s)",
 				short(r.Hash), short(got))
-			return res, nil
+			return errStop
 		}
 		prev = r.Hash
 		res.Checked++
 		res.HeadHash = r.Hash
+		return nil
+	})
+	if errors.Is(err, errStop) {
+		return res, nil
 	}
-	if err := rows.Err(); err != nil {
-		return res, fmt.Errorf("audit: reading rows: %w", err)
+	if err != nil {
+		return res, err
 	}
 	if want <= to {
 		res.FirstBad, res.Reason = want, "row is missing"

@@ -1,14 +1,14 @@
 package audit
 
 import (
-	"bytes"
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 )
 
 // ErrClosed is returned by Append after Close.
@@ -18,11 +18,6 @@ var ErrClosed = errors.New("audit log is closed")
 type Options struct {
 	// MaxBatch is the most rows one transaction commits. Default 512.
 	MaxBatch int
-	// BeforeCommit, if set, runs inside each write transaction just before
-	// COMMIT; an error aborts the batch and fails every Append in it. The
-	// Mastio uses it to refuse commits into a database file that was deleted
-	// or replaced while open.
-	BeforeCommit func() error
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
 	// CommitDelay is how long a commit may wait for rows that callers
@@ -38,30 +33,21 @@ type Options struct {
 }
 
 // Sync says how durable a committed row is when Append returns.
-type Sync int32
+type Sync = store.Durability
 
 const (
 	// SyncFull fsyncs every commit: an acknowledged row survives a power
-	// loss or a kernel crash (SQLite synchronous=FULL).
-	SyncFull Sync = iota
+	// loss or a kernel crash.
+	SyncFull = store.SyncFull
 	// SyncOS hands every commit to the operating system without waiting
 	// for the disk: an acknowledged row survives a crash, kill or restart
 	// of the process, but a power loss or kernel crash may lose the last
 	// commits (never the chain's integrity: the database stays consistent
-	// and verifiable). SQLite synchronous=NORMAL, on the audit writer's
-	// connection only.
-	SyncOS
+	// and verifiable).
+	SyncOS = store.SyncOS
 )
 
-// String returns "full" or "os".
-func (s Sync) String() string {
-	if s == SyncOS {
-		return "os"
-	}
-	return "full"
-}
-
-// Log appends to the audit_events table of db.
+// Log appends to the audit chain of a store.
 //
 // An Append that finds nobody committing commits its own row at once, in
 // its own goroutine, without waking anyone. Rows that arrive meanwhile
@@ -69,35 +55,26 @@ func (s Sync) String() string {
 // keeps committing whatever queued during the previous batch, one
 // transaction and one fsync per batch, until the queue is empty.
 type Log struct {
-	db   *sql.DB
-	opts Options
+	st     store.Store
+	writer store.AuditWriter
+	opts   Options
 
-	mu      sync.Mutex
-	closed  bool
-	leading bool // a commit is running or due; true whenever queue is not empty
-	queue   []*appendReq
-	idle    *sync.Cond // broadcast when leading turns false
-
+	mu       sync.Mutex
+	closed   bool
+	leading  bool // a commit is running or due; true whenever queue is not empty
+	queue    []*appendReq
+	idle     *sync.Cond    // broadcast when leading turns false
 	delay    atomic.Int64  // CommitDelay, settable
 	sync     atomic.Int32  // Sync, settable
-	connSync Sync          // the synchronous setting of conn (writer state)
 	expected int           // rows announced by Expect and not yet appended or cancelled
 	waiting  bool          // a commit waits for expected rows
 	arrived  chan struct{} // wakes that commit when a row is queued or an expectation cancelled
 
-	// Writer state: only the goroutine that leads touches these. The writer
-	// keeps one connection with its INSERT prepared, instead of taking a
-	// pooled connection and preparing the statement for every batch.
-	conn               *sql.Conn
-	stmt               *sql.Stmt // the INSERT
-	begin, end, rewind *sql.Stmt // BEGIN IMMEDIATE, COMMIT, ROLLBACK
-
 	// The chain head as of the writer's last commit, so a commit need not
-	// read it back. AppendTx sets headStale, since it extends the chain
-	// behind the writer's back.
+	// read it back (only the goroutine that leads touches it). Change sets
+	// headStale, since it extends the chain behind the writer's back.
 	headKnown bool
-	headSeq   int64
-	headHash  []byte
+	head      store.AuditHead
 	headStale atomic.Bool
 }
 
@@ -112,16 +89,15 @@ type appendRes struct {
 	err error
 }
 
-// Open returns the writer for db, which must carry the schema of package
-// store. Close releases it.
-func Open(db *sql.DB, opts Options) *Log {
+// Open returns the audit log of st. Close releases it.
+func Open(st store.Store, opts Options) *Log {
 	if opts.MaxBatch <= 0 {
 		opts.MaxBatch = 512
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	l := &Log{db: db, opts: opts, arrived: make(chan struct{}, 1)}
+	l := &Log{st: st, writer: st.AuditWriter(), opts: opts, arrived: make(chan struct{}, 1)}
 	l.idle = sync.NewCond(&l.mu)
 	l.delay.Store(int64(opts.CommitDelay))
 	l.sync.Store(int32(opts.Sync))
@@ -318,7 +294,7 @@ func (l *Log) Close() error {
 		l.idle.Wait()
 	}
 	l.mu.Unlock()
-	l.dropConn()
+	l.writer.Close()
 	return nil
 }
 
@@ -328,7 +304,6 @@ func (l *Log) Close() error {
 func (l *Log) commit(batch []*appendReq) (recs []Record, err error) {
 	defer func() {
 		if p := recover(); p != nil { // never leave the waiters hanging
-			l.dropConn()
 			l.headKnown = false
 			recs, err = nil, fmt.Errorf("audit: commit panicked: %v", p)
 		}
@@ -343,130 +318,79 @@ func (l *Log) commit(batch []*appendReq) (recs []Record, err error) {
 		return nil, err
 	}
 	last := recs[len(recs)-1]
-	l.headKnown, l.headSeq, l.headHash = true, last.Seq, last.Hash
+	l.headKnown, l.head = true, store.AuditHead{Seq: last.Seq, Hash: last.Hash}
 	return recs, nil
-}
-
-// connect opens the writer's connection and prepares its statements, if
-// that is not done yet.
-func (l *Log) connect(ctx context.Context) error {
-	if l.conn != nil {
-		return nil
-	}
-	conn, err := l.db.Conn(ctx)
-	if err != nil {
-		return fmt.Errorf("audit: connecting: %w", err)
-	}
-	l.conn = conn
-	for _, p := range []struct {
-		stmt **sql.Stmt
-		sql  string
-	}{{&l.stmt, insertSQL}, {&l.begin, "BEGIN IMMEDIATE"}, {&l.end, "COMMIT"}, {&l.rewind, "ROLLBACK"}} {
-		if *p.stmt, err = conn.PrepareContext(ctx, p.sql); err != nil {
-			l.dropConn()
-			return fmt.Errorf("audit: preparing %q: %w", p.sql, err)
-		}
-	}
-	return nil
-}
-
-// dropConn closes the writer's connection; the next batch opens another.
-func (l *Log) dropConn() {
-	for _, st := range []*sql.Stmt{l.stmt, l.begin, l.end, l.rewind} {
-		if st != nil {
-			st.Close()
-		}
-	}
-	if l.conn != nil {
-		l.conn.Close()
-	}
-	l.conn, l.stmt, l.begin, l.end, l.rewind = nil, nil, nil, nil, nil
-	l.connSync = SyncFull // a new connection starts with the store's DSN (FULL)
 }
 
 func (l *Log) commitOnce(batch []*appendReq) ([]Record, error) {
-	ctx := context.Background()
-	if err := l.connect(ctx); err != nil {
+	var known *store.AuditHead
+	if !l.headStale.Swap(false) && l.headKnown {
+		known = &l.head
+	}
+	l.headKnown = false
+	var recs []Record
+	err := l.writer.Append(context.Background(), Sync(l.sync.Load()), known, func(h store.AuditHead) ([]store.AuditRow, error) {
+		now := l.opts.Now().UTC()
+		rows := make([]store.AuditRow, len(batch))
+		recs = make([]Record, len(batch))
+		for i, r := range batch {
+			rows[i], recs[i] = chain(h, now, r.ev, r.details)
+			h = store.AuditHead{Seq: rows[i].Seq, Hash: rows[i].Hash}
+		}
+		return rows, nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	var err error
-	if want := Sync(l.sync.Load()); want != l.connSync {
-		pragma := "PRAGMA synchronous=FULL"
-		if want == SyncOS {
-			pragma = "PRAGMA synchronous=NORMAL"
-		}
-		if _, err = l.conn.ExecContext(ctx, pragma); err != nil {
-			l.dropConn()
-			return nil, fmt.Errorf("audit: %s: %w", pragma, err)
-		}
-		l.connSync = want
-	}
-	if _, err = l.begin.ExecContext(ctx); err != nil {
-		l.dropConn()
-		return nil, fmt.Errorf("audit: begin: %w", err)
-	}
-	done := false
-	defer func() {
-		if !done && l.rewind != nil {
-			if _, err := l.rewind.ExecContext(ctx); err != nil {
-				l.dropConn() // a connection in an unknown state is not reused
-			}
-		}
-	}()
-
-	// The write lock is held from here: an AppendTx that ran before has
-	// committed or rolled back, and it marked the cached head stale.
-	seq, prev := l.headSeq, l.headHash
-	if l.headStale.Swap(false) || !l.headKnown {
-		l.headKnown = false
-		if seq, prev, err = head(ctx, l.conn); err != nil {
-			return nil, err
-		}
-	}
-
-	now := l.opts.Now().UTC()
-	ts := now.Format(TimeFormat)
-	stamp, _ := time.Parse(TimeFormat, ts) // the stored (truncated-to-format) time
-	recs := make([]Record, len(batch))
-	for i, r := range batch {
-		if recs[i], err = insertRow(ctx, l.stmt.ExecContext, seq+1, ts, stamp, r.ev, r.details, prev); err != nil {
-			return nil, err
-		}
-		seq, prev = recs[i].Seq, recs[i].Hash
-	}
-	if l.opts.BeforeCommit != nil {
-		if err := l.opts.BeforeCommit(); err != nil {
-			return nil, fmt.Errorf("audit: not committing: %w", err)
-		}
-	}
-	if _, err := l.end.ExecContext(ctx); err != nil {
-		return nil, fmt.Errorf("audit: commit: %w", err)
-	}
-	done = true
 	return recs, nil
 }
 
-// AppendTx adds ev to the chain inside tx, a write transaction the caller
-// owns (begun with BEGIN IMMEDIATE, as the store's transactions are), so a
-// state change and its audit row commit or roll back together. The row is
-// durable once the caller commits; the chain head is read inside tx, which
-// serializes it with the group-commit writer.
-func (l *Log) AppendTx(ctx context.Context, tx *sql.Tx, ev Event) (Record, error) {
-	ev, details, err := prepare(ev)
+// A Change is one write transaction of the store with the audit rows that
+// record it: both commit, or neither (see Log.Change).
+type Change struct {
+	store.Tx
+	events []Event
+}
+
+// Record adds ev to the rows the change commits with.
+func (c *Change) Record(ev Event) { c.events = append(c.events, ev) }
+
+// Change runs fn in one write transaction of the store and appends the
+// events fn recorded, chained in the same transaction: the change and its
+// audit rows commit together or not at all, and the rows are durable once
+// Change returns nil. This is the only way the Mastio changes its state.
+func (l *Log) Change(ctx context.Context, fn func(c *Change) error) ([]Record, error) {
+	var recs []Record
+	err := l.st.Update(ctx, func(tx store.Tx) error {
+		c := &Change{Tx: tx}
+		if err := fn(c); err != nil {
+			return err
+		}
+		if len(c.events) == 0 {
+			return nil
+		}
+		l.headStale.Store(true)
+		h, err := tx.AuditHead(ctx)
+		if err != nil {
+			return err
+		}
+		now := l.opts.Now().UTC()
+		rows := make([]store.AuditRow, len(c.events))
+		recs = make([]Record, len(c.events))
+		for i, ev := range c.events {
+			ev, details, err := prepare(ev)
+			if err != nil {
+				return err
+			}
+			rows[i], recs[i] = chain(h, now, ev, details)
+			h = store.AuditHead{Seq: rows[i].Seq, Hash: rows[i].Hash}
+		}
+		return tx.AppendAudit(ctx, rows...)
+	})
 	if err != nil {
-		return Record{}, err
+		return nil, err
 	}
-	l.headStale.Store(true)
-	seq, prev, err := head(ctx, tx)
-	if err != nil {
-		return Record{}, err
-	}
-	exec := func(ctx context.Context, args ...any) (sql.Result, error) {
-		return tx.ExecContext(ctx, insertSQL, args...)
-	}
-	ts := l.opts.Now().UTC().Format(TimeFormat)
-	stamp, _ := time.Parse(TimeFormat, ts)
-	return insertRow(ctx, exec, seq+1, ts, stamp, ev, details, prev)
+	return recs, nil
 }
 
 // prepare validates ev, defaults its result and canonicalizes its details.
@@ -481,40 +405,21 @@ func prepare(ev Event) (Event, []byte, error) {
 	return ev, details, err
 }
 
-const insertSQL = `INSERT INTO audit_events (seq, time, event_type, actor, subject, result, details, prev_hash, hash)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`
-
-// execFunc runs insertSQL with args (a prepared statement's ExecContext,
-// or a transaction's with the query bound).
-type execFunc func(ctx context.Context, args ...any) (sql.Result, error)
-
-// insertRow chains ev after prev as row seq, stamped ts (stamp parsed).
-func insertRow(ctx context.Context, exec execFunc, seq int64, ts string, stamp time.Time, ev Event, details, prev []byte) (Record, error) {
-	h := rowHash(prev, seq, ts, ev.Type, ev.Actor, ev.Subject, ev.Result, details)
-	if _, err := exec(ctx, seq, ts, ev.Type, ev.Actor, ev.Subject, ev.Result, string(details), prev, h); err != nil {
-		return Record{}, fmt.Errorf("audit: inserting row %d: %w", seq, err)
-	}
-	return Record{Seq: seq, Time: stamp, Type: ev.Type, Actor: ev.Actor, Subject: ev.Subject, Result: ev.Result,
-		Details: details, PrevHash: prev, Hash: h}, nil
-}
-
-type querier interface {
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-func head(ctx context.Context, q querier) (int64, []byte, error) {
-	var seq int64
-	var h []byte
-	err := q.QueryRowContext(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&seq, &h)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, bytes.Clone(GenesisHash), nil
-	}
-	if err != nil {
-		return 0, nil, fmt.Errorf("audit: reading chain head: %w", err)
-	}
-	return seq, h, nil
+// chain makes ev (prepared) the row after head, stamped now.
+func chain(head store.AuditHead, now time.Time, ev Event, details []byte) (store.AuditRow, Record) {
+	ts := now.Format(TimeFormat)
+	stamp, _ := time.Parse(TimeFormat, ts) // the stored (truncated-to-format) time
+	seq := head.Seq + 1
+	h := rowHash(head.Hash, seq, ts, ev.Type, ev.Actor, ev.Subject, ev.Result, details)
+	row := store.AuditRow{Seq: seq, Time: ts, Type: ev.Type, Actor: ev.Actor, Subject: ev.Subject, Result: ev.Result,
+		Details: details, PrevHash: head.Hash, Hash: h}
+	return row, Record{Seq: seq, Time: stamp, Type: ev.Type, Actor: ev.Actor, Subject: ev.Subject, Result: ev.Result,
+		Details: details, PrevHash: head.Hash, Hash: h}
 }
 
 // Head returns the seq and hash of the newest row (0 and GenesisHash when
 // the log is empty).
-func (l *Log) Head(ctx context.Context) (int64, []byte, error) { return head(ctx, l.db) }
+func (l *Log) Head(ctx context.Context) (int64, []byte, error) {
+	h, err := l.st.AuditHead(ctx)
+	return h.Seq, h.Hash, err
+}

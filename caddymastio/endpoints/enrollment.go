@@ -103,7 +103,7 @@ func (h *Handler) enrollmentStatus(w http.ResponseWriter, r *http.Request) {
 		h.registryError(w, r, err)
 		return
 	}
-	if !e.VerifyStatusProof(r.Header.Get("X-Enrollment-Proof")) {
+	if !registry.VerifyStatusProof(e, r.Header.Get("X-Enrollment-Proof")) {
 		httpjson.Write(w, 200, map[string]any{
 			"session_id": e.SessionID,
 			"status":     e.Status,
@@ -115,7 +115,7 @@ func (h *Handler) enrollmentStatus(w http.ResponseWriter, r *http.Request) {
 		ExpiresAt: e.ExpiresAt.Format(time.RFC3339)}
 	switch e.Status {
 	case registry.EnrollApproved:
-		certPEM := e.CertPEM()
+		certPEM := e.CertPEM
 		resp.AgentID, resp.CertPEM = &e.AgentID, &certPEM
 		resp.Capabilities = e.Capabilities
 		resp.CAPEM = string(h.m.CA().RootPEM())

@@ -10,7 +10,7 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
 )
 
 // InitDatabase creates an empty database for the Org CA already in
@@ -38,36 +38,36 @@ func InitDatabase(ctx context.Context, dataDir, dbPath string) (orgID string, er
 	}
 	orgID = root.Subject.Organization[0]
 	if hasFile(dbPath) {
-		st, err := store.Open(ctx, dbPath)
+		have, _, err := sqlite.Peek(ctx, dbPath, cfgRootSHA256)
 		if err != nil {
 			return "", fmt.Errorf("database: %w", err)
 		}
-		_, have, err := st.GetConfig(ctx, cfgRootSHA256)
-		st.Close()
-		if err != nil {
-			return "", err
-		}
-		if have {
+		if have[cfgRootSHA256] != "" {
 			return "", fmt.Errorf("the database %s already belongs to an installation: nothing to do", dbPath)
 		}
 	}
-	st, err := store.Open(ctx, dbPath)
+	st, err := sqlite.Open(ctx, dbPath)
 	if err != nil {
 		return "", fmt.Errorf("database: %w", err)
 	}
 	defer st.Close()
-	log := audit.Open(st.DB(), audit.Options{BeforeCommit: st.CheckFile})
+	log := audit.Open(st, audit.Options{})
 	defer log.Close()
 	sum := pki.Fingerprint(root)
-	if _, err := st.InitConfig(ctx, cfgRootSHA256, sum); err != nil {
-		return "", err
-	}
-	if got, err := st.InitConfig(ctx, cfgOrgID, orgID); err != nil || got != orgID {
-		return "", errors.Join(err, fmt.Errorf("org id %q recorded, %q expected", got, orgID))
-	}
-	if _, err := log.Append(ctx, audit.Event{Type: "system.database_created", Actor: "operator", Subject: orgID,
-		Details: map[string]any{"reason": "caddy mastio init-database: a new database beside the existing Org CA",
-			"org_ca_sha256": sum, "database": dbPath, "pid": os.Getpid()}}); err != nil {
+	// The facts and the first row of the new chain, in one transaction.
+	_, err = log.Change(ctx, func(c *audit.Change) error {
+		if _, err := c.InitConfig(ctx, cfgRootSHA256, sum); err != nil {
+			return err
+		}
+		if got, err := c.InitConfig(ctx, cfgOrgID, orgID); err != nil || got != orgID {
+			return errors.Join(err, fmt.Errorf("org id %q recorded, %q expected", got, orgID))
+		}
+		c.Record(audit.Event{Type: "system.database_created", Actor: "operator", Subject: orgID,
+			Details: map[string]any{"reason": "caddy mastio init-database: a new database beside the existing Org CA",
+				"org_ca_sha256": sum, "database": dbPath, "pid": os.Getpid()}})
+		return nil
+	})
+	if err != nil {
 		return "", err
 	}
 	return orgID, nil

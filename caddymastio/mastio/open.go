@@ -23,6 +23,7 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
 )
 
@@ -56,7 +57,7 @@ func Prepare(dataDir, dbPath, orgHint string, logger *zap.Logger) (*Shared, erro
 	known := map[string]string{}
 	if haveDB {
 		var err error
-		if known, _, err = store.Peek(ctx, dbPath, cfgRootSHA256, cfgOrgID); err != nil {
+		if known, _, err = sqlite.Peek(ctx, dbPath, cfgRootSHA256, cfgOrgID); err != nil {
 			return nil, fmt.Errorf("database: %w", err)
 		}
 	}
@@ -115,20 +116,20 @@ func (s *Shared) openAll() error {
 		s.logger.Warn("no admin_secret configured: generated one; read it from the file (and set admin_secret for production)",
 			zap.String("file", filepath.Join(s.dataDir, "admin-secret")))
 	}
-	st, err := store.Open(ctx, s.dbPath)
+	st, err := sqlite.Open(ctx, s.dbPath)
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
 	s.store = st
-	s.audit = audit.Open(st.DB(), audit.Options{BeforeCommit: st.CheckFile})
+	s.audit = audit.Open(st, audit.Options{})
 	ca := s.ca
 	rootSum := pki.Fingerprint(ca.Root())
-	if stored, err := st.InitConfig(ctx, cfgRootSHA256, rootSum); err != nil {
+	if stored, err := initConfig(ctx, st, cfgRootSHA256, rootSum); err != nil {
 		return err
 	} else if stored != rootSum {
 		return fmt.Errorf("the Org CA (sha256 %s) is not the one the database %s was created with (sha256 %s)", rootSum, s.dbPath, stored)
 	}
-	if org, err := st.InitConfig(ctx, cfgOrgID, s.orgID); err != nil {
+	if org, err := initConfig(ctx, st, cfgOrgID, s.orgID); err != nil {
 		return err
 	} else if org != s.orgID {
 		return fmt.Errorf("the database %s holds org id %q, %q was expected", s.dbPath, org, s.orgID)
@@ -136,13 +137,12 @@ func (s *Shared) openAll() error {
 	if err := s.auditCreatedCA(ctx, rootSum); err != nil {
 		return err
 	}
-	ring, newKey, err := token.OpenKeyRing(ctx, st.DB(), s.keyStore)
+	ring, newKey, err := token.OpenKeyRing(ctx, st, s.audit, s.keyStore)
 	if err != nil {
 		return fmt.Errorf("signing keys: %w", err)
 	}
 	s.keys = ring
-	if s.registry, err = registry.Open(ctx, registry.Config{DB: st.DB(), Audit: s.audit, CA: ca, Org: s.orgID,
-		BeforeCommit: st.CheckFile}); err != nil {
+	if s.registry, err = registry.Open(ctx, registry.Config{Store: st, Audit: s.audit, CA: ca, Org: s.orgID}); err != nil {
 		return fmt.Errorf("agent registry: %w", err)
 	}
 	s.tokens = token.NewVerifier(ring, 100_000)
@@ -157,10 +157,7 @@ func (s *Shared) openAll() error {
 	s.adminFailLimit = ratelimit.New(10, time.Minute, 10, 100_000)
 	s.adminFailGlobal = ratelimit.New(adminFailuresPerMinute, time.Minute, adminFailuresPerMinute, 1)
 	if newKey != nil {
-		if _, err := s.audit.Append(ctx, audit.Event{Type: "token.signing_key_created", Actor: "system", Subject: newKey.Kid,
-			Details: map[string]any{"alg": newKey.Alg, "status": newKey.Status}}); err != nil {
-			return err
-		}
+		s.logger.Info("created the first token signing key", zap.String("kid", newKey.Kid))
 	}
 	s.stop, s.stopped = make(chan struct{}), make(chan struct{})
 	go s.maintain()
@@ -205,7 +202,7 @@ func (s *Shared) openReplayProtection(ctx context.Context) error {
 	if _, err := rand.Read(fresh); err != nil {
 		return err
 	}
-	keyB64, err := s.store.InitConfig(ctx, "dpop_nonce_key", base64.RawStdEncoding.EncodeToString(fresh))
+	keyB64, err := initConfig(ctx, s.store, "dpop_nonce_key", base64.RawStdEncoding.EncodeToString(fresh))
 	if err != nil {
 		return err
 	}
@@ -219,6 +216,16 @@ func (s *Shared) openReplayProtection(ctx context.Context) error {
 	mac.Write(s.replay.Epoch())
 	s.challengeKey = mac.Sum(nil)
 	return nil
+}
+
+// initConfig fixes a first-start fact: value is stored under key unless
+// the key has one; the value stored is returned.
+func initConfig(ctx context.Context, st store.Store, key, value string) (stored string, err error) {
+	err = st.Update(ctx, func(tx store.Tx) error {
+		stored, err = tx.InitConfig(ctx, key, value)
+		return err
+	})
+	return stored, err
 }
 
 // hasFile reports a regular file that is not empty (an empty database

@@ -6,11 +6,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 )
 
 // cfgPolicy is the config key of the policy rules managed through the
@@ -24,7 +22,7 @@ type storedPolicy struct {
 
 // loadPolicy reads the stored rules.
 func (s *Shared) loadPolicy(ctx context.Context) error {
-	text, _, err := s.store.GetConfig(ctx, cfgPolicy)
+	text, _, err := s.store.Config(ctx, cfgPolicy)
 	if err != nil {
 		return err
 	}
@@ -51,28 +49,16 @@ func (s *Shared) setPolicyLocked(ctx context.Context, text, actor string, detail
 	}
 	old := s.policy.Load()
 	sum := sha256.Sum256([]byte(text))
-	tx, err := s.store.DB().BeginTx(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback()
-	if _, err := tx.ExecContext(ctx, `INSERT INTO config (key, value, updated_at) VALUES (?, ?, ?)
-		ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,
-		cfgPolicy, text, store.FormatTime(time.Now())); err != nil {
-		return nil, err
-	}
 	d := map[string]any{"rules": len(rules), "previous_rules": len(old.rules), "sha256": hex.EncodeToString(sum[:]),
 		"text": text}
 	for k, v := range details {
 		d[k] = v
 	}
-	if _, err := s.audit.AppendTx(ctx, tx, audit.Event{Type: "policy.updated", Actor: actor, Subject: "mcp", Details: d}); err != nil {
-		return nil, err
-	}
-	if err := s.store.CheckFile(); err != nil {
-		return nil, err
-	}
-	if err := tx.Commit(); err != nil {
+	_, err = s.audit.Change(ctx, func(c *audit.Change) error {
+		c.Record(audit.Event{Type: "policy.updated", Actor: actor, Subject: "mcp", Details: d})
+		return c.SetConfig(ctx, cfgPolicy, text)
+	})
+	if err != nil {
 		return nil, err
 	}
 	s.policy.Store(&storedPolicy{text: text, rules: rules})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -176,25 +175,17 @@ func (s *Shared) storedServers(ctx context.Context) (map[string]*Server, error) 
 	if s.stored != nil {
 		return s.stored, nil
 	}
-	rows, err := s.store.DB().QueryContext(ctx, `SELECT name, config FROM mcp_servers`)
+	list, err := s.store.Servers(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
 	m := map[string]*Server{}
-	for rows.Next() {
-		var n, cfg string
-		if err := rows.Scan(&n, &cfg); err != nil {
-			return nil, err
-		}
+	for _, rec := range list {
 		var srv Server
-		if err := json.Unmarshal([]byte(cfg), &srv); err != nil {
-			return nil, fmt.Errorf("stored MCP server %s: %w", n, err)
+		if err := json.Unmarshal(rec.Config, &srv); err != nil {
+			return nil, fmt.Errorf("stored MCP server %s: %w", rec.Name, err)
 		}
-		m[n] = &srv
-	}
-	if err := rows.Err(); err != nil {
-		return nil, err
+		m[rec.Name] = &srv
 	}
 	s.stored = m
 	return m, nil
@@ -257,13 +248,11 @@ func (m *Mastio) PutServer(ctx context.Context, name string, s *Server, bearerTo
 	}
 	cfg, _ := json.Marshal(s)
 	defer m.forgetStoredServers()
-	err = m.WithAudit(ctx, func(tx *sql.Tx) error {
-		now := store.FormatTime(time.Now())
-		_, err := tx.ExecContext(ctx, `INSERT INTO mcp_servers (name, config, created_at, updated_at) VALUES (?, ?, ?, ?)
-			ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at`, name, string(cfg), now, now)
-		return err
-	}, audit.Event{Type: "mcp_server.registered", Actor: "admin", Subject: name,
-		Details: mergeMaps(map[string]any{"server": s.Redacted(name, "store")}, details)})
+	_, err = m.audit.Change(ctx, func(c *audit.Change) error {
+		c.Record(audit.Event{Type: "mcp_server.registered", Actor: "admin", Subject: name,
+			Details: mergeMaps(map[string]any{"server": s.Redacted(name, "store")}, details)})
+		return c.PutServer(ctx, &store.Server{Name: name, Config: cfg})
+	})
 	switch {
 	case err != nil && bearerToken != "":
 		m.removeSecret(s.BearerSecret)
@@ -307,17 +296,16 @@ func (m *Mastio) DeleteServer(ctx context.Context, name string, details map[stri
 		return false, err
 	}
 	defer m.forgetStoredServers()
-	err = m.WithAudit(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM mcp_servers WHERE name = ?`, name)
-		if err != nil {
+	_, err = m.audit.Change(ctx, func(c *audit.Change) error {
+		if found, err = c.DeleteServer(ctx, name); err != nil {
 			return err
 		}
-		n, _ := res.RowsAffected()
-		if found = n > 0; !found {
+		if !found {
 			return errNotFound
 		}
+		c.Record(audit.Event{Type: "mcp_server.removed", Actor: "admin", Subject: name, Details: details})
 		return nil
-	}, audit.Event{Type: "mcp_server.removed", Actor: "admin", Subject: name, Details: details})
+	})
 	if errors.Is(err, errNotFound) {
 		return false, nil
 	}
@@ -335,25 +323,6 @@ func mergeMaps(a, b map[string]any) map[string]any {
 		a[k] = v
 	}
 	return a
-}
-
-// WithAudit runs fn and appends ev in one transaction.
-func (s *Shared) WithAudit(ctx context.Context, fn func(tx *sql.Tx) error, ev audit.Event) error {
-	tx, err := s.store.DB().BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
-	if err := fn(tx); err != nil {
-		return err
-	}
-	if _, err := s.audit.AppendTx(ctx, tx, ev); err != nil {
-		return err
-	}
-	if err := s.store.CheckFile(); err != nil {
-		return err
-	}
-	return tx.Commit()
 }
 
 // Duration is a time.Duration that JSON reads as nanoseconds or as a Go

@@ -37,7 +37,7 @@ type Shared struct {
 	orgID   string
 	logger  *zap.Logger
 
-	store    *store.Store
+	store    store.Store
 	audit    *audit.Log
 	ca       *pki.CA
 	keys     *token.KeyRing
@@ -122,7 +122,7 @@ func (s *Shared) maintain() {
 			if err := s.keys.Reload(ctx); err != nil {
 				s.logger.Error("reloading signing keys", zap.Error(err))
 			}
-			if _, err := s.store.PurgeUsed(ctx); err != nil {
+			if err := s.store.Update(ctx, func(tx store.Tx) error { _, err := tx.ForgetUsed(ctx, time.Now()); return err }); err != nil {
 				s.logger.Error("forgetting expired single-use credentials", zap.Error(err))
 			}
 			if n, err := s.registry.ExpireGrace(ctx); err != nil {

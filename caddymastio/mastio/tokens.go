@@ -5,7 +5,6 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"database/sql"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -19,7 +18,6 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/jwt"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
 )
 
@@ -122,16 +120,17 @@ func (m *Mastio) MintToken(r *http.Request, assertion string) (*IssuedToken, *Re
 		return nil, nil, err
 	}
 	replayed := false
-	err = m.WithAudit(r.Context(), func(tx *sql.Tx) error {
-		fresh, err := store.UseOnce(r.Context(), tx, assertionKey(id.AgentID, as.JTI), as.Expiry.Add(time.Minute))
+	_, err = m.audit.Change(r.Context(), func(c *audit.Change) error {
+		fresh, err := c.UseOnce(r.Context(), assertionKey(id.AgentID, as.JTI), as.Expiry.Add(time.Minute))
 		if err == nil && !fresh {
 			replayed = true
 			return errAssertionReplayed
 		}
+		c.Record(audit.Event{Type: "token.issued", Actor: "agent:" + id.AgentID, Subject: id.AgentID,
+			Details: map[string]any{"jti": claims.ID, "jkt": jkt, "x5t#S256": x5t, "exp": claims.Expiry, "scope": claims.Scope,
+				"remote_ip": m.ClientIP(r)}})
 		return err
-	}, audit.Event{Type: "token.issued", Actor: "agent:" + id.AgentID, Subject: id.AgentID,
-		Details: map[string]any{"jti": claims.ID, "jkt": jkt, "x5t#S256": x5t, "exp": claims.Expiry, "scope": claims.Scope,
-			"remote_ip": m.ClientIP(r)}})
+	})
 	if replayed {
 		return nil, &Refusal{Status: 401, Code: "invalid_client", Description: "this client_assertion was already used (jti)", Reason: "assertion_replay",
 			NoChallenge: true, AgentID: id.AgentID}, nil

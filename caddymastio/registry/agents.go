@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -23,38 +22,15 @@ import (
 
 // Agent statuses.
 const (
-	statusActive  = "active"
-	statusRevoked = "revoked"
+	statusActive  = store.AgentActive
+	statusRevoked = store.AgentRevoked
 )
 
-// Agent is a registered agent.
-type Agent struct {
-	AgentID          string     `json:"agent_id"`
-	Name             string     `json:"name"`
-	DisplayName      string     `json:"display_name"`
-	SPIFFEID         string     `json:"spiffe_id"`
-	Status           string     `json:"status"`
-	Capabilities     []string   `json:"capabilities"`
-	Groups           []string   `json:"groups"`
-	EnrollmentMethod string     `json:"enrollment_method"`
-	DPoPJKT          string     `json:"dpop_jkt,omitempty"`
-	CreatedAt        time.Time  `json:"created_at"`
-	UpdatedAt        time.Time  `json:"updated_at"`
-	RevokedAt        *time.Time `json:"revoked_at,omitempty"`
-	RevokedReason    string     `json:"revoked_reason,omitempty"`
-	// Certificates are the agent's pinned certificates, newest first.
-	Certificates []CertInfo `json:"certificates"`
-}
+// Agent is a registered agent, with its certificates newest first.
+type Agent = store.Agent
 
 // CertInfo describes one certificate issued to an agent.
-type CertInfo struct {
-	SHA256     string     `json:"sha256"`
-	Serial     string     `json:"serial"`
-	Status     string     `json:"status"`
-	NotBefore  time.Time  `json:"not_before"`
-	NotAfter   time.Time  `json:"not_after"`
-	GraceUntil *time.Time `json:"grace_until,omitempty"`
-}
+type CertInfo = store.Cert
 
 // NewAgent asks for an agent to be registered.
 type NewAgent struct {
@@ -136,13 +112,10 @@ func certSum(cert *x509.Certificate) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func insertCert(ctx context.Context, tx *sql.Tx, agentID string, cert *x509.Certificate, chainPEM string, now time.Time) error {
-	_, err := tx.ExecContext(ctx, `INSERT INTO agent_certs
-		(cert_sha256, agent_id, serial, cert_pem, not_before, not_after, status, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, 'active', ?)`,
-		certSum(cert), agentID, cert.SerialNumber.Text(16), chainPEM,
-		store.FormatTime(cert.NotBefore), store.FormatTime(cert.NotAfter), store.FormatTime(now))
-	return err
+// newCert is the stored record of a certificate just issued to agentID.
+func newCert(agentID string, cert *x509.Certificate, chainPEM string, now time.Time) *store.Cert {
+	return &store.Cert{SHA256: certSum(cert), AgentID: agentID, Serial: cert.SerialNumber.Text(16), ChainPEM: chainPEM,
+		NotBefore: cert.NotBefore, NotAfter: cert.NotAfter, Status: store.CertActive, CreatedAt: now}
 }
 
 func mergeDetails(base map[string]any, extra map[string]any) map[string]any {
@@ -159,7 +132,7 @@ func (r *Registry) CreateAgent(ctx context.Context, p Policy, na NewAgent) (*Iss
 
 // createAgent does the work of CreateAgent; within, when set, runs inside
 // the same transaction (enrollment approval).
-func (r *Registry) createAgent(ctx context.Context, p Policy, na NewAgent, within func(tx *sql.Tx, iss *Issued) error) (*Issued, error) {
+func (r *Registry) createAgent(ctx context.Context, p Policy, na NewAgent, within func(c *audit.Change, iss *Issued) error) (*Issued, error) {
 	if err := pki.ValidateName("agent name", na.Name); err != nil {
 		return nil, fieldError("agent_name", "%v", err)
 	}
@@ -184,29 +157,26 @@ func (r *Registry) createAgent(ctx context.Context, p Policy, na NewAgent, withi
 	}
 	spiffe := cert.URIs[0].String()
 	now := r.now()
-	capsJSON, _ := json.Marshal(caps)
-	groupsJSON, _ := json.Marshal(groups)
 	iss := &Issued{CertPEM: chainPEM, KeyPEM: keyPEM, Cert: cert}
-	err = r.withTx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO agents
-			(agent_id, name, display_name, spiffe_id, status, capabilities, groups_json, enrollment_method, dpop_jkt, created_at, updated_at)
-			VALUES (?, ?, ?, ?, 'active', ?, ?, ?, NULLIF(?, ''), ?, ?)`,
-			id, na.Name, na.DisplayName, spiffe, string(capsJSON), string(groupsJSON), na.Method, na.DPoPJKT,
-			store.FormatTime(now), store.FormatTime(now)); err != nil {
-			if strings.Contains(err.Error(), "UNIQUE") {
-				return errorf(409, "agent_exists", "agent %s already exists", id)
-			}
-			return fmt.Errorf("inserting agent: %w", err)
+	err = r.change(ctx, func(c *audit.Change) error {
+		err := c.InsertAgent(ctx, &store.Agent{AgentID: id, Name: na.Name, DisplayName: na.DisplayName, SPIFFEID: spiffe,
+			Status: store.AgentActive, Capabilities: caps, Groups: groups, EnrollmentMethod: na.Method, DPoPJKT: na.DPoPJKT,
+			CreatedAt: now, UpdatedAt: now})
+		if errors.Is(err, store.ErrConflict) {
+			return errorf(409, "agent_exists", "agent %s already exists", id)
 		}
-		if err := insertCert(ctx, tx, id, cert, chainPEM, now); err != nil {
-			return fmt.Errorf("inserting certificate: %w", err)
+		if err != nil {
+			return err
+		}
+		if err := c.InsertCert(ctx, newCert(id, cert, chainPEM, now)); err != nil {
+			return err
 		}
 		if within != nil {
-			if err := within(tx, iss); err != nil {
+			if err := within(c, iss); err != nil {
 				return err
 			}
 		}
-		_, err := r.cfg.Audit.AppendTx(ctx, tx, audit.Event{Type: "agent.created", Actor: na.Actor, Subject: id,
+		c.Record(audit.Event{Type: "agent.created", Actor: na.Actor, Subject: id,
 			Details: mergeDetails(map[string]any{
 				"spiffe_id":    spiffe,
 				"method":       na.Method,
@@ -217,7 +187,7 @@ func (r *Registry) createAgent(ctx context.Context, p Policy, na NewAgent, withi
 				"key_minted":   keyPEM != "",
 				"dpop_jkt":     na.DPoPJKT,
 			}, na.AuditDetails)})
-		return err
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -239,7 +209,13 @@ func (r *Registry) exists(id string) bool {
 
 // GetAgent returns one agent with its certificates.
 func (r *Registry) GetAgent(ctx context.Context, id string) (*Agent, error) {
-	agents, err := r.listAgents(ctx, `WHERE agent_id = ?`, id)
+	return getAgent(ctx, r.cfg.Store, id)
+}
+
+// getAgent reads one agent through q (the store, or a change reading its
+// own writes).
+func getAgent(ctx context.Context, q store.Reader, id string) (*Agent, error) {
+	agents, err := q.Agents(ctx, store.AgentFilter{ID: id})
 	if err != nil {
 		return nil, err
 	}
@@ -252,78 +228,23 @@ func (r *Registry) GetAgent(ctx context.Context, id string) (*Agent, error) {
 // ListAgents returns every agent (status "" for all, or active/revoked).
 func (r *Registry) ListAgents(ctx context.Context, status string) ([]*Agent, error) {
 	switch status {
-	case "":
-		return r.listAgents(ctx, ``)
-	case statusActive, statusRevoked:
-		return r.listAgents(ctx, `WHERE status = ?`, status)
+	case "", statusActive, statusRevoked:
+		return r.cfg.Store.Agents(ctx, store.AgentFilter{Status: status})
 	}
 	return nil, fieldError("status", "want active or revoked")
 }
 
-func (r *Registry) listAgents(ctx context.Context, where string, args ...any) ([]*Agent, error) {
-	rows, err := r.cfg.DB.QueryContext(ctx, `SELECT agent_id, name, display_name, spiffe_id, status, capabilities, groups_json,
-		enrollment_method, COALESCE(dpop_jkt, ''), created_at, updated_at, COALESCE(revoked_at, ''), COALESCE(revoked_reason, '')
-		FROM agents `+where+` ORDER BY agent_id`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("listing agents: %w", err)
+// pinSums are the SHA-256 of certs.
+func pinSums(certs []*store.Cert) []string {
+	out := make([]string, len(certs))
+	for i, c := range certs {
+		out[i] = c.SHA256
 	}
-	var out []*Agent
-	byID := map[string]*Agent{}
-	for rows.Next() {
-		a := &Agent{}
-		var caps, groups, created, updated, revoked string
-		if err := rows.Scan(&a.AgentID, &a.Name, &a.DisplayName, &a.SPIFFEID, &a.Status, &caps, &groups,
-			&a.EnrollmentMethod, &a.DPoPJKT, &created, &updated, &revoked, &a.RevokedReason); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		json.Unmarshal([]byte(caps), &a.Capabilities)
-		json.Unmarshal([]byte(groups), &a.Groups)
-		a.CreatedAt, _ = time.Parse(store.TimeFormat, created)
-		a.UpdatedAt, _ = time.Parse(store.TimeFormat, updated)
-		if revoked != "" {
-			t, _ := time.Parse(store.TimeFormat, revoked)
-			a.RevokedAt = &t
-		}
-		a.Certificates = []CertInfo{}
-		out = append(out, a)
-		byID[a.AgentID] = a
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	if len(out) == 0 {
-		return out, nil
-	}
-	certWhere, certArgs := ``, []any{}
-	if len(out) == 1 {
-		certWhere, certArgs = `WHERE agent_id = ?`, []any{out[0].AgentID}
-	}
-	rows, err = r.cfg.DB.QueryContext(ctx, `SELECT agent_id, cert_sha256, serial, status, not_before, not_after, COALESCE(grace_until, '')
-		FROM agent_certs `+certWhere+` ORDER BY created_at DESC, rowid DESC`, certArgs...)
-	if err != nil {
-		return nil, fmt.Errorf("listing certificates: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id, nb, na, grace string
-		var c CertInfo
-		if err := rows.Scan(&id, &c.SHA256, &c.Serial, &c.Status, &nb, &na, &grace); err != nil {
-			return nil, err
-		}
-		c.NotBefore, _ = time.Parse(store.TimeFormat, nb)
-		c.NotAfter, _ = time.Parse(store.TimeFormat, na)
-		if grace != "" {
-			t, _ := time.Parse(store.TimeFormat, grace)
-			c.GraceUntil = &t
-		}
-		if a := byID[id]; a != nil {
-			a.Certificates = append(a.Certificates, c)
-		}
-	}
-	return out, rows.Err()
+	return out
 }
+
+// revokedAtFormat is how a revocation time is named in refusals.
+const revokedAtFormat = "2006-01-02T15:04:05.000000000Z"
 
 // Revoke revokes an agent: every certificate it holds stops working at
 // once, on open connections too. It cannot be undone.
@@ -340,39 +261,32 @@ func (r *Registry) Revoke(ctx context.Context, id, reason, actor string, details
 	// revocation (see Deliver).
 	g := r.gate(id)
 	g.Lock()
-	err := r.withTx(ctx, func(tx *sql.Tx) error {
-		var status, revokedAt string
-		err := tx.QueryRowContext(ctx, `SELECT status, COALESCE(revoked_at, '') FROM agents WHERE agent_id = ?`, id).Scan(&status, &revokedAt)
-		if errors.Is(err, sql.ErrNoRows) {
-			return errorf(404, "agent_not_found", "no agent %s", id)
-		}
+	err := r.change(ctx, func(c *audit.Change) error {
+		a, err := getAgent(ctx, c, id)
 		if err != nil {
 			return err
 		}
-		if status == statusRevoked {
-			return errorf(409, "agent_already_revoked", "agent %s was already revoked at %s", id, revokedAt)
+		if a.Status == statusRevoked {
+			return errorf(409, "agent_already_revoked", "agent %s was already revoked at %s", id, a.RevokedAt.Format(revokedAtFormat))
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT cert_sha256 FROM agent_certs WHERE agent_id = ? AND status != 'retired'`, id)
+		live, err := c.Certs(ctx, store.CertFilter{AgentID: id, Statuses: []string{store.CertActive, store.CertGrace}})
 		if err != nil {
 			return err
 		}
-		for rows.Next() {
-			var s string
-			rows.Scan(&s)
-			sums = append(sums, s)
-		}
-		rows.Close()
-		if _, err := tx.ExecContext(ctx, `UPDATE agents SET status = 'revoked', revoked_at = ?, revoked_reason = ?, updated_at = ?
-			WHERE agent_id = ?`, store.FormatTime(now), reason, store.FormatTime(now), id); err != nil {
+		sums = pinSums(live)
+		a.Status, a.RevokedAt, a.RevokedReason, a.UpdatedAt = statusRevoked, &now, reason, now
+		if err := c.UpdateAgent(ctx, a); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE agent_certs SET status = 'retired', retired_at = ?
-			WHERE agent_id = ? AND status != 'retired'`, store.FormatTime(now), id); err != nil {
-			return err
+		for _, cert := range live {
+			cert.Status, cert.RetiredAt = store.CertRetired, &now
+			if err := c.UpdateCert(ctx, cert); err != nil {
+				return err
+			}
 		}
-		_, err = r.cfg.Audit.AppendTx(ctx, tx, audit.Event{Type: "agent.revoked", Actor: actor, Subject: id,
+		c.Record(audit.Event{Type: "agent.revoked", Actor: actor, Subject: id,
 			Details: mergeDetails(map[string]any{"reason": reason, "certs_retired": sums}, details)})
-		return err
+		return nil
 	})
 	if err != nil {
 		g.Unlock()
@@ -444,45 +358,38 @@ func (r *Registry) RotateCert(ctx context.Context, p Policy, id string, rot Rota
 	reactivated := false
 	g := r.gate(id)
 	g.Lock()
-	err = r.withTx(ctx, func(tx *sql.Tx) error {
-		var status string
-		if err := tx.QueryRowContext(ctx, `SELECT status FROM agents WHERE agent_id = ?`, id).Scan(&status); err != nil {
-			return errorf(404, "agent_not_found", "no agent %s", id)
+	err = r.change(ctx, func(c *audit.Change) error {
+		a, err := getAgent(ctx, c, id)
+		if err != nil {
+			return err
 		}
-		if status == statusRevoked {
+		if a.Status == statusRevoked {
 			if rot.Grace > 0 {
 				return fieldError("grace_seconds", "agent %s is revoked: its old certificates cannot be given a grace period", id)
 			}
 			reactivated = true
-			if _, err := tx.ExecContext(ctx, `UPDATE agents SET status = 'active', revoked_at = NULL, revoked_reason = NULL,
-				dpop_jkt = NULL WHERE agent_id = ?`, id); err != nil {
+			a.Status, a.RevokedAt, a.RevokedReason, a.DPoPJKT = statusActive, nil, "", ""
+		}
+		active, err := c.Certs(ctx, store.CertFilter{AgentID: id, Statuses: []string{store.CertActive}})
+		if err != nil {
+			return err
+		}
+		old = pinSums(active)
+		for _, cert := range active {
+			if rot.Grace > 0 {
+				cert.Status, cert.GraceUntil = store.CertGrace, &graceUntil
+			} else {
+				cert.Status, cert.RetiredAt = store.CertRetired, &now
+			}
+			if err := c.UpdateCert(ctx, cert); err != nil {
 				return err
 			}
 		}
-		rows, err := tx.QueryContext(ctx, `SELECT cert_sha256 FROM agent_certs WHERE agent_id = ? AND status = 'active'`, id)
-		if err != nil {
+		if err := c.InsertCert(ctx, newCert(id, cert, chainPEM, now)); err != nil {
 			return err
 		}
-		for rows.Next() {
-			var s string
-			rows.Scan(&s)
-			old = append(old, s)
-		}
-		rows.Close()
-		if rot.Grace > 0 {
-			_, err = tx.ExecContext(ctx, `UPDATE agent_certs SET status = 'grace', grace_until = ? WHERE agent_id = ? AND status = 'active'`,
-				store.FormatTime(graceUntil), id)
-		} else {
-			_, err = tx.ExecContext(ctx, `UPDATE agent_certs SET status = 'retired', retired_at = ? WHERE agent_id = ? AND status = 'active'`,
-				store.FormatTime(now), id)
-		}
-		if err != nil {
-			return err
-		}
-		if err := insertCert(ctx, tx, id, cert, chainPEM, now); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `UPDATE agents SET updated_at = ? WHERE agent_id = ?`, store.FormatTime(now), id); err != nil {
+		a.UpdatedAt = now
+		if err := c.UpdateAgent(ctx, a); err != nil {
 			return err
 		}
 		d := map[string]any{"old_cert_sha256": old, "new_cert_sha256": certSum(cert), "key_minted": keyPEM != "",
@@ -490,9 +397,8 @@ func (r *Registry) RotateCert(ctx context.Context, p Policy, id string, rot Rota
 		if rot.Grace > 0 {
 			d["grace_until"] = graceUntil.Format(time.RFC3339)
 		}
-		_, err = r.cfg.Audit.AppendTx(ctx, tx, audit.Event{Type: "agent.cert_rotated", Actor: rot.Actor, Subject: id,
-			Details: mergeDetails(d, rot.Details)})
-		return err
+		c.Record(audit.Event{Type: "agent.cert_rotated", Actor: rot.Actor, Subject: id, Details: mergeDetails(d, rot.Details)})
+		return nil
 	})
 	if err != nil {
 		g.Unlock()
@@ -531,25 +437,22 @@ func (r *Registry) SetDPoPKey(ctx context.Context, id string, jwk json.RawMessag
 	if err != nil {
 		return nil, fieldError("dpop_jwk", "%v", err)
 	}
-	err = r.withTx(ctx, func(tx *sql.Tx) error {
-		var status, old string
-		err := tx.QueryRowContext(ctx, `SELECT status, COALESCE(dpop_jkt, '') FROM agents WHERE agent_id = ?`, id).Scan(&status, &old)
-		if errors.Is(err, sql.ErrNoRows) {
-			return errorf(404, "agent_not_found", "no agent %s", id)
-		}
+	err = r.change(ctx, func(c *audit.Change) error {
+		a, err := getAgent(ctx, c, id)
 		if err != nil {
 			return err
 		}
-		if status != statusActive {
+		if a.Status != statusActive {
 			return errorf(409, "agent_revoked", "agent %s is revoked", id)
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE agents SET dpop_jkt = ?, updated_at = ? WHERE agent_id = ?`,
-			jkt, store.FormatTime(r.now()), id); err != nil {
+		old := a.DPoPJKT
+		a.DPoPJKT, a.UpdatedAt = jkt, r.now()
+		if err := c.UpdateAgent(ctx, a); err != nil {
 			return err
 		}
-		_, err = r.cfg.Audit.AppendTx(ctx, tx, audit.Event{Type: "agent.dpop_jwk_set", Actor: actor, Subject: id,
+		c.Record(audit.Event{Type: "agent.dpop_jwk_set", Actor: actor, Subject: id,
 			Details: mergeDetails(map[string]any{"old_jkt": old, "new_jkt": jkt}, details)})
-		return err
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -563,34 +466,21 @@ func (r *Registry) ExpireGrace(ctx context.Context) (int, error) {
 	now := r.now()
 	n := 0
 	var agents []string
-	err := r.withTx(ctx, func(tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `SELECT cert_sha256, agent_id FROM agent_certs WHERE status = 'grace' AND grace_until <= ?`,
-			store.FormatTime(now))
+	err := r.change(ctx, func(c *audit.Change) error {
+		expired, err := c.Certs(ctx, store.CertFilter{GraceEndedBy: now})
 		if err != nil {
 			return err
 		}
-		type row struct{ sum, id string }
-		var expired []row
-		for rows.Next() {
-			var x row
-			rows.Scan(&x.sum, &x.id)
-			expired = append(expired, x)
-		}
-		rows.Close()
-		for _, x := range expired {
-			if _, err := tx.ExecContext(ctx, `UPDATE agent_certs SET status = 'retired', retired_at = ? WHERE cert_sha256 = ?`,
-				store.FormatTime(now), x.sum); err != nil {
+		for _, cert := range expired {
+			cert.Status, cert.RetiredAt = store.CertRetired, &now
+			if err := c.UpdateCert(ctx, cert); err != nil {
 				return err
 			}
-			if _, err := r.cfg.Audit.AppendTx(ctx, tx, audit.Event{Type: "agent.cert_grace_expired", Actor: "system", Subject: x.id,
-				Details: map[string]any{"cert_sha256": x.sum}}); err != nil {
-				return err
-			}
+			c.Record(audit.Event{Type: "agent.cert_grace_expired", Actor: "system", Subject: cert.AgentID,
+				Details: map[string]any{"cert_sha256": cert.SHA256}})
+			agents = append(agents, cert.AgentID)
 		}
 		n = len(expired)
-		for _, x := range expired {
-			agents = append(agents, x.id)
-		}
 		return nil
 	})
 	if err != nil || n == 0 {

@@ -3,11 +3,9 @@ package registry
 import (
 	"context"
 	"crypto/rand"
-	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/mail"
 	"strings"
 	"time"
@@ -18,41 +16,17 @@ import (
 
 // Enrollment statuses.
 const (
-	EnrollPending  = "pending"
-	EnrollApproved = "approved"
-	EnrollRejected = "rejected"
-	EnrollExpired  = "expired"
+	EnrollPending  = store.EnrollPending
+	EnrollApproved = store.EnrollApproved
+	EnrollRejected = store.EnrollRejected
+	EnrollExpired  = store.EnrollExpired
 )
 
 // DefaultEnrollmentTTL is how long a session waits for a decision.
 const DefaultEnrollmentTTL = 30 * time.Minute
 
 // Enrollment is an enrollment session.
-type Enrollment struct {
-	SessionID       string     `json:"session_id"`
-	Status          string     `json:"status"`
-	PublicKeySHA256 string     `json:"pubkey_sha256"`
-	RequesterName   string     `json:"requester_name"`
-	RequesterEmail  string     `json:"requester_email"`
-	Reason          string     `json:"reason"`
-	DeviceInfo      string     `json:"device_info"`
-	DPoPJKT         string     `json:"dpop_jkt,omitempty"`
-	RemoteIP        string     `json:"remote_ip"`
-	CreatedAt       time.Time  `json:"created_at"`
-	ExpiresAt       time.Time  `json:"expires_at"`
-	DecidedAt       *time.Time `json:"decided_at,omitempty"`
-	DecidedBy       string     `json:"decided_by,omitempty"`
-	AgentID         string     `json:"agent_id,omitempty"`
-	Capabilities    []string   `json:"capabilities,omitempty"`
-	Groups          []string   `json:"groups,omitempty"`
-	RejectionReason string     `json:"rejection_reason,omitempty"`
-
-	certPEM   string
-	publicKey string
-}
-
-// CertPEM is the issued chain (leaf, intermediate) of an approved session.
-func (e *Enrollment) CertPEM() string { return e.certPEM }
+type Enrollment = store.Enrollment
 
 // EnrollmentRequest is what an agent sends to start enrolling.
 type EnrollmentRequest struct {
@@ -125,18 +99,13 @@ func (r *Registry) StartEnrollment(ctx context.Context, p Policy, req Enrollment
 		RemoteIP:        req.RemoteIP,
 		CreatedAt:       now,
 		ExpiresAt:       now.Add(ttl),
-		publicKey:       req.PublicKeyPEM,
+		PublicKeyPEM:    req.PublicKeyPEM,
 	}
-	err = r.withTx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO enrollments
-			(session_id, status, pubkey_pem, pubkey_sha256, requester_name, requester_email, reason, device_info,
-			 dpop_jkt, remote_ip, created_at, expires_at)
-			VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?, ?)`,
-			e.SessionID, req.PublicKeyPEM, e.PublicKeySHA256, e.RequesterName, e.RequesterEmail, e.Reason,
-			e.DeviceInfo, jkt, e.RemoteIP, store.FormatTime(now), store.FormatTime(e.ExpiresAt)); err != nil {
-			return fmt.Errorf("inserting enrollment: %w", err)
+	err = r.change(ctx, func(c *audit.Change) error {
+		if err := c.InsertEnrollment(ctx, e); err != nil {
+			return err
 		}
-		_, err := r.cfg.Audit.AppendTx(ctx, tx, audit.Event{Type: "enrollment.started", Actor: "anonymous",
+		c.Record(audit.Event{Type: "enrollment.started", Actor: "anonymous",
 			Subject: e.SessionID, Details: map[string]any{
 				"pubkey_sha256":   e.PublicKeySHA256,
 				"requester_name":  e.RequesterName,
@@ -145,7 +114,7 @@ func (r *Registry) StartEnrollment(ctx context.Context, p Policy, req Enrollment
 				"remote_ip":       req.RemoteIP,
 				"expires_at":      e.ExpiresAt.Format(time.RFC3339),
 			}})
-		return err
+		return nil
 	})
 	if err != nil {
 		return nil, err
@@ -153,35 +122,9 @@ func (r *Registry) StartEnrollment(ctx context.Context, p Policy, req Enrollment
 	return e, nil
 }
 
-const enrollmentColumns = `session_id, status, pubkey_pem, pubkey_sha256, requester_name, requester_email, reason, device_info,
-	COALESCE(dpop_jkt, ''), remote_ip, created_at, expires_at, COALESCE(decided_at, ''), COALESCE(decided_by, ''),
-	COALESCE(agent_id, ''), COALESCE(capabilities, '[]'), COALESCE(groups_json, '[]'), COALESCE(cert_pem, ''),
-	COALESCE(rejection_reason, '')`
-
-type scanner interface{ Scan(dest ...any) error }
-
-func scanEnrollment(s scanner) (*Enrollment, error) {
-	e := &Enrollment{}
-	var created, expires, decided, caps, groups string
-	if err := s.Scan(&e.SessionID, &e.Status, &e.publicKey, &e.PublicKeySHA256, &e.RequesterName, &e.RequesterEmail,
-		&e.Reason, &e.DeviceInfo, &e.DPoPJKT, &e.RemoteIP, &created, &expires, &decided, &e.DecidedBy, &e.AgentID,
-		&caps, &groups, &e.certPEM, &e.RejectionReason); err != nil {
-		return nil, err
-	}
-	e.CreatedAt, _ = time.Parse(store.TimeFormat, created)
-	e.ExpiresAt, _ = time.Parse(store.TimeFormat, expires)
-	if decided != "" {
-		t, _ := time.Parse(store.TimeFormat, decided)
-		e.DecidedAt = &t
-	}
-	json.Unmarshal([]byte(caps), &e.Capabilities)
-	json.Unmarshal([]byte(groups), &e.Groups)
-	return e, nil
-}
-
 // Enrollment returns a session, expiring it first if its time is up.
 func (r *Registry) Enrollment(ctx context.Context, sid string) (*Enrollment, error) {
-	e, err := r.loadEnrollment(ctx, r.cfg.DB, sid)
+	e, err := r.loadEnrollment(ctx, r.cfg.Store, sid)
 	if err != nil {
 		return nil, err
 	}
@@ -189,21 +132,18 @@ func (r *Registry) Enrollment(ctx context.Context, sid string) (*Enrollment, err
 		if err := r.expire(ctx, sid); err != nil {
 			return nil, err
 		}
-		return r.loadEnrollment(ctx, r.cfg.DB, sid)
+		return r.loadEnrollment(ctx, r.cfg.Store, sid)
 	}
 	return e, nil
 }
 
-type rowQuerier interface {
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-func (r *Registry) loadEnrollment(ctx context.Context, q rowQuerier, sid string) (*Enrollment, error) {
+// loadEnrollment reads a session through q (the store, or a change).
+func (r *Registry) loadEnrollment(ctx context.Context, q store.Reader, sid string) (*Enrollment, error) {
 	if sid == "" || len(sid) > 64 {
 		return nil, errorf(404, "enrollment_not_found", "no enrollment session %q", sid)
 	}
-	e, err := scanEnrollment(q.QueryRowContext(ctx, `SELECT `+enrollmentColumns+` FROM enrollments WHERE session_id = ?`, sid))
-	if errors.Is(err, sql.ErrNoRows) {
+	e, err := q.Enrollment(ctx, sid)
+	if errors.Is(err, store.ErrNotFound) {
 		return nil, errorf(404, "enrollment_not_found", "no enrollment session %q", sid)
 	}
 	return e, err
@@ -211,11 +151,11 @@ func (r *Registry) loadEnrollment(ctx context.Context, q rowQuerier, sid string)
 
 // VerifyStatusProof checks an X-Enrollment-Proof header: the session key's
 // signature over "enrollment-status:v1|<session_id>".
-func (e *Enrollment) VerifyStatusProof(proof string) bool {
+func VerifyStatusProof(e *Enrollment, proof string) bool {
 	if proof == "" || len(proof) > 2048 {
 		return false
 	}
-	pub, _, err := ParsePublicKeyPEM(e.publicKey)
+	pub, _, err := ParsePublicKeyPEM(e.PublicKeyPEM)
 	if err != nil {
 		return false
 	}
@@ -233,26 +173,7 @@ func (r *Registry) ListEnrollments(ctx context.Context, status string) ([]*Enrol
 	if _, err := r.ExpireEnrollments(ctx); err != nil {
 		return nil, err
 	}
-	q := `SELECT ` + enrollmentColumns + ` FROM enrollments`
-	args := []any{}
-	if status != "" {
-		q += ` WHERE status = ?`
-		args = append(args, status)
-	}
-	rows, err := r.cfg.DB.QueryContext(ctx, q+` ORDER BY created_at DESC LIMIT 1000`, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := []*Enrollment{}
-	for rows.Next() {
-		e, err := scanEnrollment(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, e)
-	}
-	return out, rows.Err()
+	return r.cfg.Store.Enrollments(ctx, store.EnrollmentFilter{Status: status})
 }
 
 // Approval is an administrator's decision to admit an enrolling agent.
@@ -278,7 +199,7 @@ func (r *Registry) Approve(ctx context.Context, p Policy, sid string, ap Approva
 	if e.Status != EnrollPending {
 		return nil, nil, errorf(409, "enrollment_not_pending", "Cannot approve an enrollment in status '%s'", e.Status)
 	}
-	pub, _, err := ParsePublicKeyPEM(e.publicKey)
+	pub, _, err := ParsePublicKeyPEM(e.PublicKeyPEM)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -287,28 +208,28 @@ func (r *Registry) Approve(ctx context.Context, p Policy, sid string, ap Approva
 		Name: ap.AgentName, DisplayName: e.RequesterName, Capabilities: ap.Capabilities, Groups: ap.Groups,
 		PublicKey: pub, DPoPJKT: e.DPoPJKT, Method: "enrollment", Actor: ap.Actor,
 		AuditDetails: mergeDetails(map[string]any{"session_id": sid}, ap.Details),
-	}, func(tx *sql.Tx, iss *Issued) error {
-		capsJSON, _ := json.Marshal(nonNil(ap.Capabilities))
-		groupsJSON, _ := json.Marshal(nonNil(ap.Groups))
-		res, err := tx.ExecContext(ctx, `UPDATE enrollments SET status = 'approved', decided_at = ?, decided_by = ?,
-			agent_id = ?, capabilities = ?, groups_json = ?, cert_pem = ?
-			WHERE session_id = ? AND status = 'pending'`,
-			store.FormatTime(now), ap.Actor, r.AgentID(ap.AgentName), string(capsJSON), string(groupsJSON), iss.CertPEM, sid)
+	}, func(c *audit.Change, iss *Issued) error {
+		cur, err := r.loadEnrollment(ctx, c, sid)
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n != 1 {
+		if cur.Status != EnrollPending {
 			return errorf(409, "enrollment_not_pending", "Cannot approve an enrollment that is no longer pending")
 		}
-		_, err = r.cfg.Audit.AppendTx(ctx, tx, audit.Event{Type: "enrollment.approved", Actor: ap.Actor, Subject: sid,
+		cur.Status, cur.DecidedAt, cur.DecidedBy = EnrollApproved, &now, ap.Actor
+		cur.AgentID, cur.Capabilities, cur.Groups, cur.CertPEM = r.AgentID(ap.AgentName), nonNil(ap.Capabilities), nonNil(ap.Groups), iss.CertPEM
+		if err := c.UpdateEnrollment(ctx, cur); err != nil {
+			return err
+		}
+		c.Record(audit.Event{Type: "enrollment.approved", Actor: ap.Actor, Subject: sid,
 			Details: mergeDetails(map[string]any{"agent_id": r.AgentID(ap.AgentName), "pubkey_sha256": e.PublicKeySHA256,
 				"cert_sha256": certSum(iss.Cert)}, ap.Details)})
-		return err
+		return nil
 	})
 	if err != nil {
 		return nil, nil, err
 	}
-	e, err = r.loadEnrollment(ctx, r.cfg.DB, sid)
+	e, err = r.loadEnrollment(ctx, r.cfg.Store, sid)
 	return e, iss.Agent, err
 }
 
@@ -331,59 +252,60 @@ func (r *Registry) Reject(ctx context.Context, sid, reason, actor string, detail
 	if e.Status != EnrollPending {
 		return nil, errorf(409, "enrollment_not_pending", "Cannot reject an enrollment in status '%s'", e.Status)
 	}
-	err = r.withTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE enrollments SET status = 'rejected', decided_at = ?, decided_by = ?, rejection_reason = ?
-			WHERE session_id = ? AND status = 'pending'`, store.FormatTime(r.now()), actor, reason, sid)
+	err = r.change(ctx, func(c *audit.Change) error {
+		cur, err := r.loadEnrollment(ctx, c, sid)
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n != 1 {
+		if cur.Status != EnrollPending {
 			return errorf(409, "enrollment_not_pending", "Cannot reject an enrollment that is no longer pending")
 		}
-		_, err = r.cfg.Audit.AppendTx(ctx, tx, audit.Event{Type: "enrollment.rejected", Actor: actor, Subject: sid,
+		now := r.now()
+		cur.Status, cur.DecidedAt, cur.DecidedBy, cur.RejectionReason = EnrollRejected, &now, actor, reason
+		if err := c.UpdateEnrollment(ctx, cur); err != nil {
+			return err
+		}
+		c.Record(audit.Event{Type: "enrollment.rejected", Actor: actor, Subject: sid,
 			Details: mergeDetails(map[string]any{"reason": reason, "pubkey_sha256": e.PublicKeySHA256}, details)})
-		return err
+		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	return r.loadEnrollment(ctx, r.cfg.DB, sid)
+	return r.loadEnrollment(ctx, r.cfg.Store, sid)
 }
 
+// expire expires one overdue pending session; nothing happens if someone
+// else decided or expired it meanwhile.
 func (r *Registry) expire(ctx context.Context, sid string) error {
-	return r.withTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE enrollments SET status = 'expired', decided_at = ?, decided_by = 'system'
-			WHERE session_id = ? AND status = 'pending' AND expires_at <= ?`,
-			store.FormatTime(r.now()), sid, store.FormatTime(r.now()))
+	return r.change(ctx, func(c *audit.Change) error {
+		cur, err := r.loadEnrollment(ctx, c, sid)
 		if err != nil {
 			return err
 		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			return nil // someone else decided or expired it
+		now := r.now()
+		if cur.Status != EnrollPending || now.Before(cur.ExpiresAt) {
+			return nil
 		}
-		_, err = r.cfg.Audit.AppendTx(ctx, tx, audit.Event{Type: "enrollment.expired", Actor: "system", Subject: sid})
-		return err
+		cur.Status, cur.DecidedAt, cur.DecidedBy = EnrollExpired, &now, "system"
+		if err := c.UpdateEnrollment(ctx, cur); err != nil {
+			return err
+		}
+		c.Record(audit.Event{Type: "enrollment.expired", Actor: "system", Subject: sid})
+		return nil
 	})
 }
 
 // ExpireEnrollments expires every overdue pending session (each audited).
 func (r *Registry) ExpireEnrollments(ctx context.Context) (int, error) {
-	rows, err := r.cfg.DB.QueryContext(ctx, `SELECT session_id FROM enrollments WHERE status = 'pending' AND expires_at <= ?`,
-		store.FormatTime(r.now()))
+	overdue, err := r.cfg.Store.Enrollments(ctx, store.EnrollmentFilter{ExpiredBy: r.now()})
 	if err != nil {
 		return 0, err
 	}
-	var sids []string
-	for rows.Next() {
-		var s string
-		rows.Scan(&s)
-		sids = append(sids, s)
-	}
-	rows.Close()
-	for _, s := range sids {
-		if err := r.expire(ctx, s); err != nil {
+	for _, e := range overdue {
+		if err := r.expire(ctx, e.SessionID); err != nil {
 			return 0, err
 		}
 	}
-	return len(sids), nil
+	return len(overdue), nil
 }

@@ -9,8 +9,6 @@ package registry
 import (
 	"context"
 	"crypto/sha256"
-	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -24,13 +22,13 @@ import (
 
 // Config wires a Registry.
 type Config struct {
-	DB    *sql.DB
+	// Store holds the registry; every change goes through Audit.Change,
+	// with its audit row.
+	Store store.Reader
 	Audit *audit.Log
 	CA    *pki.CA
 	// Org is the organisation id, fixed for the data directory.
 	Org string
-	// BeforeCommit runs before each commit (the store's file check).
-	BeforeCommit func() error
 	// Now returns the time; default time.Now.
 	Now func() time.Time
 }
@@ -92,55 +90,42 @@ func Open(ctx context.Context, cfg Config) (*Registry, error) {
 }
 
 func (r *Registry) reload(ctx context.Context) error {
-	agents := map[string]agentEntry{}
-	rows, err := r.cfg.DB.QueryContext(ctx, `SELECT agent_id, status, spiffe_id, capabilities, groups_json FROM agents`)
+	list, err := r.cfg.Store.Agents(ctx, store.AgentFilter{})
 	if err != nil {
 		return fmt.Errorf("loading agents: %w", err)
 	}
-	for rows.Next() {
-		var id, status, spiffe, caps, groups string
-		if err := rows.Scan(&id, &status, &spiffe, &caps, &groups); err != nil {
-			rows.Close()
-			return err
-		}
-		e := agentEntry{revoked: status == statusRevoked, spiffeID: spiffe}
-		json.Unmarshal([]byte(caps), &e.caps)
-		json.Unmarshal([]byte(groups), &e.groups)
-		agents[id] = e
-	}
-	rows.Close()
+	agents := map[string]agentEntry{}
 	pins := map[[32]byte]pinEntry{}
-	rows, err = r.cfg.DB.QueryContext(ctx, `SELECT cert_sha256, agent_id, status, COALESCE(grace_until, '') FROM agent_certs`)
-	if err != nil {
-		return fmt.Errorf("loading certificate pins: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var sum, id, status, grace string
-		if err := rows.Scan(&sum, &id, &status, &grace); err != nil {
-			return err
+	for _, a := range list {
+		agents[a.AgentID] = agentEntry{revoked: a.Status == store.AgentRevoked, spiffeID: a.SPIFFEID, caps: a.Capabilities,
+			groups: a.Groups}
+		for _, c := range a.Certificates {
+			key, err := parsePin(c.SHA256)
+			if err != nil {
+				return fmt.Errorf("certificate pin %q: %w", c.SHA256, err)
+			}
+			pins[key] = pinFor(c)
 		}
-		key, err := parsePin(sum)
-		if err != nil {
-			return fmt.Errorf("certificate pin %q: %w", sum, err)
-		}
-		e := pinEntry{agentID: id, state: certRetired}
-		switch status {
-		case "active":
-			e.state = certActive
-		case "grace":
-			e.state = certGrace
-			e.graceUntil, _ = time.Parse(store.TimeFormat, grace)
-		}
-		pins[key] = e
-	}
-	if err := rows.Err(); err != nil {
-		return err
 	}
 	r.mu.Lock()
 	r.pins, r.agents = pins, agents
 	r.mu.Unlock()
 	return nil
+}
+
+// pinFor is the in-memory view of a stored certificate.
+func pinFor(c *store.Cert) pinEntry {
+	e := pinEntry{agentID: c.AgentID, state: certRetired}
+	switch c.Status {
+	case store.CertActive:
+		e.state = certActive
+	case store.CertGrace:
+		e.state = certGrace
+		if c.GraceUntil != nil {
+			e.graceUntil = *c.GraceUntil
+		}
+	}
+	return e
 }
 
 // Identity is who a pinned client certificate belongs to.
@@ -210,26 +195,11 @@ func (r *Registry) Lookup(agentID string) (Identity, bool) {
 // CheckDER hashes der and calls Check.
 func (r *Registry) CheckDER(der []byte) (Identity, *CheckError) { return r.Check(sha256.Sum256(der)) }
 
-// withTx runs fn in a write transaction, then the BeforeCommit check, then
-// commits; after a successful commit it runs after (in-memory updates).
-func (r *Registry) withTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := r.cfg.DB.BeginTx(ctx, nil)
-	if err != nil {
-		return fmt.Errorf("registry: begin: %w", err)
-	}
-	defer tx.Rollback()
-	if err := fn(tx); err != nil {
-		return err
-	}
-	if r.cfg.BeforeCommit != nil {
-		if err := r.cfg.BeforeCommit(); err != nil {
-			return fmt.Errorf("registry: not committing: %w", err)
-		}
-	}
-	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("registry: commit: %w", err)
-	}
-	return nil
+// change runs fn as one change of the store with the audit rows it
+// records (see audit.Log.Change).
+func (r *Registry) change(ctx context.Context, fn func(c *audit.Change) error) error {
+	_, err := r.cfg.Audit.Change(ctx, fn)
+	return err
 }
 
 func (r *Registry) now() time.Time { return r.cfg.Now().UTC() }

@@ -9,6 +9,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
@@ -21,32 +22,31 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+	"github.com/caddy-mastio/caddy-mastio/internal/testdb"
 )
 
 type fixture struct {
 	r     *Registry
-	st    *store.Store
+	st    *sql.DB // the test's own handle on the database
 	ca    *pki.CA
 	clock *time.Time
 	p     Policy
+	store store.Store
 }
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := store.Open(context.Background(), filepath.Join(dir, "m.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, raw := testdb.OpenSQLite(t)
 	ca, _, err := pki.LoadOrCreate(pki.Config{Dir: filepath.Join(dir, "pki")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := audit.Open(st.DB(), audit.Options{})
-	t.Cleanup(func() { log.Close(); st.Close() })
+	log := audit.Open(st, audit.Options{})
+	t.Cleanup(func() { log.Close() })
 	now := time.Now()
-	f := &fixture{st: st, ca: ca, clock: &now, p: Policy{TrustDomain: "mastio.local"}}
-	f.r, err = Open(context.Background(), Config{DB: st.DB(), Audit: log, CA: ca, Org: "acme", BeforeCommit: st.CheckFile,
+	f := &fixture{st: raw, ca: ca, clock: &now, p: Policy{TrustDomain: "mastio.local"}, store: st}
+	f.r, err = Open(context.Background(), Config{Store: st, Audit: log, CA: ca, Org: "acme",
 		Now: func() time.Time { return *f.clock }})
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +56,7 @@ func newFixture(t testing.TB) *fixture {
 
 func (f *fixture) events(t testing.TB, typ string) int {
 	var n int
-	f.st.DB().QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = ?`, typ).Scan(&n)
+	f.st.QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = ?`, typ).Scan(&n)
 	return n
 }
 
@@ -98,12 +98,12 @@ func TestCreateMintsKeyAndPinsCert(t *testing.T) {
 		t.Fatal("not audited")
 	}
 	var details string
-	f.st.DB().QueryRow(`SELECT details FROM audit_events WHERE event_type = 'agent.created'`).Scan(&details)
+	f.st.QueryRow(`SELECT details FROM audit_events WHERE event_type = 'agent.created'`).Scan(&details)
 	if strings.Contains(details, "PRIVATE KEY") {
 		t.Fatal("audit row holds the private key")
 	}
 	var stored int
-	f.st.DB().QueryRow(`SELECT COUNT(*) FROM agent_certs WHERE cert_pem LIKE '%PRIVATE%'`).Scan(&stored)
+	f.st.QueryRow(`SELECT COUNT(*) FROM agent_certs WHERE cert_pem LIKE '%PRIVATE%'`).Scan(&stored)
 	if stored != 0 {
 		t.Fatal("private key stored")
 	}
@@ -137,7 +137,7 @@ func TestCreateValidation(t *testing.T) {
 		}
 	}
 	var n int
-	f.st.DB().QueryRow(`SELECT COUNT(*) FROM agents`).Scan(&n)
+	f.st.QueryRow(`SELECT COUNT(*) FROM agents`).Scan(&n)
 	if n != 0 || f.events(t, "agent.created") != 0 {
 		t.Fatal("invalid requests wrote something")
 	}
@@ -190,7 +190,7 @@ func TestRevokeStopsAllCertsAtOnce(t *testing.T) {
 	}
 	var reactivated bool
 	var d string
-	f.st.DB().QueryRow(`SELECT details FROM audit_events WHERE event_type = 'agent.cert_rotated' ORDER BY seq DESC LIMIT 1`).Scan(&d)
+	f.st.QueryRow(`SELECT details FROM audit_events WHERE event_type = 'agent.cert_rotated' ORDER BY seq DESC LIMIT 1`).Scan(&d)
 	reactivated = strings.Contains(d, `"reactivated":true`)
 	if !reactivated {
 		t.Fatalf("re-issue audit row: %s", d)
@@ -313,12 +313,12 @@ func TestEnrollmentApproveFlow(t *testing.T) {
 		t.Fatalf("%+v", e)
 	}
 	got, _ := f.r.Enrollment(ctx, e.SessionID)
-	if !got.VerifyStatusProof(k.sign(StatusProofMessage(e.SessionID))) {
+	if !VerifyStatusProof(got, k.sign(StatusProofMessage(e.SessionID))) {
 		t.Fatal("valid status proof refused")
 	}
 	other := newEnrollKey(t)
 	for _, forged := range []string{"", "AAAA", other.sign(StatusProofMessage(e.SessionID)), k.sign(StatusProofMessage("other-session"))} {
-		if got.VerifyStatusProof(forged) {
+		if VerifyStatusProof(got, forged) {
 			t.Fatalf("forged proof %q accepted", forged)
 		}
 	}
@@ -329,7 +329,7 @@ func TestEnrollmentApproveFlow(t *testing.T) {
 	if done.Status != EnrollApproved || done.AgentID != "acme::ada-laptop" || agent.DPoPJKT != "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" {
 		t.Fatalf("%+v %+v", done, agent)
 	}
-	chain, err := pki.ParseCertificatesPEM([]byte(done.CertPEM()))
+	chain, err := pki.ParseCertificatesPEM([]byte(done.CertPEM))
 	if err != nil || len(chain) != 2 || !chain[0].PublicKey.(*ecdsa.PublicKey).Equal(k.priv.Public()) {
 		t.Fatal("issued certificate is not for the enrolled key")
 	}
@@ -346,7 +346,7 @@ func TestEnrollmentApproveFlow(t *testing.T) {
 			t.Errorf("%s audited %d times", typ, f.events(t, typ))
 		}
 	}
-	res, _ := audit.Verify(ctx, f.st.DB(), 1, 0)
+	res, _ := audit.Verify(ctx, f.store, 1, 0)
 	if !res.OK() {
 		t.Fatal(res.Reason)
 	}
@@ -383,7 +383,7 @@ func TestEnrollmentRefusals(t *testing.T) {
 		}
 	}
 	var n int
-	f.st.DB().QueryRow(`SELECT COUNT(*) FROM enrollments`).Scan(&n)
+	f.st.QueryRow(`SELECT COUNT(*) FROM enrollments`).Scan(&n)
 	if n != 0 || f.events(t, "enrollment.started") != 0 {
 		t.Fatal("refused requests wrote something")
 	}

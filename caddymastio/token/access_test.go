@@ -2,6 +2,7 @@ package token
 
 import (
 	"context"
+	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"path/filepath"
@@ -12,23 +13,20 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/jwt"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+	"github.com/caddy-mastio/caddy-mastio/internal/testdb"
 )
 
-func newRing(t testing.TB) (*KeyRing, *audit.Log, *store.Store) {
+func newRing(t testing.TB) (*KeyRing, *audit.Log, *sql.DB) {
 	t.Helper()
 	dir := t.TempDir()
-	st, err := store.Open(context.Background(), filepath.Join(dir, "m.db"))
+	st, raw := testdb.OpenSQLite(t)
+	log := audit.Open(st, audit.Options{})
+	t.Cleanup(func() { log.Close() })
+	ring, _, err := OpenKeyRing(context.Background(), st, log, pki.FileKeyStore{Dir: filepath.Join(dir, "keys")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	log := audit.Open(st.DB(), audit.Options{})
-	t.Cleanup(func() { log.Close(); st.Close() })
-	ring, _, err := OpenKeyRing(context.Background(), st.DB(), pki.FileKeyStore{Dir: filepath.Join(dir, "keys")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ring, log, st
+	return ring, log, raw
 }
 
 func claims() Claims {
@@ -103,7 +101,7 @@ func TestRotationKeepsOldTokensUntilGraceEnds(t *testing.T) {
 	if _, err := v.Verify(before, expect); err != nil {
 		t.Fatal(err)
 	}
-	rot, err := ring.Rotate(context.Background(), log, time.Hour, st.CheckFile, "admin", nil)
+	rot, err := ring.Rotate(context.Background(), time.Hour, "admin", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,12 +140,12 @@ func TestRotationKeepsOldTokensUntilGraceEnds(t *testing.T) {
 		t.Fatal("old-key token verified after the grace period")
 	}
 	var rows int
-	st.DB().QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'token.signing_key_rotated'`).Scan(&rows)
+	st.QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'token.signing_key_rotated'`).Scan(&rows)
 	if rows != 1 {
 		t.Fatal("rotation not audited")
 	}
 	// A restart sees the same ring.
-	again, _, err := OpenKeyRing(context.Background(), st.DB(), ring.keys)
+	again, _, err := OpenKeyRing(context.Background(), ring.st, log, ring.keys)
 	if err != nil || again.Active().Kid != rot.NewKid || len(again.Keys()) != 2 {
 		t.Fatalf("reopened ring: %v", err)
 	}

@@ -10,13 +10,13 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 	"time"
 
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/jwt"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
@@ -35,10 +35,11 @@ type SigningKey struct {
 	keyRef    string // name of the private key in the key store
 }
 
-// KeyRing is the set of signing keys stored in the signing_keys table, with
-// the private keys in a pki.KeyStore.
+// KeyRing is the set of signing keys the store keeps, with the private
+// keys in a pki.KeyStore.
 type KeyRing struct {
-	db   *sql.DB
+	st   store.Reader
+	log  *audit.Log // every change, with its audit row
 	keys pki.KeyStore
 
 	mu     sync.RWMutex
@@ -49,9 +50,10 @@ type KeyRing struct {
 }
 
 // OpenKeyRing loads the ring, creating the first ES256 key when there is
-// no active one. created reports whether a key was generated.
-func OpenKeyRing(ctx context.Context, db *sql.DB, keys pki.KeyStore) (ring *KeyRing, created *SigningKey, err error) {
-	ring = &KeyRing{db: db, keys: keys}
+// no active one (audited as token.signing_key_created). created reports
+// whether a key was generated.
+func OpenKeyRing(ctx context.Context, st store.Reader, log *audit.Log, keys pki.KeyStore) (ring *KeyRing, created *SigningKey, err error) {
+	ring = &KeyRing{st: st, log: log, keys: keys}
 	if err := ring.load(ctx); err != nil {
 		return nil, nil, err
 	}
@@ -60,8 +62,8 @@ func OpenKeyRing(ctx context.Context, db *sql.DB, keys pki.KeyStore) (ring *KeyR
 	}
 	k, err := ring.createActive(ctx)
 	if err != nil {
-		// Another process may have created it first; the unique index on
-		// the active row makes that an insert error. Reload and use theirs.
+		// Another process may have created it first; only one key can be
+		// active, so that is a conflict. Reload and use theirs.
 		if lerr := ring.load(ctx); lerr == nil && ring.Active() != nil {
 			return ring, nil, nil
 		}
@@ -73,14 +75,23 @@ func OpenKeyRing(ctx context.Context, db *sql.DB, keys pki.KeyStore) (ring *KeyR
 	return ring, k, nil
 }
 
+// createActive generates a key and records it as the active one.
 func (r *KeyRing) createActive(ctx context.Context) (*SigningKey, error) {
 	k, pub, err := r.generate()
 	if err != nil {
 		return nil, err
 	}
-	now := store.FormatTime(time.Now())
-	if _, err := r.db.ExecContext(ctx, `INSERT INTO signing_keys (kid, alg, public_jwk, key_ref, status, created_at, activated_at)
-		VALUES (?, 'ES256', ?, ?, 'active', ?, ?)`, k.Kid, pub, k.keyRef, now, now); err != nil {
+	now := time.Now()
+	_, err = r.log.Change(ctx, func(c *audit.Change) error {
+		if err := c.InsertSigningKey(ctx, &store.SigningKey{Kid: k.Kid, Alg: k.Alg, PublicJWK: pub, KeyRef: k.keyRef,
+			Status: store.KeyActive, CreatedAt: now, ActivatedAt: &now}); err != nil {
+			return err
+		}
+		c.Record(audit.Event{Type: "token.signing_key_created", Actor: "system", Subject: k.Kid,
+			Details: map[string]any{"alg": k.Alg, "status": k.Status}})
+		return nil
+	})
+	if err != nil {
 		return nil, fmt.Errorf("recording signing key: %w", err)
 	}
 	return k, nil
@@ -114,45 +125,34 @@ func (r *KeyRing) generate() (*SigningKey, string, error) {
 }
 
 func (r *KeyRing) load(ctx context.Context) error {
-	rows, err := r.db.QueryContext(ctx, `SELECT kid, alg, public_jwk, key_ref, status, COALESCE(expires_at, '')
-		FROM signing_keys WHERE status IN ('active', 'deprecated')`)
+	stored, err := r.st.SigningKeys(ctx, store.KeyActive, store.KeyDeprecated)
 	if err != nil {
 		return fmt.Errorf("reading signing keys: %w", err)
 	}
-	defer rows.Close()
 	all := map[string]*SigningKey{}
 	var active *SigningKey
 	now := time.Now()
-	for rows.Next() {
-		var kid, alg, pubJSON, ref, status, expires string
-		if err := rows.Scan(&kid, &alg, &pubJSON, &ref, &status, &expires); err != nil {
-			return fmt.Errorf("reading signing keys: %w", err)
-		}
-		pub, _, err := jwt.ParseJWK([]byte(pubJSON))
+	for _, sk := range stored {
+		pub, _, err := jwt.ParseJWK([]byte(sk.PublicJWK))
 		if err != nil {
-			return fmt.Errorf("signing key %s: public JWK: %w", kid, err)
+			return fmt.Errorf("signing key %s: public JWK: %w", sk.Kid, err)
 		}
-		k := &SigningKey{Kid: kid, Alg: alg, Status: status, Public: pub, keyRef: ref}
-		if expires != "" {
-			if k.ExpiresAt, err = time.Parse(store.TimeFormat, expires); err != nil {
-				return fmt.Errorf("signing key %s: expires_at: %w", kid, err)
-			}
-			if status == "deprecated" && now.After(k.ExpiresAt) {
-				continue
+		k := &SigningKey{Kid: sk.Kid, Alg: sk.Alg, Status: sk.Status, Public: pub, keyRef: sk.KeyRef}
+		if sk.ExpiresAt != nil {
+			k.ExpiresAt = *sk.ExpiresAt
+			if sk.Status == store.KeyDeprecated && now.After(k.ExpiresAt) {
+				continue // past its grace: no longer verifies
 			}
 		}
-		if status == "active" {
-			signer, err := pki.LoadSigner(r.keys, ref)
+		if sk.Status == store.KeyActive {
+			signer, err := pki.LoadSigner(r.keys, sk.KeyRef)
 			if err != nil {
-				return fmt.Errorf("active signing key %s: %w", kid, err)
+				return fmt.Errorf("active signing key %s: %w", sk.Kid, err)
 			}
 			k.signer = signer
 			active = k
 		}
-		all[kid] = k
-	}
-	if err := rows.Err(); err != nil {
-		return err
+		all[sk.Kid] = k
 	}
 	jwks, etag := buildJWKS(all, now)
 	r.mu.Lock()

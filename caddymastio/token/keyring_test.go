@@ -7,19 +7,18 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+	"github.com/caddy-mastio/caddy-mastio/internal/testdb"
 )
 
 func TestKeyRingCreatesOneActiveKeyAndReloadsIt(t *testing.T) {
 	dir := t.TempDir()
-	st, err := store.Open(context.Background(), filepath.Join(dir, "m.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st, _ := testdb.OpenSQLite(t)
+	log := audit.Open(st, audit.Options{})
+	defer log.Close()
 	ks := pki.FileKeyStore{Dir: filepath.Join(dir, "keys")}
-	ring, created, err := OpenKeyRing(context.Background(), st.DB(), ks)
+	ring, created, err := OpenKeyRing(context.Background(), st, log, ks)
 	if err != nil || created == nil {
 		t.Fatalf("first open: created=%v err=%v", created, err)
 	}
@@ -33,7 +32,7 @@ func TestKeyRingCreatesOneActiveKeyAndReloadsIt(t *testing.T) {
 	if err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v %v", fi, err)
 	}
-	again, created2, err := OpenKeyRing(context.Background(), st.DB(), ks)
+	again, created2, err := OpenKeyRing(context.Background(), st, log, ks)
 	if err != nil || created2 != nil || again.Active().Kid != created.Kid {
 		t.Fatalf("second open: %v %v", created2, err)
 	}

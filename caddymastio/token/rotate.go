@@ -2,7 +2,6 @@ package token
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"sort"
 	"time"
@@ -27,7 +26,7 @@ type Rotation struct {
 // grace ends) and activates the new one. Tokens signed by the old key keep
 // verifying; new tokens use the new key at once. No restart is needed and
 // agents keep their enrollment.
-func (r *KeyRing) Rotate(ctx context.Context, log *audit.Log, grace time.Duration, beforeCommit func() error, actor string, details map[string]any) (*Rotation, error) {
+func (r *KeyRing) Rotate(ctx context.Context, grace time.Duration, actor string, details map[string]any) (*Rotation, error) {
 	if grace <= 0 {
 		grace = DefaultGrace
 	}
@@ -37,45 +36,39 @@ func (r *KeyRing) Rotate(ctx context.Context, log *audit.Log, grace time.Duratio
 	}
 	now := time.Now()
 	rot := &Rotation{NewKid: k.Kid, GraceEnds: now.Add(grace).UTC()}
-	tx, err := r.db.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback()
-	ts := store.FormatTime(now)
-	if _, err := tx.ExecContext(ctx, `INSERT INTO signing_keys (kid, alg, public_jwk, key_ref, status, created_at)
-		VALUES (?, 'ES256', ?, ?, 'staged', ?)`, k.Kid, pub, k.keyRef, ts); err != nil {
-		return nil, fmt.Errorf("staging the new key: %w", err)
-	}
-	if err := tx.QueryRowContext(ctx, `SELECT kid FROM signing_keys WHERE status = 'active'`).Scan(&rot.OldKid); err != nil && err != sql.ErrNoRows {
-		return nil, err
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE signing_keys SET status = 'deprecated', deprecated_at = ?, expires_at = ?
-		WHERE status = 'active'`, ts, store.FormatTime(rot.GraceEnds)); err != nil {
-		return nil, fmt.Errorf("deprecating the active key: %w", err)
-	}
-	if _, err := tx.ExecContext(ctx, `UPDATE signing_keys SET status = 'active', activated_at = ? WHERE kid = ?`, ts, k.Kid); err != nil {
-		return nil, fmt.Errorf("activating the new key: %w", err)
-	}
-	d := map[string]any{"new_kid": k.Kid, "old_kid": rot.OldKid, "old_key_verifies_until": rot.GraceEnds.Format(time.RFC3339)}
-	for key, v := range details {
-		d[key] = v
-	}
-	if _, err := log.AppendTx(ctx, tx, audit.Event{Type: "token.signing_key_rotated", Actor: actor, Subject: k.Kid, Details: d}); err != nil {
-		return nil, err
-	}
-	if beforeCommit != nil {
-		if err := beforeCommit(); err != nil {
-			return nil, err
+	_, err = r.log.Change(ctx, func(c *audit.Change) error {
+		fresh := &store.SigningKey{Kid: k.Kid, Alg: k.Alg, PublicJWK: pub, KeyRef: k.keyRef, Status: store.KeyStaged, CreatedAt: now}
+		if err := c.InsertSigningKey(ctx, fresh); err != nil {
+			return fmt.Errorf("staging the new key: %w", err)
 		}
-	}
-	if err := tx.Commit(); err != nil {
+		active, err := c.SigningKeys(ctx, store.KeyActive)
+		if err != nil {
+			return err
+		}
+		for _, old := range active {
+			rot.OldKid = old.Kid
+			old.Status, old.DeprecatedAt, old.ExpiresAt = store.KeyDeprecated, &now, &rot.GraceEnds
+			if err := c.UpdateSigningKey(ctx, old); err != nil {
+				return fmt.Errorf("deprecating the active key: %w", err)
+			}
+		}
+		fresh.Status, fresh.ActivatedAt = store.KeyActive, &now
+		if err := c.UpdateSigningKey(ctx, fresh); err != nil {
+			return fmt.Errorf("activating the new key: %w", err)
+		}
+		d := map[string]any{"new_kid": k.Kid, "old_kid": rot.OldKid, "old_key_verifies_until": rot.GraceEnds.Format(time.RFC3339)}
+		for key, v := range details {
+			d[key] = v
+		}
+		c.Record(audit.Event{Type: "token.signing_key_rotated", Actor: actor, Subject: k.Kid, Details: d})
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	return rot, r.load(ctx)
 }
 
-// Keys lists the keys that verify tokens now, the active one first.
 func (r *KeyRing) Keys() []*SigningKey {
 	r.mu.RLock()
 	defer r.mu.RUnlock()

@@ -1,10 +1,12 @@
-// Package store holds the Mastio's persistent state: the schema and its
-// migrations, the SQLite connection and the small repositories on top.
+// Package sqlite is the embedded store (package store's contract) on one
+// SQLite file, through modernc.org/sqlite (pure Go, no cgo): the schema
+// and its migrations, and every SQL statement of the Mastio.
 //
 // SQLite runs in WAL mode with synchronous=FULL (an acknowledged commit
 // survives power loss), a busy timeout, foreign keys on and BEGIN IMMEDIATE
-// transactions, so concurrent writers queue instead of failing.
-package store
+// transactions, so concurrent writers queue instead of failing and an
+// Update is serializable.
+package sqlite
 
 import (
 	"context"
@@ -19,24 +21,25 @@ import (
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver (pure Go, no cgo)
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 )
 
 // TimeFormat is how every timestamp is stored: RFC 3339, UTC, fixed
 // nanosecond width so that text order is time order.
 const TimeFormat = "2006-01-02T15:04:05.000000000Z"
 
-// FormatTime formats t in TimeFormat.
-func FormatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
+// formatTime formats t in TimeFormat.
+func formatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
 
-// ErrSchemaTooNew is returned by Open when the database was written by a
-// newer caddy-mastio than this one.
-var ErrSchemaTooNew = errors.New("database schema is newer than this binary supports")
-
-// Store is an open Mastio database.
-type Store struct {
+// DB is an open Mastio database.
+type DB struct {
+	reader
 	db   *sql.DB
 	path string
 	id   fileID
+
+	writer *auditWriter
 
 	probeMu   sync.Mutex
 	probeAt   time.Time
@@ -47,7 +50,7 @@ type Store struct {
 
 // Open opens (creating if needed, mode 0600) the SQLite database at path
 // and brings its schema up to date.
-func Open(ctx context.Context, path string) (*Store, error) {
+func Open(ctx context.Context, path string) (*DB, error) {
 	if strings.HasPrefix(path, "postgres://") || strings.HasPrefix(path, "postgresql://") {
 		return nil, errors.New("postgres databases are not supported by this build yet; use a SQLite file path")
 	}
@@ -70,7 +73,8 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening database %s: %w", abs, err)
 	}
-	s := &Store{db: db, path: abs, probeTTL: time.Second}
+	s := &DB{reader: reader{db}, db: db, path: abs, probeTTL: time.Second}
+	s.writer = &auditWriter{db: s}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -109,7 +113,7 @@ func Peek(ctx context.Context, path string, keys ...string) (map[string]string, 
 	if version > LatestVersion() {
 		return nil, version, fmt.Errorf("%w: database %s is at schema version %d, this binary knows up to %d; "+
 			"run the caddy-mastio release that wrote it, or restore a backup taken before the upgrade",
-			ErrSchemaTooNew, path, version, LatestVersion())
+			store.ErrSchemaTooNew, path, version, LatestVersion())
 	}
 	out := map[string]string{}
 	for _, k := range keys {
@@ -138,15 +142,15 @@ func dsn(path string, mustExist bool) string {
 	return u.String() + "?" + q
 }
 
-// DB returns the underlying handle for repositories in other packages
-// (audit, token, ...).
-func (s *Store) DB() *sql.DB { return s.db }
+// Location is the absolute path of the database file.
+func (s *DB) Location() string { return s.path }
 
-// Path returns the absolute path of the database file.
-func (s *Store) Path() string { return s.path }
+// AuditWriter is the audit log's write path.
+func (s *DB) AuditWriter() store.AuditWriter { return s.writer }
 
 // Close closes the database.
-func (s *Store) Close() error {
+func (s *DB) Close() error {
+	s.writer.Close()
 	s.probeMu.Lock()
 	if s.probeConn != nil {
 		s.probeConn.Close()
@@ -156,7 +160,7 @@ func (s *Store) Close() error {
 	return s.db.Close()
 }
 
-func (s *Store) migrate(ctx context.Context) error {
+func (s *DB) migrate(ctx context.Context) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("database %s: starting migration: %w", s.path, err)
@@ -176,9 +180,9 @@ func (s *Store) migrate(ctx context.Context) error {
 	if current > LatestVersion() {
 		return fmt.Errorf("%w: database %s is at schema version %d, this binary knows up to %d; "+
 			"run the caddy-mastio release that wrote it, or restore a backup taken before the upgrade",
-			ErrSchemaTooNew, s.path, current, LatestVersion())
+			store.ErrSchemaTooNew, s.path, current, LatestVersion())
 	}
-	now := FormatTime(time.Now())
+	now := formatTime(time.Now())
 	for _, m := range migrations {
 		if m.version <= current {
 			continue
@@ -198,8 +202,79 @@ func (s *Store) migrate(ctx context.Context) error {
 }
 
 // SchemaVersion returns the version recorded in schema_migrations.
-func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+func (s *DB) SchemaVersion(ctx context.Context) (int, error) {
 	var v int
 	err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(version), 0) FROM schema_migrations`).Scan(&v)
 	return v, err
 }
+
+// Update runs fn in one write transaction (BEGIN IMMEDIATE: one writer at
+// a time) and commits it if fn returns nil and the file is still the one
+// opened.
+func (s *DB) Update(ctx context.Context, fn func(store.Tx) error) error {
+	t, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("database: begin: %w", err)
+	}
+	defer t.Rollback()
+	if err := fn(&tx{reader: reader{t}, tx: t}); err != nil {
+		return err
+	}
+	if err := s.CheckFile(); err != nil {
+		return fmt.Errorf("database: not committing: %w", err)
+	}
+	if err := t.Commit(); err != nil {
+		return fmt.Errorf("database: commit: %w", err)
+	}
+	return nil
+}
+
+// querier is what reads and writes run on: the pool, or a transaction.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// reader implements store.Reader on a querier.
+type reader struct{ q querier }
+
+// tx implements store.Tx.
+type tx struct {
+	reader
+	tx *sql.Tx
+}
+
+// Interface guards
+var (
+	_ store.Store = (*DB)(nil)
+	_ store.Tx    = (*tx)(nil)
+)
+
+// ReadOnlyDB is a database opened only to be read (a live one or a backup
+// copy), for offline tools such as audit verification.
+type ReadOnlyDB struct {
+	reader
+	db *sql.DB
+}
+
+// OpenReadOnly opens the database at path read-only; it changes nothing
+// and creates nothing.
+func OpenReadOnly(path string) (*ReadOnlyDB, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("database %s: %w", path, err)
+	}
+	u := url.URL{Scheme: "file", Path: path, OmitHost: true}
+	db, err := sql.Open("sqlite", u.String()+"?mode=ro&_pragma=busy_timeout(5000)")
+	if err != nil {
+		return nil, fmt.Errorf("opening database %s: %w", path, err)
+	}
+	return &ReadOnlyDB{reader: reader{db}, db: db}, nil
+}
+
+// Close closes the database.
+func (r *ReadOnlyDB) Close() error { return r.db.Close() }
+
+// ReaderOn reads the records of a database through a handle its caller
+// opened (a tool's or a test's read-only handle).
+func ReaderOn(db *sql.DB) store.Reader { return reader{db} }

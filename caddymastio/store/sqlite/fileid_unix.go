@@ -1,11 +1,12 @@
 //go:build unix
 
-package store
+package sqlite
 
 import (
-	"golang.org/x/sys/unix"
 	"os"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 type fileID struct{ dev, ino uint64 }

@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 // migration is one step of the schema. Steps are applied in order, each in
 // the same transaction as the row that records it in schema_migrations, so

@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -9,37 +9,24 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 )
-
-// HealthError is why the database is not usable. Reason is a short token
-// safe to show to anonymous callers (it names no path); Error() carries the
-// path and the underlying cause for the logs.
-type HealthError struct {
-	Reason string // missing | replaced | not_writable | locked | unavailable
-	Path   string
-	Err    error
-}
-
-func (e *HealthError) Error() string {
-	return fmt.Sprintf("database %s: %s: %v", e.Path, e.Reason, e.Err)
-}
-
-func (e *HealthError) Unwrap() error { return e.Err }
 
 // CheckFile reports whether the path still names the file that was opened.
 // A database deleted or replaced under a running process would otherwise
 // take every later write into an unlinked inode that vanishes at exit, so
 // writers call this before acknowledging a commit.
-func (s *Store) CheckFile() error {
+func (s *DB) CheckFile() error {
 	id, err := statID(s.path)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return &HealthError{Reason: "missing", Path: s.path, Err: errors.New("the database file was deleted or moved while in use")}
+			return &store.HealthError{Reason: "missing", Location: s.path, Err: errors.New("the database file was deleted or moved while in use")}
 		}
-		return &HealthError{Reason: "unavailable", Path: s.path, Err: err}
+		return &store.HealthError{Reason: "unavailable", Location: s.path, Err: err}
 	}
 	if id != s.id {
-		return &HealthError{Reason: "replaced", Path: s.path, Err: errors.New("the database file was replaced by another file while in use; restart to open it")}
+		return &store.HealthError{Reason: "replaced", Location: s.path, Err: errors.New("the database file was replaced by another file while in use; restart to open it")}
 	}
 	return nil
 }
@@ -50,7 +37,7 @@ func (s *Store) CheckFile() error {
 // readonly database", "database is locked", disk full) when permissions
 // drift or the disk fills. Results are cached for a second so that a
 // readiness endpoint hammered by clients costs at most one write a second.
-func (s *Store) Check(ctx context.Context) error {
+func (s *DB) Check(ctx context.Context) error {
 	s.probeMu.Lock()
 	defer s.probeMu.Unlock()
 	if time.Since(s.probeAt) < s.probeTTL {
@@ -61,7 +48,7 @@ func (s *Store) Check(ctx context.Context) error {
 	return s.probeErr
 }
 
-func (s *Store) probe(ctx context.Context) error {
+func (s *DB) probe(ctx context.Context) error {
 	if err := s.CheckFile(); err != nil {
 		return err
 	}
@@ -71,7 +58,7 @@ func (s *Store) probe(ctx context.Context) error {
 	// opens nothing, so SQLite's POSIX locks are not disturbed).
 	for _, p := range []string{s.path, s.path + "-wal", s.path + "-shm", filepath.Dir(s.path)} {
 		if err := writable(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return &HealthError{Reason: "not_writable", Path: s.path, Err: fmt.Errorf("%s: %w", p, err)}
+			return &store.HealthError{Reason: "not_writable", Location: s.path, Err: fmt.Errorf("%s: %w", p, err)}
 		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
@@ -81,7 +68,7 @@ func (s *Store) probe(ctx context.Context) error {
 	if s.probeConn == nil {
 		db, err := sql.Open("sqlite", dsn(s.path, true)+"&_pragma=busy_timeout(2000)")
 		if err != nil {
-			return &HealthError{Reason: "unavailable", Path: s.path, Err: err}
+			return &store.HealthError{Reason: "unavailable", Location: s.path, Err: err}
 		}
 		db.SetMaxIdleConns(0)
 		db.SetMaxOpenConns(1)
@@ -93,7 +80,7 @@ func (s *Store) probe(ctx context.Context) error {
 	}
 	defer tx.Rollback()
 	if _, err := tx.ExecContext(ctx, `INSERT INTO health_probe (id, checked_at) VALUES (1, ?)
-		ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at`, FormatTime(time.Now())); err != nil {
+		ON CONFLICT (id) DO UPDATE SET checked_at = excluded.checked_at`, formatTime(time.Now())); err != nil {
 		return classify(s.path, err)
 	}
 	if err := tx.Commit(); err != nil {
@@ -112,12 +99,12 @@ func classify(path string, err error) error {
 	case strings.Contains(msg, "locked") || strings.Contains(msg, "busy"):
 		reason = "locked"
 	}
-	return &HealthError{Reason: reason, Path: path, Err: err}
+	return &store.HealthError{Reason: reason, Location: path, Err: err}
 }
 
 // SetProbeTTL changes how long a readiness result is reused (default one
 // second). Tests set it to zero.
-func (s *Store) SetProbeTTL(d time.Duration) {
+func (s *DB) SetProbeTTL(d time.Duration) {
 	s.probeMu.Lock()
 	s.probeTTL = d
 	s.probeMu.Unlock()

@@ -1,4 +1,4 @@
-package store
+package sqlite
 
 import (
 	"context"
@@ -9,10 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/storetest"
 	"github.com/caddy-mastio/caddy-mastio/internal/testutil"
 )
 
-func openTemp(t *testing.T) (*Store, string) {
+func openTemp(t *testing.T) (*DB, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "mastio.db")
 	s, err := Open(context.Background(), path)
@@ -32,17 +34,17 @@ func TestOpenFreshAppliesAllMigrations(t *testing.T) {
 	}
 	for _, table := range []string{"config", "agents", "agent_certs", "enrollments", "signing_keys", "audit_events"} {
 		var n int
-		if err := s.DB().QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name=?`, table).Scan(&n); err != nil || n != 1 {
+		if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type='table' AND name=?`, table).Scan(&n); err != nil || n != 1 {
 			t.Errorf("table %s: n=%d err=%v", table, n, err)
 		}
 	}
 	var mode string
-	if err := s.DB().QueryRowContext(ctx, `PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
+	if err := s.db.QueryRowContext(ctx, `PRAGMA journal_mode`).Scan(&mode); err != nil || mode != "wal" {
 		t.Errorf("journal_mode = %q, %v", mode, err)
 	}
 	var fk, sync int
-	s.DB().QueryRowContext(ctx, `PRAGMA foreign_keys`).Scan(&fk)
-	s.DB().QueryRowContext(ctx, `PRAGMA synchronous`).Scan(&sync)
+	s.db.QueryRowContext(ctx, `PRAGMA foreign_keys`).Scan(&fk)
+	s.db.QueryRowContext(ctx, `PRAGMA synchronous`).Scan(&sync)
 	if fk != 1 || sync != 2 {
 		t.Errorf("foreign_keys=%d synchronous=%d, want 1 and 2 (FULL)", fk, sync)
 	}
@@ -64,7 +66,7 @@ func TestOpenTwiceIsIdempotent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SetConfig(ctx, "org_id", "abc"); err != nil {
+	if err := s.Update(ctx, func(tx store.Tx) error { return tx.SetConfig(ctx, "org_id", "abc") }); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
@@ -74,11 +76,11 @@ func TestOpenTwiceIsIdempotent(t *testing.T) {
 	}
 	defer s2.Close()
 	var n int
-	s2.DB().QueryRow(`SELECT COUNT(*) FROM schema_migrations`).Scan(&n)
+	s2.db.QueryRow(`SELECT COUNT(*) FROM schema_migrations`).Scan(&n)
 	if n != len(migrations) {
 		t.Errorf("schema_migrations has %d rows, want %d (no migration re-applied)", n, len(migrations))
 	}
-	if v, ok, _ := s2.GetConfig(ctx, "org_id"); !ok || v != "abc" {
+	if v, ok, _ := s2.Config(ctx, "org_id"); !ok || v != "abc" {
 		t.Errorf("config lost across re-open: %q %v", v, ok)
 	}
 }
@@ -90,12 +92,12 @@ func TestOpenRefusesNewerSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.DB().Exec(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, 'from the future', 'x')`, LatestVersion()+5); err != nil {
+	if _, err := s.db.Exec(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, 'from the future', 'x')`, LatestVersion()+5); err != nil {
 		t.Fatal(err)
 	}
 	s.Close()
 	_, err = Open(ctx, path)
-	if !errors.Is(err, ErrSchemaTooNew) {
+	if !errors.Is(err, store.ErrSchemaTooNew) {
 		t.Fatalf("want ErrSchemaTooNew, got %v", err)
 	}
 	if want := filepath.Base(path); !strings.Contains(err.Error(), want) {
@@ -127,22 +129,9 @@ func TestFailedMigrationChangesNothing(t *testing.T) {
 	}
 	defer s.Close()
 	var n int
-	s.DB().QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE name = 'extra'`).Scan(&n)
+	s.db.QueryRow(`SELECT COUNT(*) FROM sqlite_master WHERE name = 'extra'`).Scan(&n)
 	if n != 0 {
 		t.Error("the good step of a failed migration run was left applied")
-	}
-}
-
-func TestInitConfigKeepsFirstValue(t *testing.T) {
-	s, _ := openTemp(t)
-	ctx := context.Background()
-	v, err := s.InitConfig(ctx, "org_id", "first")
-	if err != nil || v != "first" {
-		t.Fatalf("%q %v", v, err)
-	}
-	v, err = s.InitConfig(ctx, "org_id", "second")
-	if err != nil || v != "first" {
-		t.Fatalf("second InitConfig returned %q %v, want first", v, err)
 	}
 }
 
@@ -157,7 +146,7 @@ func TestCheckDetectsDeletedAndReplacedFile(t *testing.T) {
 	if err := os.Rename(path, moved); err != nil {
 		t.Fatal(err)
 	}
-	var he *HealthError
+	var he *store.HealthError
 	if err := s.Check(ctx); !errors.As(err, &he) || he.Reason != "missing" {
 		t.Fatalf("after delete: %v", err)
 	}
@@ -191,7 +180,7 @@ func TestCheckDetectsUnwritableFile(t *testing.T) {
 		t.Fatalf("healthy store: %v", err)
 	}
 	os.Chmod(path, 0o400)
-	var he *HealthError
+	var he *store.HealthError
 	if err := s.Check(context.Background()); !errors.As(err, &he) || he.Reason != "not_writable" {
 		t.Fatalf("want not_writable, got %v", err)
 	}
@@ -211,18 +200,12 @@ func TestPostgresURLIsRefusedClearly(t *testing.T) {
 func TestUseOnceSurvivesReopen(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "m.db")
-	use := func(s *Store, key string, exp time.Time) bool {
+	use := func(s *DB, key string, exp time.Time) (fresh bool) {
 		t.Helper()
-		tx, err := s.DB().BeginTx(ctx, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer tx.Rollback()
-		fresh, err := UseOnce(ctx, tx, key, exp)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := tx.Commit(); err != nil {
+		if err := s.Update(ctx, func(tx store.Tx) (err error) {
+			fresh, err = tx.UseOnce(ctx, key, exp)
+			return err
+		}); err != nil {
 			t.Fatal(err)
 		}
 		return fresh
@@ -235,9 +218,6 @@ func TestUseOnceSurvivesReopen(t *testing.T) {
 	if !use(s, "a", soon) || use(s, "a", soon) {
 		t.Fatal("a key was not single-use")
 	}
-	if !use(s, "gone", time.Now().Add(-time.Second)) || !use(s, "gone", soon) {
-		t.Fatal("an expired key is still remembered")
-	}
 	s.Close()
 	s, err = Open(ctx, path)
 	if err != nil {
@@ -247,7 +227,52 @@ func TestUseOnceSurvivesReopen(t *testing.T) {
 	if use(s, "a", soon) {
 		t.Fatal("a used key was forgotten when the database was reopened")
 	}
-	if n, err := s.PurgeUsed(ctx); err != nil || n != 0 {
-		t.Fatalf("purge: %d %v", n, err)
+}
+
+// The audit writer asks its own connection for the durability of each
+// batch; the store's other connections stay synchronous=FULL.
+func TestAuditDurabilityAppliesToTheWriterConnectionOnly(t *testing.T) {
+	s, _ := openTemp(t)
+	ctx := context.Background()
+	w := s.writer
+	appendOne := func(d store.Durability) {
+		t.Helper()
+		err := w.Append(ctx, d, nil, func(h store.AuditHead) ([]store.AuditRow, error) {
+			return []store.AuditRow{{Seq: h.Seq + 1, Time: "2026-12-02T00:00:00.000000000Z", Type: "t.x", Actor: "a",
+				Result: "ok", Details: []byte("{}"), PrevHash: h.Hash, Hash: []byte{1}}}, nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
+	synchronous := func() int {
+		var v int
+		if err := w.conn.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	appendOne(store.SyncFull)
+	if got := synchronous(); got != 2 {
+		t.Fatalf("full: synchronous=%d, want 2 (FULL)", got)
+	}
+	appendOne(store.SyncOS)
+	if got := synchronous(); got != 1 {
+		t.Fatalf("os: synchronous=%d, want 1 (NORMAL)", got)
+	}
+	var other int
+	if err := s.db.QueryRow("PRAGMA synchronous").Scan(&other); err != nil || other != 2 {
+		t.Fatalf("store connection: synchronous=%d (%v), want 2", other, err)
+	}
+	appendOne(store.SyncFull)
+	if got := synchronous(); got != 2 {
+		t.Fatalf("back to full: synchronous=%d, want 2", got)
+	}
+}
+
+func TestContract(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		s, _ := openTemp(t)
+		return s
+	})
 }
