@@ -66,7 +66,7 @@ func (h *Aggregator) serve(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	defer ar.Done()
-	r, p, pol := ar.R, ar.Principal, ar.Policy
+	r, p := ar.R, ar.Principal
 	refuse := func(status int, reason string, id json.RawMessage, e *mcp.Error) error {
 		h.m.AuditRefusal(r, "mcp.refused", p.AgentID, status, reason, e.Message, map[string]any{"server": "aggregator"})
 		writeRPC(w, status, mcp.ErrorResponse(id, e))
@@ -94,7 +94,7 @@ func (h *Aggregator) serve(w http.ResponseWriter, r *http.Request) error {
 		if !m.IsRequest() {
 			continue
 		}
-		a, wait, err := h.aggregate(r, p, pol, m)
+		a, wait, err := h.aggregate(r, p, m)
 		if err != nil {
 			return err
 		}
@@ -128,7 +128,7 @@ func (h *Aggregator) serve(w http.ResponseWriter, r *http.Request) error {
 }
 
 // aggregate answers one request.
-func (h *Aggregator) aggregate(r *http.Request, p *mastio.Principal, pol policy.Principal, m *mcp.Message) (json.RawMessage, time.Duration, error) {
+func (h *Aggregator) aggregate(r *http.Request, p *mastio.Principal, m *mcp.Message) (json.RawMessage, time.Duration, error) {
 	switch m.Method {
 	case "initialize":
 		var params struct {
@@ -150,7 +150,7 @@ func (h *Aggregator) aggregate(r *http.Request, p *mastio.Principal, pol policy.
 	case "ping":
 		return mcp.Result(m.ID, map[string]any{}), 0, nil
 	case "tools/list":
-		return h.aggregateTools(r, pol, m), 0, nil
+		return h.aggregateTools(r, p, m), 0, nil
 	case "prompts/list":
 		return mcp.Result(m.ID, map[string]any{"prompts": []any{}}), 0, nil
 	case "resources/list":
@@ -158,7 +158,7 @@ func (h *Aggregator) aggregate(r *http.Request, p *mastio.Principal, pol policy.
 	case "resources/templates/list":
 		return mcp.Result(m.ID, map[string]any{"resourceTemplates": []any{}}), 0, nil
 	case "tools/call":
-		return h.aggregateCall(r, p, pol, m)
+		return h.aggregateCall(r, p, m)
 	}
 	return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeMethodNotFound, Message: "Method not found: " + m.Method}), 0, nil
 }
@@ -166,7 +166,7 @@ func (h *Aggregator) aggregate(r *http.Request, p *mastio.Principal, pol policy.
 // aggregateTools lists the tools the agent may call on every server. A
 // server that cannot be reached is left out (and logged), so one broken
 // upstream does not hide the others.
-func (h *Aggregator) aggregateTools(r *http.Request, pol policy.Principal, m *mcp.Message) json.RawMessage {
+func (h *Aggregator) aggregateTools(r *http.Request, p *mastio.Principal, m *mcp.Message) json.RawMessage {
 	servers, _, err := h.m.Servers(r.Context())
 	if err != nil {
 		return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeInternal, Message: "the server registry cannot be read"})
@@ -185,7 +185,7 @@ func (h *Aggregator) aggregateTools(r *http.Request, pol policy.Principal, m *mc
 			continue
 		}
 		for _, t := range list {
-			if !h.m.Decide(pol, "tools/call", name+"/"+t.Name).Allowed {
+			if !h.m.Decide(p.Identity, "tools/call", name+"/"+t.Name).Allowed {
 				continue
 			}
 			raw, _ := json.Marshal(t)
@@ -201,7 +201,7 @@ func (h *Aggregator) aggregateTools(r *http.Request, pol policy.Principal, m *mc
 
 // aggregateCall routes a tools/call to its server after policy and rate
 // limits, and audits it before answering.
-func (h *Aggregator) aggregateCall(r *http.Request, p *mastio.Principal, pol policy.Principal, m *mcp.Message) (json.RawMessage, time.Duration, error) {
+func (h *Aggregator) aggregateCall(r *http.Request, p *mastio.Principal, m *mcp.Message) (json.RawMessage, time.Duration, error) {
 	_, full, _, terr := mcp.Target(m)
 	if terr != nil {
 		return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeInvalidParams, Message: "Invalid params: " + terr.Error()}), 0, nil
@@ -254,7 +254,7 @@ func (h *Aggregator) aggregateCall(r *http.Request, p *mastio.Principal, pol pol
 			return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeRateLimited, Message: msg}), wait, nil
 		}
 	}
-	rec.Decision = h.m.Decide(pol, "tools/call", server+"/"+tool)
+	rec.Decision = h.m.Decide(p.Identity, "tools/call", server+"/"+tool)
 	if !rec.Decision.Allowed {
 		mcpCalls.WithLabelValues(server, "deny").Inc()
 		rec.Outcome = "denied"

@@ -79,7 +79,7 @@ func (x *exchange) deliver(m *mcp.Message, upstreamStatus int) json.RawMessage {
 	}
 	if m.Result != nil {
 		filtered, _, err := mcp.FilterLists(m.Result, func(k mcp.ListKind, name string) bool {
-			return x.g.m.Decide(x.pol, k.Action, x.g.cfg.Server+"/"+name).Allowed
+			return x.g.m.Decide(x.p.Identity, k.Action, x.g.cfg.Server+"/"+name).Allowed
 		})
 		if err != nil {
 			x.g.log.Warn("MCP answer withheld: its list cannot be filtered", zap.String("server", x.g.cfg.Server), zap.Error(err))

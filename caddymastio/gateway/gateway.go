@@ -113,7 +113,6 @@ type exchange struct {
 	g         *Route
 	r         *http.Request
 	p         *mastio.Principal
-	pol       policy.Principal
 	calls     map[string]*call
 	denied    []json.RawMessage // answers the gateway gives itself
 	forwarded []*mcp.Message    // requests sent to the upstream
@@ -148,7 +147,7 @@ func (g *Route) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 	}
 	defer ar.Done()
 	r = ar.R
-	x := &exchange{g: g, r: r, p: ar.Principal, pol: ar.Policy, calls: map[string]*call{}, sessionID: r.Header.Get("Mcp-Session-Id")}
+	x := &exchange{g: g, r: r, p: ar.Principal, calls: map[string]*call{}, sessionID: r.Header.Get("Mcp-Session-Id")}
 	if h, dup := ambiguousHeader(r); dup {
 		return x.refuse(w, http.StatusBadRequest, "ambiguous_header", nil, &mcp.Error{Code: mcp.CodeInvalidRequest,
 			Message: fmt.Sprintf("Invalid Request: the %s header appears more than once", h)})
@@ -263,7 +262,7 @@ func (x *exchange) serve(w http.ResponseWriter, next Next) error {
 				Message: fmt.Sprintf("rate limit exceeded for %s; retry in %ds", name, int(math.Ceil(wait.Seconds())))}))
 			continue
 		}
-		c.decision = g.m.Decide(x.pol, action, g.cfg.Server+"/"+name)
+		c.decision = g.m.Decide(x.p.Identity, action, g.cfg.Server+"/"+name)
 		if !c.decision.Allowed {
 			mcpCalls.WithLabelValues(g.cfg.Server, "deny").Inc()
 			if err := x.auditCall(c, "denied", 0, ""); err != nil {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio/mastiotest"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 )
 
 // routeFor is the filter of server "s" whose policy lets agents call only
@@ -24,8 +24,8 @@ func routeFor(t *testing.T) *Route {
 // an upstream would, through the gateway's writer.
 func serveStream(t *testing.T, g *Route, contentType string, chunks ...string) string {
 	rec := httptest.NewRecorder()
-	x := &exchange{g: g, r: httptest.NewRequest("GET", "/mcp", nil), p: &mastio.Principal{AgentID: "orga::a"},
-		pol: policy.Principal{AgentID: "orga::a"}, calls: map[string]*call{}}
+	x := &exchange{g: g, r: httptest.NewRequest("GET", "/mcp", nil), p: &mastio.Principal{Identity: registry.Identity{AgentID: "orga::a"}},
+		calls: map[string]*call{}}
 	w := &answerWriter{w: rec, x: x, limit: g.cfg.MaxResponseBytes}
 	w.Header().Set("Content-Type", contentType)
 	w.WriteHeader(http.StatusOK)

@@ -13,19 +13,20 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/jwt"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
 )
 
-// Principal is an authenticated agent.
+// Principal is an authenticated request's agent: its identity (live, from
+// the registry) and how it was authenticated.
 type Principal struct {
-	AgentID  string
-	SPIFFEID string
-	JKT      string
-	Scope    []string
-	Method   string // dpop, bearer or mtls
-	Claims   *token.Claims
+	registry.Identity
+	// Scope is what the credential grants: the token's scope, or the
+	// agent's capabilities over mTLS.
+	Scope  []string
+	JKT    string // the DPoP key of a DPoP-bound token
+	Method string // dpop, bearer or mtls
+	Claims *token.Claims
 	// Pin is the SHA-256 of the client certificate of the connection, if
 	// it presented one: the request stops being served when that
 	// certificate is revoked or rotated out.
@@ -88,8 +89,8 @@ func (m *Mastio) AuthenticateToken(r *http.Request) (*Principal, *Refusal) {
 // certificate binding and that the agent is still active.
 func (m *Mastio) checkTokenUse(r *http.Request, tok, scheme string, claims *token.Claims) (*Principal, *Refusal) {
 	bound := claims.Cnf != nil && claims.Cnf.JKT != ""
-	p := &Principal{AgentID: claims.Subject, SPIFFEID: claims.SPIFFEID, Scope: strings.Fields(claims.Scope), Claims: claims,
-		Pin: tlsPin(r)}
+	p := &Principal{Identity: registry.Identity{AgentID: claims.Subject, SPIFFEID: claims.SPIFFEID}, Scope: strings.Fields(claims.Scope),
+		Claims: claims, Pin: tlsPin(r)}
 	switch {
 	case scheme == "bearer" && bound:
 		return nil, &Refusal{Status: 401, Code: "invalid_token",
@@ -131,9 +132,11 @@ func (m *Mastio) checkTokenUse(r *http.Request, tok, scheme string, claims *toke
 				Reason: "cert_agent_mismatch"}
 		}
 	}
-	if _, active := m.registry.Lookup(claims.Subject); !active {
+	id, active := m.registry.Lookup(claims.Subject)
+	if !active {
 		return nil, &Refusal{Status: 401, Code: "invalid_token", Description: "the agent " + claims.Subject + " has been revoked", Reason: "agent_revoked"}
 	}
+	p.Identity = id
 	return p, nil
 }
 
@@ -144,7 +147,7 @@ func (m *Mastio) AuthenticateCertificate(r *http.Request) (*Principal, *Refusal)
 	if cerr != nil {
 		return nil, CertificateRefusal(cerr)
 	}
-	return &Principal{AgentID: id.AgentID, SPIFFEID: id.SPIFFEID, Scope: id.Capabilities, Method: "mtls", Pin: tlsPin(r)}, nil
+	return &Principal{Identity: id, Scope: id.Capabilities, Method: "mtls", Pin: tlsPin(r)}, nil
 }
 
 // CertificateRefusal is the refusal of a client certificate: no
@@ -288,7 +291,6 @@ func (m *Mastio) Refuse(w http.ResponseWriter, r *http.Request, ref *Refusal) {
 type AgentRequest struct {
 	R         *http.Request // with the tracked context
 	Principal *Principal
-	Policy    policy.Principal
 	Done      func()
 }
 
@@ -307,12 +309,14 @@ func (m *Mastio) AuthenticateAgent(w http.ResponseWriter, r *http.Request) (ar A
 		}
 		ar.R, ar.Done = m.Admit(w, r, ar.Principal)
 	}
-	if ar.Policy, ok = m.PolicyPrincipal(ar.Principal.AgentID); !ok { // revoked since the token was checked
+	id, active := m.registry.Lookup(ar.Principal.AgentID)
+	if !active { // revoked since the token was checked
 		ar.Done()
 		m.Refuse(w, r, &Refusal{Status: 401, Code: "invalid_token", Description: "the agent has been revoked", Reason: "agent_revoked",
 			AgentID: ar.Principal.AgentID})
 		return ar, false
 	}
+	ar.Principal.Identity.Capabilities, ar.Principal.Identity.Groups = id.Capabilities, id.Groups // decide on the live view
 	return ar, true
 }
 

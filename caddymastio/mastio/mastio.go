@@ -187,9 +187,9 @@ func (m *Mastio) ClientIP(r *http.Request) string { return m.cfg.ClientIP(r) }
 // RequestPath is the path of r as the client sent it.
 func (m *Mastio) RequestPath(r *http.Request) string { return m.cfg.RequestPath(r) }
 
-// Issuance is what certificates issued under this configuration get.
-func (m *Mastio) Issuance() registry.Policy {
-	return registry.Policy{TrustDomain: m.cfg.TrustDomain, AgentCertLifetime: m.cfg.AgentCertLifetime,
+// issuance is what certificates issued under this configuration get.
+func (m *Mastio) issuance() registry.Issuance {
+	return registry.Issuance{TrustDomain: m.cfg.TrustDomain, AgentCertLifetime: m.cfg.AgentCertLifetime,
 		EnrollmentTTL: m.cfg.EnrollmentTTL}
 }
 

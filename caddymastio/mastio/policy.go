@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 )
 
 // cfgPolicy is the config key of the policy rules managed through the
@@ -66,18 +67,8 @@ func (s *Shared) setPolicyLocked(ctx context.Context, text, actor string, detail
 }
 
 // Decide applies the configuration's rules and the stored ones.
-func (m *Mastio) Decide(p policy.Principal, action, resource string) policy.Decision {
-	return policy.DecideSets(p, action, resource, m.rules, m.policy.Load().rules)
-}
-
-// PolicyPrincipal is the policy view of an active agent, from the live
-// registry; false for an agent that is not active.
-func (m *Mastio) PolicyPrincipal(agentID string) (policy.Principal, bool) {
-	id, ok := m.registry.Lookup(agentID)
-	if !ok {
-		return policy.Principal{}, false
-	}
-	return policy.Principal{AgentID: id.AgentID, Groups: id.Groups, Capabilities: id.Capabilities}, true
+func (m *Mastio) Decide(id registry.Identity, action, resource string) policy.Decision {
+	return policy.DecideSets(id, action, resource, m.rules, m.policy.Load().rules)
 }
 
 // PolicyRules returns the rules in force: the configuration's, then the
@@ -99,11 +90,11 @@ func (m *Mastio) SetPolicy(ctx context.Context, text string, details map[string]
 
 // CheckPolicy is the dry run: may this agent do this?
 func (m *Mastio) CheckPolicy(agentID, action, resource string) (policy.Decision, error) {
-	p, ok := m.PolicyPrincipal(agentID)
+	id, ok := m.registry.Lookup(agentID)
 	if !ok {
 		return policy.Decision{}, fmt.Errorf("no active agent %s", agentID)
 	}
-	return m.Decide(p, action, resource), nil
+	return m.Decide(id, action, resource), nil
 }
 
 // bindingLine is the rule a binding (agent -> server) stands for.

@@ -22,6 +22,8 @@ package policy
 import (
 	"fmt"
 	"strings"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 )
 
 // Actions that name an item and are subject to policy.
@@ -144,25 +146,21 @@ func match(pattern, s string) bool {
 	}
 }
 
-// Principal is who asks.
-type Principal struct {
-	AgentID      string
-	Groups       []string
-	Capabilities []string
-}
-
-func (p Principal) matches(spec string) bool {
+// matches reports whether the agent id is what a rule's principal spec
+// names: * (anyone), agent:<id glob>, group:<group> or
+// capability:<capability>.
+func matches(id registry.Identity, spec string) bool {
 	if spec == "*" {
 		return true
 	}
 	kind, val, _ := strings.Cut(spec, ":")
 	switch kind {
 	case "agent":
-		return match(val, p.AgentID)
+		return match(val, id.AgentID)
 	case "group":
-		return has(p.Groups, val)
+		return has(id.Groups, val)
 	case "capability":
-		return has(p.Capabilities, val)
+		return has(id.Capabilities, val)
 	}
 	return false
 }
@@ -185,18 +183,18 @@ type Decision struct {
 
 // Decide applies rules: a matching deny wins, then a matching allow,
 // else deny.
-func Decide(rules []Rule, p Principal, action, resource string) Decision {
-	return DecideSets(p, action, resource, rules)
+func Decide(rules []Rule, id registry.Identity, action, resource string) Decision {
+	return DecideSets(id, action, resource, rules)
 }
 
 // DecideSets is Decide over several rule sets taken together (the
 // config's and the stored ones).
-func DecideSets(p Principal, action, resource string, sets ...[]Rule) Decision {
+func DecideSets(id registry.Identity, action, resource string, sets ...[]Rule) Decision {
 	var allow *Rule
 	for _, rules := range sets {
 		for i := range rules {
 			r := &rules[i]
-			if !match(r.Action, action) || !match(r.Resource, resource) || !p.matches(r.Principal) {
+			if !match(r.Action, action) || !match(r.Resource, resource) || !matches(id, r.Principal) {
 				continue
 			}
 			if r.Effect == "deny" {

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 )
 
 const rules = `
@@ -20,12 +22,12 @@ func TestDecide(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	researcher := Principal{AgentID: "orga::r1", Groups: []string{"research"}, Capabilities: []string{"mcp:call"}}
-	intern := Principal{AgentID: "orga::intern", Groups: []string{"research"}, Capabilities: []string{"mcp:call"}}
-	ops := Principal{AgentID: "orga::ops-bot"}
-	nobody := Principal{AgentID: "orga::x"}
+	researcher := registry.Identity{AgentID: "orga::r1", Groups: []string{"research"}, Capabilities: []string{"mcp:call"}}
+	intern := registry.Identity{AgentID: "orga::intern", Groups: []string{"research"}, Capabilities: []string{"mcp:call"}}
+	ops := registry.Identity{AgentID: "orga::ops-bot"}
+	nobody := registry.Identity{AgentID: "orga::x"}
 	cases := []struct {
-		p                Principal
+		p                registry.Identity
 		action, resource string
 		allowed          bool
 		rule             string
@@ -98,7 +100,7 @@ func BenchmarkDecide(b *testing.B) {
 	}
 	sb.WriteString("deny * tools/call */delete_*\nallow capability:mcp:call tools/call weather/*\n")
 	rs, _ := Parse("bench", sb.String())
-	p := Principal{AgentID: "orga::bot", Groups: []string{"gz"}, Capabilities: []string{"mcp:call"}}
+	p := registry.Identity{AgentID: "orga::bot", Groups: []string{"gz"}, Capabilities: []string{"mcp:call"}}
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
 		if !Decide(rs, p, "tools/call", "weather/get_forecast").Allowed {

@@ -88,7 +88,7 @@ func mintKey() (crypto.PublicKey, string, error) {
 	return k.Public(), string(pemBytes), nil
 }
 
-func (r *Registry) issue(p Policy, name string, pub crypto.PublicKey) (*x509.Certificate, string, string, error) {
+func (r *Registry) issue(p Issuance, name string, pub crypto.PublicKey) (*x509.Certificate, string, string, error) {
 	keyPEM := ""
 	if pub == nil {
 		var err error
@@ -126,13 +126,13 @@ func mergeDetails(base map[string]any, extra map[string]any) map[string]any {
 }
 
 // CreateAgent registers an agent and issues its first certificate.
-func (r *Registry) CreateAgent(ctx context.Context, p Policy, na NewAgent) (*Issued, error) {
+func (r *Registry) CreateAgent(ctx context.Context, p Issuance, na NewAgent) (*Issued, error) {
 	return r.createAgent(ctx, p, na, nil)
 }
 
 // createAgent does the work of CreateAgent; within, when set, runs inside
 // the same transaction (enrollment approval).
-func (r *Registry) createAgent(ctx context.Context, p Policy, na NewAgent, within func(c *audit.Change, iss *Issued) error) (*Issued, error) {
+func (r *Registry) createAgent(ctx context.Context, p Issuance, na NewAgent, within func(c *audit.Change, iss *Issued) error) (*Issued, error) {
 	if err := pki.ValidateName("agent name", na.Name); err != nil {
 		return nil, fieldError("agent_name", "%v", err)
 	}
@@ -331,7 +331,7 @@ const MaxGrace = 7 * 24 * time.Hour
 // agent becomes active again with the new certificate only. Its old
 // certificates stay dead (a grace period is refused) and its registered
 // DPoP key is cleared, since it may have leaked with the rest.
-func (r *Registry) RotateCert(ctx context.Context, p Policy, id string, rot Rotation) (*Issued, error) {
+func (r *Registry) RotateCert(ctx context.Context, p Issuance, id string, rot Rotation) (*Issued, error) {
 	if rot.Grace < 0 || rot.Grace > MaxGrace {
 		return nil, fieldError("grace_seconds", "must be between 0 and %d", int(MaxGrace.Seconds()))
 	}

@@ -42,7 +42,7 @@ type EnrollmentRequest struct {
 
 // StartEnrollment verifies the request (including the proof that the
 // caller holds the private key) and opens a pending session.
-func (r *Registry) StartEnrollment(ctx context.Context, p Policy, req EnrollmentRequest) (*Enrollment, error) {
+func (r *Registry) StartEnrollment(ctx context.Context, p Issuance, req EnrollmentRequest) (*Enrollment, error) {
 	if n := len(req.PublicKeyPEM); n < 100 || n > 8192 {
 		return nil, fieldError("pubkey_pem", "must be 100-8192 characters of PEM")
 	}
@@ -186,7 +186,7 @@ type Approval struct {
 }
 
 // Approve issues the session's key a certificate and registers the agent.
-func (r *Registry) Approve(ctx context.Context, p Policy, sid string, ap Approval) (*Enrollment, *Agent, error) {
+func (r *Registry) Approve(ctx context.Context, p Issuance, sid string, ap Approval) (*Enrollment, *Agent, error) {
 	name, err := r.ResolveAgentName("agent_id", ap.AgentName)
 	if err != nil {
 		return nil, nil, err

@@ -33,9 +33,9 @@ type Config struct {
 	Now func() time.Time
 }
 
-// Policy holds the settings of the config in force, which may change on a
-// reload while the Registry lives on.
-type Policy struct {
+// Issuance is what the certificates issued under the configuration in
+// force get (it may change on a reload while the Registry lives on).
+type Issuance struct {
 	TrustDomain       string
 	AgentCertLifetime time.Duration
 	EnrollmentTTL     time.Duration
@@ -128,7 +128,10 @@ func pinFor(c *store.Cert) pinEntry {
 	return e
 }
 
-// Identity is who a pinned client certificate belongs to.
+// Identity is an agent as the Mastio knows it when it decides: who a
+// pinned client certificate or an access token belongs to, and what it may
+// do. It is the one identity type: authentication yields it, policy
+// decides on it.
 type Identity struct {
 	AgentID      string
 	SPIFFEID     string

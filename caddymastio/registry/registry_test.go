@@ -30,7 +30,7 @@ type fixture struct {
 	st    *sql.DB // the test's own handle on the database
 	ca    *pki.CA
 	clock *time.Time
-	p     Policy
+	p     Issuance
 	store store.Store
 }
 
@@ -45,7 +45,7 @@ func newFixture(t testing.TB) *fixture {
 	log := audit.Open(st, audit.Options{})
 	t.Cleanup(func() { log.Close() })
 	now := time.Now()
-	f := &fixture{st: raw, ca: ca, clock: &now, p: Policy{TrustDomain: "mastio.local"}, store: st}
+	f := &fixture{st: raw, ca: ca, clock: &now, p: Issuance{TrustDomain: "mastio.local"}, store: st}
 	f.r, err = Open(context.Background(), Config{Store: st, Audit: log, CA: ca, Org: "acme",
 		Now: func() time.Time { return *f.clock }})
 	if err != nil {
