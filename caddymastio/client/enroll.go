@@ -26,7 +26,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/jwt"
 )
 
 // Files of an identity directory.
@@ -190,7 +190,11 @@ func StartEnrollment(ctx context.Context, opts EnrollOptions) (*Pending, error) 
 	if err := writePrivate(filepath.Join(opts.Dir, DPoPKeyFile), dpopKey); err != nil {
 		return nil, err
 	}
-	jwk, err := json.Marshal(jose.JSONWebKey{Key: dpopKey.Public()})
+	pubJWK, _, err := jwt.PublicJWK(dpopKey.Public(), "", "", "")
+	if err != nil {
+		return nil, err
+	}
+	jwk, err := json.Marshal(pubJWK)
 	if err != nil {
 		return nil, err
 	}

@@ -125,11 +125,8 @@ func parseJWK(raw []byte) (crypto.PublicKey, string, error) {
 			return nil, "", errors.New("RSA n and e must be minimal big-endian base64url values")
 		}
 		pub := &rsa.PublicKey{N: new(big.Int).SetBytes(n), E: int(new(big.Int).SetBytes(e).Int64())}
-		if pub.N.BitLen() < 2048 {
-			return nil, "", fmt.Errorf("RSA key of %d bits is too small", pub.N.BitLen())
-		}
-		if pub.E < 3 || pub.E%2 == 0 {
-			return nil, "", errors.New("RSA public exponent is invalid")
+		if err := CheckKey(pub); err != nil {
+			return nil, "", err
 		}
 		tp := thumbprint(`{"e":"` + j.E + `","kty":"RSA","n":"` + j.N + `"}`)
 		return pub, tp, nil
@@ -147,6 +144,32 @@ func parseJWK(raw []byte) (crypto.PublicKey, string, error) {
 		return nil, "", errors.New("JWK has no kty")
 	}
 	return nil, "", fmt.Errorf("unsupported JWK kty %q", j.Kty)
+}
+
+// CheckKey is the one key-type policy of the Mastio, for keys in JWKs,
+// PEM and CSRs alike: EC P-256 or P-384, RSA of at least 2048 bits, or
+// Ed25519.
+func CheckKey(pub crypto.PublicKey) error {
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return fmt.Errorf("EC curve %s is not supported: use P-256 or P-384", k.Curve.Params().Name)
+		}
+	case *rsa.PublicKey:
+		if k.N.BitLen() < 2048 {
+			return fmt.Errorf("RSA key of %d bits is too small: use at least 2048", k.N.BitLen())
+		}
+		if k.E < 3 || k.E%2 == 0 {
+			return errors.New("RSA public exponent is invalid")
+		}
+	case ed25519.PublicKey:
+		if len(k) != ed25519.PublicKeySize {
+			return errors.New("Ed25519 key has the wrong size")
+		}
+	default:
+		return fmt.Errorf("key type %T is not supported", pub)
+	}
+	return nil
 }
 
 // thumbprint hashes the canonical member string. The members were

@@ -4,7 +4,6 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
-	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
@@ -16,7 +15,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/go-jose/go-jose/v4"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/jwt"
 )
 
 // Messages signed by an enrolling agent's key (wire format of the
@@ -40,27 +39,10 @@ func ParsePublicKeyPEM(s string) (crypto.PublicKey, []byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := checkKey(pub); err != nil {
+	if err := jwt.CheckKey(pub); err != nil {
 		return nil, nil, err
 	}
 	return pub, block.Bytes, nil
-}
-
-func checkKey(pub crypto.PublicKey) error {
-	switch k := pub.(type) {
-	case *ecdsa.PublicKey:
-		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
-			return fmt.Errorf("EC curve %s is not supported: use P-256 or P-384", k.Curve.Params().Name)
-		}
-	case *rsa.PublicKey:
-		if k.N.BitLen() < 2048 {
-			return fmt.Errorf("RSA key of %d bits is too small: use at least 2048", k.N.BitLen())
-		}
-	case ed25519.PublicKey:
-	default:
-		return fmt.Errorf("key type %T is not supported", pub)
-	}
-	return nil
 }
 
 // ParseCSRPEM parses a CERTIFICATE REQUEST and checks its signature (proof
@@ -77,7 +59,7 @@ func ParseCSRPEM(s string) (crypto.PublicKey, error) {
 	if err := csr.CheckSignature(); err != nil {
 		return nil, fmt.Errorf("signature: %w", err)
 	}
-	if err := checkKey(csr.PublicKey); err != nil {
+	if err := jwt.CheckKey(csr.PublicKey); err != nil {
 		return nil, err
 	}
 	return csr.PublicKey, nil
@@ -119,32 +101,10 @@ func PoPMessage(spki []byte) []byte { return []byte(popPrefix + SPKISHA256(spki)
 // StatusProofMessage is what an agent signs to read its enrollment result.
 func StatusProofMessage(sessionID string) []byte { return []byte(statusPrefix + sessionID) }
 
-// JWKThumbprint validates a public JWK and returns its RFC 7638 SHA-256
-// thumbprint (base64url). Private keys, symmetric keys and unsupported
-// curves are refused.
+// JWKThumbprint validates a public JWK (the key types of jwt.CheckKey)
+// and returns its RFC 7638 SHA-256 thumbprint (base64url). Private keys,
+// symmetric keys and unsupported curves are refused.
 func JWKThumbprint(raw json.RawMessage) (string, error) {
-	var probe map[string]any
-	if err := json.Unmarshal(raw, &probe); err != nil {
-		return "", errors.New("not a JSON object")
-	}
-	for _, private := range []string{"d", "p", "q", "dp", "dq", "qi", "k"} {
-		if _, ok := probe[private]; ok {
-			return "", fmt.Errorf("contains the private or symmetric member %q: send the public key only", private)
-		}
-	}
-	var jwk jose.JSONWebKey
-	if err := jwk.UnmarshalJSON(raw); err != nil {
-		return "", err
-	}
-	if !jwk.Valid() || !jwk.IsPublic() {
-		return "", errors.New("not a valid public key")
-	}
-	if err := checkKey(jwk.Key); err != nil {
-		return "", err
-	}
-	tp, err := jwk.Thumbprint(crypto.SHA256)
-	if err != nil {
-		return "", err
-	}
-	return base64.RawURLEncoding.EncodeToString(tp), nil
+	_, jkt, err := jwt.ParseJWK(raw)
+	return jkt, err
 }
