@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto"
 	"encoding/json"
-	"net/http"
 	"time"
 
 	"go.uber.org/zap"
@@ -31,11 +30,6 @@ func (a *API) ListAgents(ctx context.Context, status string) (*AgentList, error)
 	return &AgentList{Agents: agents, Count: len(agents)}, nil
 }
 
-func (a *API) listAgentsHTTP(w http.ResponseWriter, r *http.Request, _ Caller) {
-	list, err := a.ListAgents(r.Context(), r.URL.Query().Get("status"))
-	a.answer(w, r, 200, list, err)
-}
-
 // Agent returns one agent by id or bare name.
 func (a *API) Agent(ctx context.Context, rawID string) (*registry.Agent, error) {
 	id, err := a.agentID(rawID)
@@ -43,11 +37,6 @@ func (a *API) Agent(ctx context.Context, rawID string) (*registry.Agent, error) 
 		return nil, err
 	}
 	return a.m.Registry().GetAgent(ctx, id)
-}
-
-func (a *API) getAgentHTTP(w http.ResponseWriter, r *http.Request, _ Caller) {
-	agent, err := a.Agent(r.Context(), r.PathValue("id"))
-	a.answer(w, r, 200, agent, err)
 }
 
 // KeyInput is the optional key material of create and rotate requests:
@@ -140,14 +129,6 @@ func (a *API) CreateAgent(ctx context.Context, c Caller, req CreateAgentRequest)
 	return issued(iss), nil
 }
 
-func (a *API) createAgentHTTP(w http.ResponseWriter, r *http.Request, c Caller) {
-	var req CreateAgentRequest
-	if decode(w, r, false, &req) {
-		resp, err := a.CreateAgent(r.Context(), c, req)
-		a.answer(w, r, 201, resp, err)
-	}
-}
-
 // RevokeRequest is the (optional) body of a revocation.
 type RevokeRequest struct {
 	Reason string `json:"reason"`
@@ -175,18 +156,6 @@ func (a *API) Revoke(ctx context.Context, c Caller, rawID string, req RevokeRequ
 	}
 	a.log.Info("agent revoked", zap.String("agent_id", id), zap.String("reason", agent.RevokedReason))
 	return &Revoked{AgentID: id, Status: agent.Status, RevokedAt: agent.RevokedAt, Reason: agent.RevokedReason, Agent: agent}, nil
-}
-
-func (a *API) revokeHTTP(w http.ResponseWriter, r *http.Request, c Caller) {
-	var req RevokeRequest
-	if !decode(w, r, true, &req) {
-		return
-	}
-	if req.Reason == "" {
-		req.Reason = r.URL.Query().Get("reason")
-	}
-	resp, err := a.Revoke(r.Context(), c, r.PathValue("id"), req)
-	a.answer(w, r, 200, resp, err)
 }
 
 // RotateCertRequest is the (optional) body of a certificate rotation.
@@ -219,14 +188,6 @@ func (a *API) RotateCert(ctx context.Context, c Caller, rawID string, req Rotate
 	return issued(iss), nil
 }
 
-func (a *API) rotateCertHTTP(w http.ResponseWriter, r *http.Request, c Caller) {
-	var req RotateCertRequest
-	if decode(w, r, true, &req) {
-		resp, err := a.RotateCert(r.Context(), c, r.PathValue("id"), req)
-		a.answer(w, r, 200, resp, err)
-	}
-}
-
 // DPoPKeyRequest is the body of POST /v1/admin/agents/{id}/dpop-jwk.
 type DPoPKeyRequest struct {
 	DPoPJWK json.RawMessage `json:"dpop_jwk"`
@@ -255,14 +216,6 @@ func (a *API) SetDPoPKey(ctx context.Context, c Caller, rawID string, req DPoPKe
 	return &DPoPKeySet{AgentID: id, DPoPJKT: agent.DPoPJKT, Agent: agent}, nil
 }
 
-func (a *API) setDPoPKeyHTTP(w http.ResponseWriter, r *http.Request, c Caller) {
-	var req DPoPKeyRequest
-	if decode(w, r, false, &req) {
-		resp, err := a.SetDPoPKey(r.Context(), c, r.PathValue("id"), req)
-		a.answer(w, r, 200, resp, err)
-	}
-}
-
 // RotateSigningKeyRequest is the (optional) body of POST
 // /v1/admin/keys/rotate.
 type RotateSigningKeyRequest struct {
@@ -285,12 +238,4 @@ func (a *API) RotateSigningKey(ctx context.Context, c Caller, req RotateSigningK
 	}
 	a.log.Info("signing key rotated", zap.Any("rotation", rot))
 	return rot, nil
-}
-
-func (a *API) rotateSigningKeyHTTP(w http.ResponseWriter, r *http.Request, c Caller) {
-	var req RotateSigningKeyRequest
-	if decode(w, r, true, &req) {
-		resp, err := a.RotateSigningKey(r.Context(), c, req)
-		a.answer(w, r, 200, resp, err)
-	}
 }

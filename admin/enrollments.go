@@ -2,7 +2,6 @@ package admin
 
 import (
 	"context"
-	"net/http"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 )
@@ -20,11 +19,6 @@ func (a *API) ListEnrollments(ctx context.Context, status string) (*EnrollmentLi
 		return nil, err
 	}
 	return &EnrollmentList{Enrollments: list, Count: len(list)}, nil
-}
-
-func (a *API) listEnrollmentsHTTP(w http.ResponseWriter, r *http.Request, _ Caller) {
-	list, err := a.ListEnrollments(r.Context(), r.URL.Query().Get("status"))
-	a.answer(w, r, 200, list, err)
 }
 
 // ApproveRequest is the body of POST /v1/admin/enrollments/{sid}/approve:
@@ -57,14 +51,6 @@ func (a *API) Approve(ctx context.Context, c Caller, sid string, req ApproveRequ
 	return &Approved{SessionID: e.SessionID, Status: e.Status, AgentID: e.AgentID, Agent: agent}, nil
 }
 
-func (a *API) approveHTTP(w http.ResponseWriter, r *http.Request, c Caller) {
-	var req ApproveRequest
-	if decode(w, r, false, &req) {
-		resp, err := a.Approve(r.Context(), c, r.PathValue("sid"), req)
-		a.answer(w, r, 200, resp, err)
-	}
-}
-
 // RejectRequest is the (optional) body of a rejection: the reason the
 // agent will see.
 type RejectRequest struct {
@@ -85,12 +71,4 @@ func (a *API) Reject(ctx context.Context, c Caller, sid string, req RejectReques
 		return nil, err
 	}
 	return &Rejected{SessionID: e.SessionID, Status: e.Status, RejectionReason: e.RejectionReason}, nil
-}
-
-func (a *API) rejectHTTP(w http.ResponseWriter, r *http.Request, c Caller) {
-	var req RejectRequest
-	if decode(w, r, true, &req) {
-		resp, err := a.Reject(r.Context(), c, r.PathValue("sid"), req)
-		a.answer(w, r, 200, resp, err)
-	}
 }

@@ -28,10 +28,6 @@ func (a *API) Policies() *Policies {
 	return &Policies{Config: a.m.ConfigPolicy(), Stored: a.m.StoredPolicy(), Rules: a.m.PolicyRules()}
 }
 
-func (a *API) policiesHTTP(w http.ResponseWriter, r *http.Request, _ Caller) {
-	httpjson.Write(w, 200, a.Policies())
-}
-
 // RuleSet is the answer to a change of the stored rules.
 type RuleSet struct {
 	Rules []policy.Rule `json:"rules"`
@@ -116,14 +112,6 @@ func (a *API) CheckPolicy(req PolicyCheckRequest) (*PolicyCheck, error) {
 	return &PolicyCheck{AgentID: id, Action: req.Action, Resource: resource, Allowed: d.Allowed, Rule: d.Rule, Reason: d.Reason}, nil
 }
 
-func (a *API) checkPolicyHTTP(w http.ResponseWriter, r *http.Request, _ Caller) {
-	var req PolicyCheckRequest
-	if decode(w, r, false, &req) {
-		resp, err := a.CheckPolicy(req)
-		a.answer(w, r, 200, resp, err)
-	}
-}
-
 // BindingRequest is the body of POST and DELETE /v1/admin/bindings.
 type BindingRequest struct {
 	AgentID string `json:"agent_id"`
@@ -153,14 +141,4 @@ func (a *API) SetBinding(ctx context.Context, c Caller, req BindingRequest, pres
 		return nil, err
 	}
 	return &Binding{AgentID: id, Server: req.Server, Bound: present, Rules: rules}, nil
-}
-
-func (a *API) bindingHTTP(present bool) func(http.ResponseWriter, *http.Request, Caller) {
-	return func(w http.ResponseWriter, r *http.Request, c Caller) {
-		var req BindingRequest
-		if decode(w, r, false, &req) {
-			resp, err := a.SetBinding(r.Context(), c, req, present)
-			a.answer(w, r, 200, resp, err)
-		}
-	}
 }

@@ -2,7 +2,6 @@ package admin
 
 import (
 	"context"
-	"net/http"
 	"time"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
@@ -23,11 +22,6 @@ func (a *API) ListServers(ctx context.Context) (*ServerList, error) {
 		return nil, err
 	}
 	return &ServerList{Servers: list, Count: len(list)}, nil
-}
-
-func (a *API) listServersHTTP(w http.ResponseWriter, r *http.Request, _ Caller) {
-	list, err := a.ListServers(r.Context())
-	a.answer(w, r, 200, list, err)
 }
 
 // PutServerRequest is the body of POST /v1/admin/mcp-servers.
@@ -66,14 +60,6 @@ func (a *API) PutServer(ctx context.Context, c Caller, req PutServerRequest) (ma
 	return map[string]any{"name": req.Name}, nil
 }
 
-func (a *API) putServerHTTP(w http.ResponseWriter, r *http.Request, c Caller) {
-	var req PutServerRequest
-	if decode(w, r, false, &req) {
-		resp, err := a.PutServer(r.Context(), c, req)
-		a.answer(w, r, 201, resp, err)
-	}
-}
-
 // ServerRemoved is the answer to DELETE /v1/admin/mcp-servers/{name}.
 type ServerRemoved struct {
 	Name    string `json:"name"`
@@ -90,9 +76,4 @@ func (a *API) DeleteServer(ctx context.Context, c Caller, name string) (*ServerR
 		return nil, &registry.Error{Status: 404, Code: "server_not_found", Message: "no MCP server " + name + " registered through the admin API"}
 	}
 	return &ServerRemoved{Name: name, Removed: true}, nil
-}
-
-func (a *API) deleteServerHTTP(w http.ResponseWriter, r *http.Request, c Caller) {
-	resp, err := a.DeleteServer(r.Context(), c, r.PathValue("name"))
-	a.answer(w, r, 200, resp, err)
 }

@@ -112,3 +112,16 @@ func short(h []byte) string {
 	}
 	return s
 }
+
+// Read calls fn with the records from seq from to seq to (inclusive; to
+// <= 0: the newest), in order, until fn returns an error.
+func Read(ctx context.Context, st store.Reader, from, to int64, fn func(Record) error) error {
+	return st.AuditRows(ctx, from, to, func(row store.AuditRow) error {
+		t, err := time.Parse(TimeFormat, row.Time)
+		if err != nil {
+			return fmt.Errorf("audit: row %d: time %q: %w", row.Seq, row.Time, err)
+		}
+		return fn(Record{Seq: row.Seq, Time: t, Type: row.Type, Actor: row.Actor, Subject: row.Subject, Result: row.Result,
+			Details: row.Details, PrevHash: row.PrevHash, Hash: row.Hash})
+	})
+}

@@ -108,8 +108,8 @@ var ownedPrefixes = []string{"/v1/", "/registry/", "/proxy/", "/pki/", "/.well-k
 // a path in its namespaces. The caller passes other requests on.
 func (h *Handler) Owns(r *http.Request) bool {
 	if canonical(r.URL.EscapedPath()) {
-		if _, pattern := h.mux.Handler(r); pattern != "" {
-			return true
+		if handler, pattern := h.mux.Handler(r); pattern != "" || allowed(handler, r) != "" {
+			return true // a route, or a route's path with another method
 		}
 	}
 	for _, p := range ownedPrefixes {
@@ -149,10 +149,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// No route: the mux would answer 404, or 405 for a path that another
 	// method serves. Both are answered in JSON, as everything else is.
-	probe := &statusProbe{header: http.Header{}}
-	handler.ServeHTTP(probe, r)
-	if probe.status == http.StatusMethodNotAllowed {
-		allow := probe.header.Get("Allow")
+	if allow := allowed(handler, r); allow != "" {
 		w.Header().Set("Allow", allow)
 		httpjson.Error(w, http.StatusMethodNotAllowed, "method_not_allowed", "use "+strings.ReplaceAll(allow, ", ", " or "))
 		return
@@ -171,6 +168,17 @@ func canonical(p string) bool {
 		clean += "/"
 	}
 	return clean == p
+}
+
+// allowed is the Allow header of the mux's answer when it is 405 (the
+// path is served for other methods), else "".
+func allowed(fallback http.Handler, r *http.Request) string {
+	probe := &statusProbe{header: http.Header{}}
+	fallback.ServeHTTP(probe, r)
+	if probe.status != http.StatusMethodNotAllowed {
+		return ""
+	}
+	return probe.header.Get("Allow")
 }
 
 // statusProbe records what the mux's fallback handler would answer.

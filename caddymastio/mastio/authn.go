@@ -272,19 +272,27 @@ func (m *Mastio) Admit(w http.ResponseWriter, r *http.Request, p *Principal) (*h
 // Refuse counts, logs and answers a refused request; a refusal that names
 // an agent is audited (auth.refused), others are logged with sampling.
 func (m *Mastio) Refuse(w http.ResponseWriter, r *http.Request, ref *Refusal) {
+	m.noteRefusal(r, ref, "request refused")
+	m.writeRefusal(w, r, ref)
+}
+
+// noteRefusal counts and logs a refusal, and audits it when it names an
+// agent (a nonce challenge excepted).
+func (m *Mastio) noteRefusal(r *http.Request, ref *Refusal, msg string) {
 	authCounter.WithLabelValues("deny", ref.Reason).Inc()
 	fields := []zap.Field{zap.String("reason", ref.Reason), zap.String("error", ref.Description),
 		zap.String("remote_ip", m.ClientIP(r)), zap.String("method", r.Method), zap.String("uri", r.RequestURI)}
 	if pin := tlsPin(r); pin != nil {
 		fields = append(fields, zap.String("cert_sha256", hex.EncodeToString(pin[:])))
 	}
-	if ref.AgentID != "" {
-		m.log.Info("request refused", append(fields, zap.String("agent_id", ref.AgentID))...)
+	// A nonce challenge (RFC 9449 §8) is a step of the protocol, not a
+	// decision against the agent: it is not audited.
+	if ref.AgentID != "" && ref.Code != "use_dpop_nonce" {
+		m.log.Info(msg, append(fields, zap.String("agent_id", ref.AgentID))...)
 		m.AuditRefusal(r, "auth.refused", ref.AgentID, ref.Status, ref.Reason, ref.Description, nil)
 	} else {
-		m.refusalLog.Info("request refused", fields...)
+		m.refusalLog.Info(msg, fields...)
 	}
-	m.writeRefusal(w, r, ref)
 }
 
 // AgentRequest is a request of an authenticated agent.

@@ -218,3 +218,9 @@ func (m *Mastio) JWKS() ([]byte, string) { return m.keys.JWKS() }
 func (m *Mastio) RotateSigningKey(ctx context.Context, grace time.Duration, details map[string]any) (*token.Rotation, error) {
 	return m.keys.Rotate(ctx, grace, "admin", details)
 }
+
+// ReadAudit calls fn with the audit records from seq from (1: the first),
+// in order, until fn returns an error.
+func (s *Shared) ReadAudit(ctx context.Context, from int64, fn func(audit.Record) error) error {
+	return audit.Read(ctx, s.store, from, 0, fn)
+}

@@ -37,18 +37,19 @@ func quoteParam(s string) string {
 }
 
 // writeRefusal answers a refusal of Refuse: certificate refusals as a
-// problem with a hint, the others as WriteRefusal does.
+// problem with a hint, the others as writeOAuthRefusal does.
 func (m *Mastio) writeRefusal(w http.ResponseWriter, r *http.Request, ref *Refusal) {
 	if ref.NoChallenge {
 		httpjson.WriteProblem(w, &httpjson.Problem{Status: ref.Status, Code: ref.Code, Reason: ref.Code, Message: ref.Description,
 			Hint: Hint(ref.Code)})
 		return
 	}
-	m.WriteRefusal(w, r, ref)
+	m.writeOAuthRefusal(w, r, ref)
 }
 
-// WriteRefusal sends ref, with a DPoP-Nonce header when nonces are on.
-func (m *Mastio) WriteRefusal(w http.ResponseWriter, r *http.Request, ref *Refusal) {
+// writeOAuthRefusal sends ref the RFC 6750 / RFC 9449 way, with a
+// DPoP-Nonce header when nonces are on.
+func (m *Mastio) writeOAuthRefusal(w http.ResponseWriter, r *http.Request, ref *Refusal) {
 	h := w.Header()
 	if n := m.Nonce(); n != "" {
 		h.Set("DPoP-Nonce", n)

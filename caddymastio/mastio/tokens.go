@@ -147,19 +147,12 @@ func (m *Mastio) MintToken(r *http.Request, assertion string) (*IssuedToken, *Re
 	return &IssuedToken{AccessToken: tok, Type: typ, ExpiresIn: m.cfg.TokenTTL, Scope: claims.Scope, AgentID: id.AgentID}, nil, nil
 }
 
-// RefuseToken counts, logs (or audits, when the refusal names an agent)
-// and answers a refused token request.
+// RefuseToken counts, logs (or audits, when the refusal names an agent:
+// the assertion was valid) and answers a refused token request, in the
+// OAuth error format.
 func (m *Mastio) RefuseToken(w http.ResponseWriter, r *http.Request, ref *Refusal) {
-	authCounter.WithLabelValues("deny", ref.Reason).Inc()
-	fields := []zap.Field{zap.String("reason", ref.Reason), zap.String("error", ref.Description), zap.String("remote_ip", m.ClientIP(r))}
-	if ref.AgentID != "" {
-		// The assertion was valid: the refusal names its agent.
-		m.log.Info("token request refused", append(fields, zap.String("agent_id", ref.AgentID))...)
-		m.AuditRefusal(r, "auth.refused", ref.AgentID, ref.Status, ref.Reason, ref.Description, nil)
-	} else {
-		m.refusalLog.Info("token request refused", fields...)
-	}
-	m.WriteRefusal(w, r, ref)
+	m.noteRefusal(r, ref, "token request refused")
+	m.writeOAuthRefusal(w, r, ref)
 }
 
 // Login challenges are stateless: random, expiry and an HMAC binding them
@@ -198,12 +191,13 @@ func (m *Mastio) checkChallenge(agentID, nonce string, now time.Time) (time.Time
 
 // CheckChallengedAssertion checks an assertion signed over a login
 // challenge issued to agentID (the agent of the client certificate), and
-// uses the challenge up. A refusal's Description and Reason say why.
+// uses the challenge up. A refusal (counted, logged and audited) says why
+// in its Description and Reason.
 func (m *Mastio) CheckChallengedAssertion(ctx context.Context, r *http.Request, agentID, assertion, nonce string) (*Refusal, error) {
 	deny := func(desc, reason string) (*Refusal, error) {
-		authCounter.WithLabelValues("deny", reason).Inc()
-		m.log.Info("challenged assertion refused", zap.String("agent_id", agentID), zap.String("reason", reason), zap.String("error", desc))
-		return &Refusal{Status: 401, Code: "invalid_client", Description: desc, Reason: reason, NoChallenge: true}, nil
+		ref := &Refusal{Status: 401, Code: "invalid_client", Description: desc, Reason: reason, NoChallenge: true, AgentID: agentID}
+		m.noteRefusal(r, ref, "challenged assertion refused") // the client certificate names the agent: audited
+		return ref, nil
 	}
 	exp, err := m.checkChallenge(agentID, nonce, time.Now())
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/json"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -18,6 +19,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/client"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
@@ -120,4 +122,30 @@ func Serve(t testing.TB, m *mastio.Mastio, h http.Handler) *httptest.Server {
 // client certificate.
 func Client(m *mastio.Mastio) *http.Client {
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: m.CA().RootPool()}}}
+}
+
+// Events returns the audit records of type typ, oldest first.
+func Events(t testing.TB, m *mastio.Mastio, typ string) []audit.Record {
+	t.Helper()
+	var out []audit.Record
+	err := m.ReadAudit(t.Context(), 1, func(r audit.Record) error {
+		if r.Type == typ {
+			out = append(out, r)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// Details decodes an audit record's details.
+func Details(t testing.TB, r audit.Record) map[string]any {
+	t.Helper()
+	var d map[string]any
+	if err := json.Unmarshal(r.Details, &d); err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
