@@ -51,12 +51,16 @@ type Handler struct {
 	m   *mastio.Mastio
 	log *zap.Logger
 	mux *http.ServeMux
+	// paths are the routes' paths outside the owned namespaces (/healthz,
+	// ...), so that Owns, which sees every request of the site, is a map
+	// lookup and a few prefix comparisons.
+	paths map[string]bool
 }
 
 // New builds the routes: the Mastio's own, every registered surface's, and
 // extra (the MCP aggregator's).
 func New(m *mastio.Mastio, log *zap.Logger, extra Routes) *Handler {
-	h := &Handler{m: m, log: log, mux: http.NewServeMux()}
+	h := &Handler{m: m, log: log, mux: http.NewServeMux(), paths: map[string]bool{}}
 	own := map[string]http.HandlerFunc{
 		"GET /healthz": func(w http.ResponseWriter, r *http.Request) {
 			httpjson.Write(w, 200, map[string]string{"status": "ok"})
@@ -82,19 +86,35 @@ func New(m *mastio.Mastio, log *zap.Logger, extra Routes) *Handler {
 		"GET /v1/agents/search":                   h.withAgent(h.searchAgents),
 	}
 	for pattern, fn := range own {
-		h.mux.Handle(pattern, fn)
+		h.handle(pattern, fn)
 	}
 	surfacesMu.Lock()
 	for _, s := range surfaces {
 		for pattern, handler := range s(m, log) {
-			h.mux.Handle(pattern, handler)
+			h.handle(pattern, handler)
 		}
 	}
 	surfacesMu.Unlock()
 	for pattern, handler := range extra {
-		h.mux.Handle(pattern, handler)
+		h.handle(pattern, handler)
 	}
 	return h
+}
+
+// handle registers a route. A route outside the owned namespaces must be
+// a plain path (no wildcard), which Owns then knows.
+func (h *Handler) handle(pattern string, handler http.Handler) {
+	h.mux.Handle(pattern, handler)
+	path := pattern
+	if _, p, ok := strings.Cut(pattern, " "); ok {
+		path = p
+	}
+	if !inOwnedNamespace(path) {
+		if strings.ContainsAny(path, "{}") || strings.HasSuffix(path, "/") {
+			panic("endpoints: route " + pattern + " is outside the Mastio's namespaces and not a plain path")
+		}
+		h.paths[path] = true
+	}
 }
 
 func (h *Handler) health(w http.ResponseWriter, r *http.Request) {
@@ -104,16 +124,18 @@ func (h *Handler) health(w http.ResponseWriter, r *http.Request) {
 // ownedPrefixes are the namespaces the Mastio answers for entirely.
 var ownedPrefixes = []string{"/v1/", "/registry/", "/proxy/", "/pki/", "/.well-known/"}
 
-// Owns reports whether r is the Mastio's to answer: a route of its own or
-// a path in its namespaces. The caller passes other requests on.
+// Owns reports whether r is the Mastio's to answer: a path of its routes
+// (whatever the method) or in its namespaces. The caller passes other
+// requests on.
 func (h *Handler) Owns(r *http.Request) bool {
-	if canonical(r.URL.EscapedPath()) {
-		if handler, pattern := h.mux.Handler(r); pattern != "" || allowed(handler, r) != "" {
-			return true // a route, or a route's path with another method
-		}
-	}
+	return h.paths[r.URL.Path] || inOwnedNamespace(r.URL.Path)
+}
+
+// inOwnedNamespace reports a path under one of ownedPrefixes (or the
+// prefix itself without its slash).
+func inOwnedNamespace(path string) bool {
 	for _, p := range ownedPrefixes {
-		if strings.HasPrefix(r.URL.Path, p) || r.URL.Path+"/" == p {
+		if strings.HasPrefix(path, p) || path+"/" == p {
 			return true
 		}
 	}
