@@ -23,15 +23,18 @@ import (
 	"strings"
 
 	"github.com/go-json-experiment/json/jsontext"
+	"github.com/modelcontextprotocol/go-sdk/jsonrpc"
+	mcpsdk "github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
-// JSON-RPC error codes used by the gateway.
+// JSON-RPC error codes used by the gateway: the protocol's own, as the
+// official MCP Go SDK defines them, and the gateway's.
 const (
-	CodeParseError     = -32700
-	CodeInvalidRequest = -32600
-	CodeMethodNotFound = -32601
-	CodeInvalidParams  = -32602
-	CodeInternal       = -32603
+	CodeParseError     = jsonrpc.CodeParseError
+	CodeInvalidRequest = jsonrpc.CodeInvalidRequest
+	CodeMethodNotFound = jsonrpc.CodeMethodNotFound
+	CodeInvalidParams  = jsonrpc.CodeInvalidParams
+	CodeInternal       = jsonrpc.CodeInternalError
 	// CodeForbidden: the policy does not allow this agent this item. It is
 	// the original Mastio's "not authorized" code; -32003 and -32004 must
 	// be avoided: MCP SDKs read them as "client/server is closing".
@@ -42,7 +45,7 @@ const (
 	CodeUpstream = -32001
 	// CodeHeaderMismatch: Mcp-Method/Mcp-Name disagree with the body
 	// (MCP 2026-07-28).
-	CodeHeaderMismatch = -32020
+	CodeHeaderMismatch = mcpsdk.CodeHeaderMismatch
 )
 
 // Message is one JSON-RPC message as the gateway read it.
