@@ -189,12 +189,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				case "agent_rate", "item_rate":
 					var v string
 					if v, err = one(); err == nil {
-						n := -1
-						if v != "off" {
-							var perr error
-							if n, perr = strconv.Atoi(v); perr != nil || n <= 0 {
-								return d.Errf("mcp_server %s: %s %q: want calls per minute or off", name, sub, v)
-							}
+						n, ok := parsePerMinute(v)
+						if !ok {
+							return d.Errf("mcp_server %s: %s %q: want calls per minute or off", name, sub, v)
 						}
 						if sub == "agent_rate" {
 							srv.AgentRate = n
@@ -227,14 +224,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			var rate mastio.Rate
 			for i, target := range []*int{&rate.PerIP, &rate.Global} {
-				v := args[i+1]
-				if v == "off" {
-					*target = -1
-					continue
-				}
-				n, err := strconv.Atoi(v)
-				if err != nil || n <= 0 {
-					return d.Errf("anonymous_rate %s: %q: want requests per minute or off", args[0], v)
+				n, ok := parsePerMinute(args[i+1])
+				if !ok {
+					return d.Errf("anonymous_rate %s: %q: want requests per minute or off", args[0], args[i+1])
 				}
 				*target = n
 			}
@@ -348,3 +340,13 @@ func (a *App) checkOption(opt string) error {
 type errorString string
 
 func (e errorString) Error() string { return string(e) }
+
+// parsePerMinute reads a rate of the Caddyfile: a positive number per
+// minute, or off (-1: no limit).
+func parsePerMinute(v string) (int, bool) {
+	if v == "off" {
+		return -1, true
+	}
+	n, err := strconv.Atoi(v)
+	return n, err == nil && n > 0
+}

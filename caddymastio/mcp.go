@@ -172,12 +172,9 @@ func (g *MCPGateway) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			g.Timeout = caddy.Duration(dur)
 		case "agent_rate", "item_rate":
-			n := -1
-			if val != "off" {
-				var err error
-				if n, err = strconv.Atoi(val); err != nil || n <= 0 {
-					return d.Errf("%s %q: want calls per minute or off", opt, val)
-				}
+			n, ok := parsePerMinute(val)
+			if !ok {
+				return d.Errf("%s %q: want calls per minute or off", opt, val)
 			}
 			if opt == "agent_rate" {
 				g.AgentRate = n

@@ -39,8 +39,8 @@ type RouteSettings struct {
 	MaxResponseBytes int64
 	// Timeout of a POST end to end (60s).
 	Timeout time.Duration
-	// AgentRate (600) and ItemRate (120): calls per minute per agent, and
-	// per agent and item; -1: no limit.
+	// AgentRate and ItemRate: calls per minute per agent, and per agent
+	// and item (mastio.DefaultAgentRate, DefaultItemRate); -1: no limit.
 	AgentRate int
 	ItemRate  int
 }
@@ -50,8 +50,6 @@ const (
 	DefaultMaxRequestBytes  = 1 << 20
 	DefaultMaxResponseBytes = 16 << 20
 	DefaultRouteTimeout     = 60 * time.Second
-	DefaultAgentRate        = 600
-	DefaultItemRate         = 120
 )
 
 // Route enforces MCP policy in front of the handler that proxies to one
@@ -69,11 +67,11 @@ type Route struct {
 
 // NewRoute builds the filter for one server.
 func NewRoute(m *mastio.Mastio, log *zap.Logger, cfg RouteSettings) *Route {
-	cfg.MaxRequestBytes = cmp(cfg.MaxRequestBytes, DefaultMaxRequestBytes)
-	cfg.MaxResponseBytes = cmp(cfg.MaxResponseBytes, DefaultMaxResponseBytes)
-	cfg.Timeout = cmp(cfg.Timeout, DefaultRouteTimeout)
-	cfg.AgentRate = cmp(cfg.AgentRate, DefaultAgentRate)
-	cfg.ItemRate = cmp(cfg.ItemRate, DefaultItemRate)
+	cfg.MaxRequestBytes = orDefault(cfg.MaxRequestBytes, DefaultMaxRequestBytes)
+	cfg.MaxResponseBytes = orDefault(cfg.MaxResponseBytes, DefaultMaxResponseBytes)
+	cfg.Timeout = orDefault(cfg.Timeout, DefaultRouteTimeout)
+	cfg.AgentRate = mastio.CallLimit(cfg.AgentRate, mastio.DefaultAgentRate)
+	cfg.ItemRate = mastio.CallLimit(cfg.ItemRate, mastio.DefaultItemRate)
 	g := &Route{cfg: cfg, m: m, log: log}
 	if cfg.AgentRate > 0 {
 		g.agentLimit = m.Limiter("mcp|"+cfg.Server+"|agent", cfg.AgentRate, time.Minute, cfg.AgentRate)
@@ -84,8 +82,8 @@ func NewRoute(m *mastio.Mastio, log *zap.Logger, cfg RouteSettings) *Route {
 	return g
 }
 
-// cmp is v, or def when v is zero.
-func cmp[T comparable](v, def T) T {
+// orDefault is v, or def when v is zero.
+func orDefault[T comparable](v, def T) T {
 	var zero T
 	if v == zero {
 		return def

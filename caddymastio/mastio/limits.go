@@ -83,3 +83,22 @@ func (m *Mastio) AllowAnonymous(route, ip string) (ok bool, scope string, wait t
 	rateLimited.WithLabelValues(route, scope).Inc()
 	return false, scope, wait
 }
+
+// Default limits of MCP calls, in calls per minute: per agent on one
+// server, and per agent and item (tool, prompt, resource).
+const (
+	DefaultAgentRate = 600
+	DefaultItemRate  = 120
+)
+
+// CallLimit is the limit a configured rate stands for: def when it is not
+// set (0), none (0) when it is -1.
+func CallLimit(configured, def int) int {
+	switch {
+	case configured == 0:
+		return def
+	case configured < 0:
+		return 0
+	}
+	return configured
+}

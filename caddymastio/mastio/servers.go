@@ -104,14 +104,7 @@ func (s *Server) CallTimeout() time.Duration {
 // Rates are the per-agent and per-agent-per-tool limits in calls per
 // minute; 0 means none.
 func (s *Server) Rates() (agent, item int) {
-	agent, item = 600, 120
-	if s.AgentRate != 0 {
-		agent = max(s.AgentRate, 0)
-	}
-	if s.ItemRate != 0 {
-		item = max(s.ItemRate, 0)
-	}
-	return agent, item
+	return CallLimit(s.AgentRate, DefaultAgentRate), CallLimit(s.ItemRate, DefaultItemRate)
 }
 
 // MaxArgs is the largest arguments of one call, in bytes.
