@@ -9,14 +9,16 @@ import (
 )
 
 // Start runs when the configuration becomes the one in force: it opens the
-// location (if no request did before), applies the configuration's audit
-// settings to the shared writer (not at provisioning, which a reload that
+// location (if no request did before), makes the configuration's logger
+// the one of the location's background work, applies its audit settings
+// to the shared writer (not at provisioning, which a reload that
 // fails later would also have run), and audits system.start (once per
 // process) and config.load with details.
 func (m *Mastio) Start(ctx context.Context, details map[string]any) error {
 	if err := m.Open(); err != nil {
 		return err
 	}
+	m.logger.Store(m.log) // the location's background work logs as the config in force
 	m.audit.SetCommitDelay(m.cfg.AuditCommitDelay)
 	m.audit.SetSync(m.cfg.AuditSync)
 	var err error

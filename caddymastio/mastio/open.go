@@ -85,9 +85,11 @@ func Prepare(dataDir, dbPath, orgHint string, logger *zap.Logger) (*Shared, erro
 			orgID = pki.DeriveOrgID(ca.Root())
 		}
 	}
-	return &Shared{dataDir: dataDir, dbPath: dbPath, logger: logger, ca: ca, caCreated: created, orgID: orgID,
+	s := &Shared{dataDir: dataDir, dbPath: dbPath, ca: ca, caCreated: created, orgID: orgID,
 		keyStore: pki.FileKeyStore{Dir: filepath.Join(dataDir, "keys")}, limiters: map[string]*ratelimit.Limiter{},
-		lastReady: map[string]string{}}, nil
+		lastReady: map[string]string{}}
+	s.logger.Store(logger)
+	return s, nil
 }
 
 // Open writes and opens everything the Mastio runs on, once; a failure is
@@ -103,7 +105,7 @@ func (s *Shared) Open() error {
 
 func (s *Shared) openAll() error {
 	ctx := context.Background()
-	if err := ensureDataDir(s.dataDir, s.logger); err != nil {
+	if err := ensureDataDir(s.dataDir, s.log()); err != nil {
 		return err
 	}
 	if err := s.ca.Persist(); err != nil {
@@ -113,7 +115,7 @@ func (s *Shared) openAll() error {
 		if err := writeAdminSecret(s.dataDir, s.pendingSecret); err != nil {
 			return err
 		}
-		s.logger.Warn("no admin_secret configured: generated one; read it from the file (and set admin_secret for production)",
+		s.log().Warn("no admin_secret configured: generated one; read it from the file (and set admin_secret for production)",
 			zap.String("file", filepath.Join(s.dataDir, "admin-secret")))
 	}
 	st, err := sqlite.Open(ctx, s.dbPath)
@@ -157,7 +159,7 @@ func (s *Shared) openAll() error {
 	s.adminFailLimit = ratelimit.New(10, time.Minute, 10, 100_000)
 	s.adminFailGlobal = ratelimit.New(adminFailuresPerMinute, time.Minute, adminFailuresPerMinute, 1)
 	if newKey != nil {
-		s.logger.Info("created the first token signing key", zap.String("kid", newKey.Kid))
+		s.log().Info("created the first token signing key", zap.String("kid", newKey.Kid))
 	}
 	s.stop, s.stopped = make(chan struct{}), make(chan struct{})
 	go s.maintain()
@@ -169,7 +171,7 @@ func (s *Shared) auditCreatedCA(ctx context.Context, rootSum string) error {
 	ca := s.ca
 	switch {
 	case s.caCreated.Root:
-		s.logger.Info("created Org CA", zap.String("org_id", s.orgID), zap.String("root_sha256", rootSum),
+		s.log().Info("created Org CA", zap.String("org_id", s.orgID), zap.String("root_sha256", rootSum),
 			zap.String("root_cert", filepath.Join(s.dataDir, "pki", pki.RootCertFile)))
 		_, err := s.audit.Append(ctx, audit.Event{Type: "pki.org_ca_created", Actor: "system", Subject: s.orgID,
 			Details: map[string]any{
@@ -180,7 +182,7 @@ func (s *Shared) auditCreatedCA(ctx context.Context, rootSum string) error {
 			}})
 		return err
 	case s.caCreated.Intermediate:
-		s.logger.Info("created Mastio intermediate CA", zap.String("intermediate_sha256", pki.Fingerprint(ca.Intermediate())))
+		s.log().Info("created Mastio intermediate CA", zap.String("intermediate_sha256", pki.Fingerprint(ca.Intermediate())))
 		_, err := s.audit.Append(ctx, audit.Event{Type: "pki.intermediate_created", Actor: "system", Subject: s.orgID,
 			Details: map[string]any{
 				"intermediate_sha256":    pki.Fingerprint(ca.Intermediate()),

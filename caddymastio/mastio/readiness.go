@@ -62,8 +62,8 @@ func (s *Shared) noteReadiness(check string, err error) {
 		return
 	}
 	if err != nil {
-		s.logger.Error("readiness check failing", zap.String("check", check), zap.Error(err))
+		s.log().Error("readiness check failing", zap.String("check", check), zap.Error(err))
 	} else {
-		s.logger.Info("readiness check recovered", zap.String("check", check))
+		s.log().Info("readiness check recovered", zap.String("check", check))
 	}
 }

@@ -35,7 +35,9 @@ type Shared struct {
 	dataDir string
 	dbPath  string
 	orgID   string
-	logger  *zap.Logger
+	// logger is the logger of the configuration in force (set again when
+	// a configuration starts): background work logs through it.
+	logger atomic.Pointer[zap.Logger]
 
 	store    store.Store
 	audit    *audit.Log
@@ -97,13 +99,15 @@ type Shared struct {
 	serverWatchSeq int
 }
 
+func (s *Shared) log() *zap.Logger { return s.logger.Load() }
+
 // maintain expires overdue enrollment sessions and ended certificate grace
 // periods once a minute (both are also enforced when they are looked at).
 func (s *Shared) maintain() {
 	defer close(s.stopped)
 	defer func() {
 		if err := recover(); err != nil {
-			s.logger.Error("maintenance loop panicked", zap.Any("error", err))
+			s.log().Error("maintenance loop panicked", zap.Any("error", err))
 		}
 	}()
 	t := time.NewTicker(time.Minute)
@@ -115,20 +119,20 @@ func (s *Shared) maintain() {
 		case <-t.C:
 			ctx := context.Background()
 			if n, err := s.registry.ExpireEnrollments(ctx); err != nil {
-				s.logger.Error("expiring enrollment sessions", zap.Error(err))
+				s.log().Error("expiring enrollment sessions", zap.Error(err))
 			} else if n > 0 {
-				s.logger.Info("expired enrollment sessions", zap.Int("count", n))
+				s.log().Info("expired enrollment sessions", zap.Int("count", n))
 			}
 			if err := s.keys.Reload(ctx); err != nil {
-				s.logger.Error("reloading signing keys", zap.Error(err))
+				s.log().Error("reloading signing keys", zap.Error(err))
 			}
 			if err := s.store.Update(ctx, func(tx store.Tx) error { _, err := tx.ForgetUsed(ctx, time.Now()); return err }); err != nil {
-				s.logger.Error("forgetting expired single-use credentials", zap.Error(err))
+				s.log().Error("forgetting expired single-use credentials", zap.Error(err))
 			}
 			if n, err := s.registry.ExpireGrace(ctx); err != nil {
-				s.logger.Error("ending certificate grace periods", zap.Error(err))
+				s.log().Error("ending certificate grace periods", zap.Error(err))
 			} else if n > 0 {
-				s.logger.Info("ended certificate grace periods", zap.Int("count", n))
+				s.log().Info("ended certificate grace periods", zap.Int("count", n))
 			}
 		}
 	}
