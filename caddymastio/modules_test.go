@@ -22,6 +22,7 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio/mastiotest"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
+	"github.com/caddy-mastio/caddy-mastio/internal/mcptest"
 )
 
 // modulesServer runs Caddy in-process with every HTTP module of this
@@ -33,15 +34,7 @@ import (
 //	/weather/*    mastio_mcp weather, then reverse_proxy to an MCP server
 //	anything else mastio, then 418 for what it passes on
 func modulesServer(t *testing.T) (base string, app *App, accessLog string) {
-	server := mcpsdk.NewServer(&mcpsdk.Implementation{Name: "weather", Version: "1"}, nil)
-	mcpsdk.AddTool(server, &mcpsdk.Tool{Name: "get_forecast"}, func(context.Context, *mcpsdk.CallToolRequest, struct{}) (*mcpsdk.CallToolResult, any, error) {
-		return &mcpsdk.CallToolResult{Content: []mcpsdk.Content{&mcpsdk.TextContent{Text: "sunny"}}}, nil, nil
-	})
-	mcpsdk.AddTool(server, &mcpsdk.Tool{Name: "delete_everything"}, func(context.Context, *mcpsdk.CallToolRequest, struct{}) (*mcpsdk.CallToolResult, any, error) {
-		return &mcpsdk.CallToolResult{}, nil, nil
-	})
-	up := httptest.NewServer(mcpsdk.NewStreamableHTTPHandler(func(*http.Request) *mcpsdk.Server { return server }, nil))
-	t.Cleanup(up.Close)
+	up := mcptest.Weather(t, false)
 
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()

@@ -22,39 +22,13 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/client"
+	"github.com/caddy-mastio/caddy-mastio/internal/mcptest"
 )
 
 // mcpUpstream is a real MCP server built with the official Go SDK: tools
 // get_forecast, set_alert, delete_everything and slow (sleeps 3s).
 func mcpUpstream(t testing.TB, jsonResponses bool) *httptest.Server {
-	server := mcp.NewServer(&mcp.Implementation{Name: "weather", Version: "1.0.0"}, nil)
-	type cityIn struct {
-		City string `json:"city"`
-	}
-	mcp.AddTool(server, &mcp.Tool{Name: "get_forecast", Description: "Forecast for a city"},
-		func(ctx context.Context, req *mcp.CallToolRequest, in cityIn) (*mcp.CallToolResult, any, error) {
-			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "sunny in " + in.City}}}, nil, nil
-		})
-	mcp.AddTool(server, &mcp.Tool{Name: "set_alert", Description: "Set an alert"},
-		func(ctx context.Context, req *mcp.CallToolRequest, in cityIn) (*mcp.CallToolResult, any, error) {
-			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "alert set for " + in.City}}}, nil, nil
-		})
-	mcp.AddTool(server, &mcp.Tool{Name: "delete_everything", Description: "Dangerous"},
-		func(ctx context.Context, req *mcp.CallToolRequest, in struct{}) (*mcp.CallToolResult, any, error) {
-			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "everything deleted"}}}, nil, nil
-		})
-	mcp.AddTool(server, &mcp.Tool{Name: "slow", Description: "Takes 3 seconds"},
-		func(ctx context.Context, req *mcp.CallToolRequest, in struct{}) (*mcp.CallToolResult, any, error) {
-			select {
-			case <-time.After(3 * time.Second):
-			case <-ctx.Done():
-			}
-			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "done"}}}, nil, nil
-		})
-	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server }, &mcp.StreamableHTTPOptions{JSONResponse: jsonResponses})
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return srv
+	return mcptest.Weather(t, jsonResponses)
 }
 
 const mcpRoutes = `

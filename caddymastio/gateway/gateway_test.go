@@ -17,27 +17,8 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/gateway"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio/mastiotest"
+	"github.com/caddy-mastio/caddy-mastio/internal/mcptest"
 )
-
-// upstream is a real MCP server (the official Go SDK) with a harmless
-// and a dangerous tool.
-func upstream(t *testing.T) *httptest.Server {
-	server := mcpsdk.NewServer(&mcpsdk.Implementation{Name: "weather", Version: "1.0.0"}, nil)
-	type cityIn struct {
-		City string `json:"city"`
-	}
-	mcpsdk.AddTool(server, &mcpsdk.Tool{Name: "get_forecast", Description: "Forecast for a city"},
-		func(ctx context.Context, req *mcpsdk.CallToolRequest, in cityIn) (*mcpsdk.CallToolResult, any, error) {
-			return &mcpsdk.CallToolResult{Content: []mcpsdk.Content{&mcpsdk.TextContent{Text: "sunny in " + in.City}}}, nil, nil
-		})
-	mcpsdk.AddTool(server, &mcpsdk.Tool{Name: "delete_everything", Description: "Dangerous"},
-		func(ctx context.Context, req *mcpsdk.CallToolRequest, in struct{}) (*mcpsdk.CallToolResult, any, error) {
-			return &mcpsdk.CallToolResult{Content: []mcpsdk.Content{&mcpsdk.TextContent{Text: "everything deleted"}}}, nil, nil
-		})
-	up := httptest.NewServer(mcpsdk.NewStreamableHTTPHandler(func(*http.Request) *mcpsdk.Server { return server }, nil))
-	t.Cleanup(up.Close)
-	return up
-}
 
 // env serves, over TLS: the Mastio's endpoints with the /v1/mcp
 // aggregator, and /weather/ through the policy filter to the upstream.
@@ -49,7 +30,7 @@ type env struct {
 
 func newEnv(t *testing.T, rs gateway.RouteSettings, policy string) *env {
 	t.Helper()
-	up := upstream(t)
+	up := mcptest.Weather(t, false)
 	m := mastiotest.New(t, mastio.Settings{Policy: policy, Servers: map[string]*mastio.Server{"weather": {URL: up.URL}}}, nil)
 	pool := gateway.NewPool(m, func(s string) string { return s })
 	t.Cleanup(pool.Close)
@@ -98,16 +79,6 @@ func toolNames(t *testing.T, cs *mcpsdk.ClientSession) []string {
 	return names
 }
 
-func text(res *mcpsdk.CallToolResult) string {
-	if res == nil || len(res.Content) == 0 {
-		return ""
-	}
-	if tc, ok := res.Content[0].(*mcpsdk.TextContent); ok {
-		return tc.Text
-	}
-	return ""
-}
-
 func TestRouteFiltersListsAndDecidesCalls(t *testing.T) {
 	e := newEnv(t, gateway.RouteSettings{}, "allow * tools/call weather/get_forecast\n")
 	a := mastiotest.NewAgent(t, e.m, "forecaster", "mcp:call")
@@ -116,8 +87,8 @@ func TestRouteFiltersListsAndDecidesCalls(t *testing.T) {
 		t.Fatalf("tools/list shows %v", names)
 	}
 	res, err := cs.CallTool(context.Background(), &mcpsdk.CallToolParams{Name: "get_forecast", Arguments: map[string]any{"city": "Oslo"}})
-	if err != nil || text(res) != "sunny in Oslo" {
-		t.Fatalf("allowed call: %v %v", text(res), err)
+	if err != nil || mcptest.TextOf(res) != "sunny in Oslo" {
+		t.Fatalf("allowed call: %v %v", mcptest.TextOf(res), err)
 	}
 	_, err = cs.CallTool(context.Background(), &mcpsdk.CallToolParams{Name: "delete_everything", Arguments: map[string]any{}})
 	if err == nil || !strings.Contains(err.Error(), "not allowed") {
@@ -219,8 +190,8 @@ func TestAggregatorServesEveryServerUnderPolicy(t *testing.T) {
 		t.Fatalf("aggregated tools: %v", names)
 	}
 	res, err := cs.CallTool(context.Background(), &mcpsdk.CallToolParams{Name: "weather.get_forecast", Arguments: map[string]any{"city": "Rome"}})
-	if err != nil || text(res) != "sunny in Rome" {
-		t.Fatalf("allowed call: %q %v", text(res), err)
+	if err != nil || mcptest.TextOf(res) != "sunny in Rome" {
+		t.Fatalf("allowed call: %q %v", mcptest.TextOf(res), err)
 	}
 	for name, want := range map[string]string{"weather.delete_everything": "not allowed", "nowhere.tool": "Unknown tool"} {
 		if _, err := cs.CallTool(context.Background(), &mcpsdk.CallToolParams{Name: name, Arguments: map[string]any{}}); err == nil ||
