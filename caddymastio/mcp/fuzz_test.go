@@ -1,6 +1,7 @@
 package mcp
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
 
@@ -59,7 +60,7 @@ func sameReading(t *testing.T, what string, m *Message, data []byte, name string
 			t.Fatalf("%s: method %q, the SDK read %q in %q", what, m.Method, d.Method, data)
 		}
 		if m.ID != nil {
-			raw, _ := json.Marshal(d.ID.Raw())
+			raw := marshalPlain(d.ID.Raw())
 			if !d.ID.IsValid() || string(raw) != string(m.ID) {
 				t.Fatalf("%s: id %s, the SDK read %s in %q", what, m.ID, raw, data)
 			}
@@ -82,4 +83,15 @@ func sameReading(t *testing.T, what string, m *Message, data []byte, name string
 			t.Fatalf("%s: a request, the SDK read a response in %q", what, data)
 		}
 	}
+}
+
+// marshalPlain encodes v as JSON without escaping &, < and > (as the
+// gateway's canonical ids are written), so that the same id compares
+// equal.
+func marshalPlain(v any) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
 }
