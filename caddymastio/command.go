@@ -27,12 +27,13 @@ func init() {
 		Long: `Agent side:
   caddy mastio enroll --url https://mastio.example.com:9443 --dir ./identity --ca org-ca.crt --name "..." --email ...
   caddy mastio token  --dir ./identity [--request GET https://mastio.example.com:9443/path]
+  caddy mastio connect --dir ./identity (--stdio | --listen 127.0.0.1:8765) [--path /v1/mcp]
 
 Operator side:
   caddy mastio audit verify --db ./data/mastio.db
   caddy mastio init-database --data-dir ./data`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(enrollCommand(), tokenCommand(), auditCommand(), initDatabaseCommand())
+			cmd.AddCommand(enrollCommand(), tokenCommand(), connectCommand(), auditCommand(), initDatabaseCommand())
 		},
 	})
 }

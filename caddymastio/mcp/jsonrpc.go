@@ -481,3 +481,16 @@ func DecodeHeaderValue(v string) (string, error) {
 	}
 	return v, nil
 }
+
+// EncodeHeaderValue encodes v for an Mcp-Name header: as it is when it is
+// printable ASCII without surrounding spaces, else =?base64?<b64>?=.
+func EncodeHeaderValue(v string) string {
+	plain := v == strings.TrimSpace(v) && !strings.HasPrefix(v, "=?base64?")
+	for i := 0; plain && i < len(v); i++ {
+		plain = v[i] >= 0x20 && v[i] < 0x7f
+	}
+	if plain {
+		return v
+	}
+	return "=?base64?" + base64.StdEncoding.EncodeToString([]byte(v)) + "?="
+}

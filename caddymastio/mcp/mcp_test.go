@@ -204,3 +204,15 @@ func TestHeaderValueDecoding(t *testing.T) {
 		t.Fatal("bad base64 accepted")
 	}
 }
+
+func TestHeaderValuesRoundTrip(t *testing.T) {
+	for _, v := range []string{"get_forecast", "météo", " padded", "=?base64?x?=", "a\tb", ""} {
+		enc := EncodeHeaderValue(v)
+		if dec, err := DecodeHeaderValue(enc); err != nil || dec != v {
+			t.Errorf("%q: encoded %q, decoded %q %v", v, enc, dec, err)
+		}
+	}
+	if EncodeHeaderValue("get_forecast") != "get_forecast" || EncodeHeaderValue("météo") == "météo" {
+		t.Fatal("plain ASCII is not kept as it is, or other text is")
+	}
+}
