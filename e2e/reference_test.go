@@ -8,10 +8,41 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+)
+
+// referenceNPM installs the npm packages pinned in testdata/npm (the
+// reference MCP server, the TypeScript SDK) once, and returns their
+// directory.
+func referenceNPM(t testing.TB) string {
+	t.Helper()
+	if _, err := exec.LookPath("node"); err != nil {
+		t.Fatal("the reference MCP server and client need Node.js and npm: apt-get install nodejs npm (.ci/run does)")
+	}
+	npmDir := filepath.Join(repoRoot, "e2e", "testdata", "npm")
+	npmOnce.Do(func() {
+		if _, err := os.Stat(filepath.Join(npmDir, "node_modules", "@modelcontextprotocol", "sdk", "package.json")); err == nil {
+			return
+		}
+		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
+		cmd.Dir = npmDir
+		if out, err := cmd.CombinedOutput(); err != nil {
+			npmErr = fmt.Errorf("npm ci in %s: %v\n%s", npmDir, err, out)
+		}
+	})
+	if npmErr != nil {
+		t.Fatal(npmErr)
+	}
+	return npmDir
+}
+
+var (
+	npmOnce sync.Once
+	npmErr  error
 )
 
 // referenceServer runs @modelcontextprotocol/server-everything, the MCP
@@ -20,18 +51,7 @@ import (
 // testdata/npm, on a loopback port. It returns the port.
 func referenceServer(t testing.TB) int {
 	t.Helper()
-	if _, err := exec.LookPath("node"); err != nil {
-		t.Fatal("the reference MCP server needs Node.js and npm: apt-get install nodejs npm (.ci/run does)")
-	}
-	npmDir := filepath.Join(repoRoot, "e2e", "testdata", "npm")
-	entry := filepath.Join(npmDir, "node_modules", "@modelcontextprotocol", "server-everything", "dist", "index.js")
-	if _, err := os.Stat(entry); err != nil {
-		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
-		cmd.Dir = npmDir
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci in %s: %v\n%s", npmDir, err, out)
-		}
-	}
+	entry := filepath.Join(referenceNPM(t), "node_modules", "@modelcontextprotocol", "server-everything", "dist", "index.js")
 	port := freePort(t)
 	cmd := exec.Command("node", "--import", filepath.Join(repoRoot, "e2e", "testdata", "loopback.mjs"), entry, "streamableHttp")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port))
