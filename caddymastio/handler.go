@@ -32,7 +32,7 @@ func init() {
 //	GET  /v1/agents/me, /v1/agents/search
 //	                                  agent routes: a client certificate pinned to an
 //	                                  active agent, re-checked on every request
-//	POST /v1/mcp                      the MCP aggregator over every registered MCP server
+//	/v1/mcp                           the MCP aggregator over every registered MCP server
 //	/v1/admin/..., /registry/agents/{id}/revoke|rotate-cert, /proxy/admin/agents
 //	                                  the admin API (X-Admin-Secret; package admin)
 //	GET  /.well-known/jwks.json, oauth-authorization-server, oauth-protected-resource[/path]
@@ -45,9 +45,10 @@ func init() {
 // Mastio's endpoints (which authenticate their callers themselves) are not
 // shadowed by other handlers.
 type Handler struct {
-	app       *App
-	endpoints *endpoints.Handler
-	pool      *gateway.Pool
+	app        *App
+	endpoints  *endpoints.Handler
+	pool       *gateway.Pool
+	aggregator *gateway.Aggregator
 }
 
 // CaddyModule returns the Caddy module information.
@@ -73,7 +74,8 @@ func (h *Handler) provisionWith(ctx caddy.Context, app *App) error {
 	m, log := app.Mastio(), ctx.Logger()
 	repl := caddy.NewReplacer()
 	h.pool = gateway.NewPool(m, func(s string) string { return repl.ReplaceKnown(s, "") })
-	h.endpoints = endpoints.New(m, log, endpoints.Routes{"/v1/mcp": gateway.NewAggregator(m, log, h.pool)})
+	h.aggregator = gateway.NewAggregator(m, log, h.pool)
+	h.endpoints = endpoints.New(m, log, endpoints.Routes{"/v1/mcp": h.aggregator})
 	return nil
 }
 
@@ -92,8 +94,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	})
 }
 
-// Cleanup closes the aggregator's upstream sessions.
+// Cleanup ends the aggregator's sessions and closes its upstream sessions.
 func (h *Handler) Cleanup() error {
+	if h.aggregator != nil {
+		h.aggregator.Close()
+	}
 	if h.pool != nil {
 		h.pool.Close()
 	}

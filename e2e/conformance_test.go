@@ -20,7 +20,10 @@ import (
 // pinned in testdata/conformance) runs its server scenarios against the
 // MCP Go SDK's conformance fixture server: directly, and through the
 // gateway as an agent reaches it with a stock client (here the runner's
-// own client) through caddy mastio connect.
+// own client) through caddy mastio connect: at a mastio_mcp route, and
+// through the /v1/mcp aggregator (the fixture registered with prefix "-",
+// since the scenarios call its items by their own names). Every scenario
+// that passes directly must pass both ways.
 
 var (
 	conformanceOnce sync.Once
@@ -147,6 +150,7 @@ func TestMCPConformance(t *testing.T) {
 		}
 		mcp_server conformance {
 			url {$CONFORMANCE_UP}
+			prefix -
 			agent_rate off
 			item_rate off
 		}`, conformanceRoutes, "CONFORMANCE_UP="+up, "CONFORMANCE_HOST="+strings.TrimSuffix(strings.TrimPrefix(up, "http://"), "/mcp"))
@@ -164,6 +168,9 @@ func TestMCPConformance(t *testing.T) {
 		table = append(table, fmt.Sprintf("| %s | %s | %s | %s |", n, direct[n], routed[n], aggregated[n]))
 		if direct[n] == "pass" && routed[n] != "pass" {
 			t.Errorf("%s passes directly, not through the gateway route: %s", n, routed[n])
+		}
+		if direct[n] == "pass" && aggregated[n] != "pass" {
+			t.Errorf("%s passes directly, not through the aggregator: %s", n, aggregated[n])
 		}
 	}
 	t.Logf("scenario | direct | gateway route | aggregator (both through connect --listen)\n%s", strings.Join(table, "\n"))

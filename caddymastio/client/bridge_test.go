@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/client"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/gateway"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/gateway/gatewaytest"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio/mastiotest"
 	"github.com/caddy-mastio/caddy-mastio/internal/mcptest"
@@ -25,7 +26,7 @@ func mastioWithWeather(t *testing.T) (*mastio.Mastio, *httptest.Server, *atomic.
 	m := mastiotest.New(t, mastio.Settings{Policy: "allow * tools/call weather/get_forecast\n",
 		Servers: map[string]*mastio.Server{"weather": {URL: up.URL}}}, nil)
 	hits := new(atomic.Int64)
-	return m, mastiotest.ServeGateway(t, m, gateway.RouteSettings{}, hits), hits
+	return m, gatewaytest.ServeGateway(t, m, gateway.RouteSettings{}, hits), hits
 }
 
 // bridgeFor is a bridge of a new agent to path at srv.

@@ -9,8 +9,6 @@ package gateway
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -201,16 +199,6 @@ func (x *exchange) refuse(w http.ResponseWriter, status int, reason string, id j
 	return nil
 }
 
-// argumentsSum is the SHA-256 of a call's arguments, for the audit log.
-func argumentsSum(m *mcp.Message) string {
-	args := mcp.Arguments(m)
-	if args == nil {
-		return ""
-	}
-	sum := sha256.Sum256(args)
-	return hex.EncodeToString(sum[:])
-}
-
 func (x *exchange) serve(w http.ResponseWriter, next Next) error {
 	g, r := x.g, x.r
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, g.cfg.MaxRequestBytes))
@@ -249,7 +237,7 @@ func (x *exchange) serve(w http.ResponseWriter, next Next) error {
 			x.denied = append(x.denied, mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeInvalidParams, Message: "Invalid params: " + terr.Error()}))
 			continue
 		}
-		c := &call{msg: m, action: action, name: name, start: time.Now(), argsSum: argumentsSum(m)}
+		c := &call{msg: m, action: action, name: name, start: time.Now(), argsSum: argsSum(mcp.Arguments(m))}
 		if wait, ok := x.rateLimit(name); !ok {
 			limited = max(limited, wait)
 			c.decision = policy.Decision{Reason: "rate limited"}

@@ -34,7 +34,9 @@ func newEnv(t *testing.T, rs gateway.RouteSettings, policy string) *env {
 	m := mastiotest.New(t, mastio.Settings{Policy: policy, Servers: map[string]*mastio.Server{"weather": {URL: up.URL}}}, nil)
 	pool := gateway.NewPool(m, func(s string) string { return s })
 	t.Cleanup(pool.Close)
-	ep := endpoints.New(m, zap.NewNop(), endpoints.Routes{"/v1/mcp": gateway.NewAggregator(m, zap.NewNop(), pool)})
+	agg := gateway.NewAggregator(m, zap.NewNop(), pool)
+	t.Cleanup(agg.Close)
+	ep := endpoints.New(m, zap.NewNop(), endpoints.Routes{"/v1/mcp": agg})
 	rs.Server = "weather"
 	route := gateway.NewRoute(m, zap.NewNop(), rs)
 	target, _ := url.Parse(up.URL)
@@ -105,10 +107,16 @@ func TestRouteFiltersListsAndDecidesCalls(t *testing.T) {
 	}
 }
 
-// post sends one raw JSON-RPC body to the route as agent a.
+// post sends one raw JSON-RPC body to the route as agent a, with the
+// headers hdr (name, value, ...).
 func (e *env) post(a *mastiotest.Agent, body string, hdr ...string) (*http.Response, string) {
 	e.t.Helper()
-	req, _ := http.NewRequest("POST", e.srv.URL+"/weather/mcp", strings.NewReader(body))
+	return e.postTo(a, "/weather/mcp", body, hdr...)
+}
+
+func (e *env) postTo(a *mastiotest.Agent, path, body string, hdr ...string) (*http.Response, string) {
+	e.t.Helper()
+	req, _ := http.NewRequest("POST", e.srv.URL+path, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
 	for i := 0; i+1 < len(hdr); i += 2 {
@@ -193,7 +201,7 @@ func TestAggregatorServesEveryServerUnderPolicy(t *testing.T) {
 	if err != nil || mcptest.TextOf(res) != "sunny in Rome" {
 		t.Fatalf("allowed call: %q %v", mcptest.TextOf(res), err)
 	}
-	for name, want := range map[string]string{"weather.delete_everything": "not allowed", "nowhere.tool": "Unknown tool"} {
+	for name, want := range map[string]string{"weather.delete_everything": "not allowed", "nowhere.tool": "unknown tool"} {
 		if _, err := cs.CallTool(context.Background(), &mcpsdk.CallToolParams{Name: name, Arguments: map[string]any{}}); err == nil ||
 			!strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v", name, err)
@@ -203,10 +211,10 @@ func TestAggregatorServesEveryServerUnderPolicy(t *testing.T) {
 	if len(calls) != 2 || mastiotest.Details(t, calls[0])["outcome"] != "ok" || mastiotest.Details(t, calls[1])["outcome"] != "denied" {
 		t.Fatalf("aggregated calls audited: %d rows", len(calls))
 	}
-	// The aggregator is stateless: no GET stream.
+	// This client speaks 2026-07-28, sessionless: a GET stream needs a session.
 	s := a.Session(t, e.srv)
 	resp, err := s.HTTPClient().Get(e.srv.URL + "/v1/mcp")
-	if err != nil || resp.StatusCode != 405 {
+	if err != nil || resp.StatusCode != 400 {
 		t.Fatalf("GET /v1/mcp: %v %v", resp, err)
 	}
 	resp.Body.Close()

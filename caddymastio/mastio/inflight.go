@@ -118,3 +118,10 @@ func (f *inflight) recheckAt(agentID string, at time.Time) {
 func Withdrawn(ctx context.Context) bool {
 	return errors.Is(context.Cause(ctx), errCredentialWithdrawn)
 }
+
+// TrackAgent returns a context cancelled as soon as the agent is revoked
+// (for work a surface does on an agent's behalf outside a request Admit
+// tracks), and the function that stops tracking it.
+func (m *Mastio) TrackAgent(ctx context.Context, agentID string) (context.Context, func()) {
+	return m.inflight.track(ctx, registry.Credential{AgentID: agentID})
+}

@@ -149,6 +149,7 @@ func (s *Shared) openAll() error {
 	}
 	s.tokens = token.NewVerifier(ring, 100_000)
 	s.inflight = newInflight(s.registry)
+	s.registry.OnChange(s.agentWatch.Notify)
 	s.refusals = newRefusalAudit()
 	if err := s.loadPolicy(ctx); err != nil {
 		return err

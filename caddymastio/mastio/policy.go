@@ -63,6 +63,7 @@ func (s *Shared) setPolicyLocked(ctx context.Context, text, actor string, detail
 		return nil, err
 	}
 	s.policy.Store(&storedPolicy{text: text, rules: rules})
+	s.policyWatch.Notify(struct{}{})
 	return rules, nil
 }
 
@@ -129,4 +130,11 @@ func (m *Mastio) SetBinding(ctx context.Context, agentID, server string, present
 		return m.policy.Load().rules, nil
 	}
 	return m.setPolicyLocked(ctx, strings.Join(kept, "\n")+"\n", "admin", details)
+}
+
+// OnPolicyChange registers fn, called after the stored rules change (a
+// surface that holds what an agent may see refreshes it); remove
+// unregisters it.
+func (s *Shared) OnPolicyChange(fn func()) (remove func()) {
+	return s.policyWatch.Add(func(struct{}) { fn() })
 }

@@ -39,8 +39,11 @@ type Server struct {
 	// bearer_token given to it this way.
 	BearerSecret string `json:"bearer_secret,omitempty"`
 
-	// Prefix of this server's tools in the aggregated list:
-	// <prefix>.<tool>. Default: the server's name.
+	// Prefix of this server's items in the aggregator: tools and prompts
+	// are named <prefix>.<name>, resources take the URI scheme
+	// mastio-<prefix>+<scheme>. Default: the server's name. "-": the items
+	// keep their own names (one that another server's item has already is
+	// left out).
 	Prefix string `json:"prefix,omitempty"`
 
 	// How long one call may take. Default: 30s.
@@ -85,12 +88,17 @@ func (s *Server) Validate(name string) error {
 	return nil
 }
 
-// ToolPrefix is the prefix of the server's tools in the aggregated list.
+// ToolPrefix is the prefix of the server's items in the aggregator: the
+// configured prefix, the server's name by default, "" for "-" (the items
+// keep their own names).
 func (s *Server) ToolPrefix(name string) string {
-	if s.Prefix != "" {
-		return s.Prefix
+	switch s.Prefix {
+	case "":
+		return name
+	case "-":
+		return ""
 	}
-	return name
+	return s.Prefix
 }
 
 // CallTimeout is how long one call may take.
@@ -252,6 +260,9 @@ func (m *Mastio) PutServer(ctx context.Context, name string, s *Server, bearerTo
 	case err == nil && old != "":
 		m.removeSecret(old)
 	}
+	if err == nil {
+		m.serverChanged(name)
+	}
 	return err
 }
 
@@ -345,35 +356,11 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 }
 
 // OnServerChange registers fn, called with a server's name when it is
-// removed or replaced (a pool drops its connection); remove unregisters
-// it.
-func (s *Shared) OnServerChange(fn func(name string)) (remove func()) {
-	s.serverWatchMu.Lock()
-	defer s.serverWatchMu.Unlock()
-	if s.serverWatchers == nil {
-		s.serverWatchers = map[int]func(string){}
-	}
-	s.serverWatchSeq++
-	id := s.serverWatchSeq
-	s.serverWatchers[id] = fn
-	return func() {
-		s.serverWatchMu.Lock()
-		delete(s.serverWatchers, id)
-		s.serverWatchMu.Unlock()
-	}
-}
+// registered, replaced or removed (a pool drops its connection, an
+// aggregator lists it again); remove unregisters it.
+func (s *Shared) OnServerChange(fn func(name string)) (remove func()) { return s.serverWatch.Add(fn) }
 
-func (s *Shared) serverChanged(name string) {
-	s.serverWatchMu.Lock()
-	ws := make([]func(string), 0, len(s.serverWatchers))
-	for _, fn := range s.serverWatchers {
-		ws = append(ws, fn)
-	}
-	s.serverWatchMu.Unlock()
-	for _, fn := range ws {
-		fn(name)
-	}
-}
+func (s *Shared) serverChanged(name string) { s.serverWatch.Notify(name) }
 
 // SetCredentials sets the server's credentials on an outgoing request
 // header: its configured headers, with placeholders resolved by resolve

@@ -16,6 +16,7 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
+	"github.com/caddy-mastio/caddy-mastio/internal/watch"
 )
 
 // adminFailuresPerMinute bounds the failed admin secret attempts audited
@@ -94,10 +95,16 @@ type Shared struct {
 	onCloseMu sync.Mutex
 	onClose   []func()
 
-	serverWatchMu  sync.Mutex
-	serverWatchers map[int]func(name string)
-	serverWatchSeq int
+	serverWatch watch.Set[string] // a server's name, when it is removed or replaced
+	policyWatch watch.Set[struct{}]
+	agentWatch  watch.Set[string] // an agent's id, when its credentials change
 }
+
+// OnAgentChange registers fn, called with an agent's id once a change of
+// its credentials is in force (revoked, certificate rotated): a surface
+// that serves the agent outside requests ends that; remove unregisters
+// it.
+func (s *Shared) OnAgentChange(fn func(agentID string)) (remove func()) { return s.agentWatch.Add(fn) }
 
 func (s *Shared) log() *zap.Logger { return s.logger.Load() }
 
