@@ -88,10 +88,18 @@ func closeSessions() {
 
 func connectMCP(t testing.TB, s *server, id *client.Identity, path string) *mcp.ClientSession {
 	t.Helper()
-	c := mcp.NewClient(&mcp.Implementation{Name: "e2e-agent", Version: "1.0.0"}, nil)
+	return connectMCPWith(t, s, id, path, nil, "")
+}
+
+// connectMCPWith is connectMCP with the client's options, speaking
+// version ("": the SDK's latest).
+func connectMCPWith(t testing.TB, s *server, id *client.Identity, path string, opts *mcp.ClientOptions, version string) *mcp.ClientSession {
+	t.Helper()
+	c := mcp.NewClient(&mcp.Implementation{Name: "e2e-agent", Version: "1.0.0"}, opts)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: s.url(path), HTTPClient: id.Session().HTTPClient(), MaxRetries: -1}, nil)
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: s.url(path), HTTPClient: id.Session().HTTPClient(), MaxRetries: -1},
+		&mcp.ClientSessionOptions{ProtocolVersion: version})
 	if err != nil {
 		t.Fatalf("connect %s: %v", path, err)
 	}

@@ -73,7 +73,7 @@ const stateful = "2025-11-25"
 func TestAggregatorOffersEveryKindOfItemUnderPolicy(t *testing.T) {
 	e := newAggEnv(t, everythingPolicy)
 	a := mastiotest.NewAgent(t, e.m, "browser", "mcp:call")
-	for _, version := range []string{stateful, ""} {
+	for _, version := range []string{"2025-06-18", stateful, ""} {
 		cs := e.session(a, version, nil)
 		ctx := context.Background()
 		if got := strings.Join(toolNames(t, cs), ","); got != "weather.ask,weather.confirm,weather.count,weather.get_forecast,weather.note" {
@@ -226,6 +226,21 @@ func TestAggregatorRelaysProgressSamplingAndLogs(t *testing.T) {
 	}
 	if l := wait(t, logs, "log message"); l.Data != "noted" || l.Level != "info" {
 		t.Fatalf("log message: %+v", l)
+	}
+}
+
+// An upstream asks the client for what it did not declare: the upstream
+// was told (no sampling capability), and the call fails with the reason.
+func TestAggregatorRefusesWhatTheClientDidNotOffer(t *testing.T) {
+	e := newAggEnv(t, everythingPolicy)
+	a := mastiotest.NewAgent(t, e.m, "plain", "mcp:call")
+	cs := e.session(a, stateful, nil)
+	res, err := cs.CallTool(context.Background(), &mcpsdk.CallToolParams{Name: "weather.ask", Arguments: map[string]any{}})
+	if err == nil && !res.IsError {
+		t.Fatalf("sampling reached a client that does not offer it: %q", mcptest.TextOf(res))
+	}
+	if msg := fmt.Sprint(err) + mcptest.TextOf(res); !strings.Contains(msg, "sampling") {
+		t.Fatalf("the refusal does not say why: %s", msg)
 	}
 }
 

@@ -72,6 +72,7 @@ func (a *Aggregator) run(ctx context.Context, u use, call forward) error {
 	if !active {
 		return rpcError(mcp.CodeForbidden, "the agent %s has been revoked", u.agentID)
 	}
+	actx := context.WithoutCancel(ctx) // a cancelled call is audited too
 	servers, _, err := a.m.Servers(ctx)
 	if err != nil {
 		return rpcError(mcp.CodeInternal, "the MCP server registry cannot be read")
@@ -90,7 +91,7 @@ func (a *Aggregator) run(ctx context.Context, u use, call forward) error {
 	}
 	refuse := func(outcome, reason string, e error) error {
 		rec.Outcome, rec.Decision = outcome, policy.Decision{Reason: reason}
-		if err := a.m.AuditMCPCall(ctx, rec); err != nil {
+		if err := a.m.AuditMCPCall(actx, rec); err != nil {
 			return rpcError(mcp.CodeInternal, "the audit log cannot be written")
 		}
 		return e
@@ -105,7 +106,7 @@ func (a *Aggregator) run(ctx context.Context, u use, call forward) error {
 	if !rec.Decision.Allowed {
 		mcpCalls.WithLabelValues(u.it.server, "deny").Inc()
 		rec.Outcome = "denied"
-		if err := a.m.AuditMCPCall(ctx, rec); err != nil {
+		if err := a.m.AuditMCPCall(actx, rec); err != nil {
 			return rpcError(mcp.CodeInternal, "the audit log cannot be written")
 		}
 		return rpcError(mcp.CodeForbidden, "%s %q on server %q is not allowed for %s (%s)", u.action, u.it.name, u.it.server, u.agentID,
@@ -138,10 +139,15 @@ func (a *Aggregator) run(ctx context.Context, u use, call forward) error {
 	switch {
 	case mastio.Withdrawn(tracked):
 		rec.Outcome, rec.Detail = "agent_revoked", "the agent's credentials were withdrawn before the answer"
-		a.m.AuditMCPCall(ctx, rec)
+		a.m.AuditMCPCall(actx, rec)
 		return rpcError(mcp.CodeForbidden, "the agent %s was revoked before the answer: nothing was delivered", u.agentID)
 	case err == nil:
 		rec.Outcome = outcome
+	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+		// The agent cancelled (notifications/cancelled, or it went away):
+		// the SDK has told the upstream to stop.
+		rec.Outcome, rec.Detail = "cancelled", "cancelled by the agent"
+		answer = err
 	case errors.As(err, &rpcErr):
 		rec.Outcome, rec.Detail = "error", err.Error()
 		answer = err // the upstream's own JSON-RPC error reaches the agent as it is
@@ -156,13 +162,13 @@ func (a *Aggregator) run(ctx context.Context, u use, call forward) error {
 			a.pool.drop(u.it.server) // the shared session may be broken
 		}
 	}
-	delivered, aerr := a.m.Registry().Deliver(registry.Credential{AgentID: u.agentID}, func() error { return a.m.AuditMCPCall(ctx, rec) })
+	delivered, aerr := a.m.Registry().Deliver(registry.Credential{AgentID: u.agentID}, func() error { return a.m.AuditMCPCall(actx, rec) })
 	if aerr != nil {
 		return rpcError(mcp.CodeInternal, "the result was withheld: the audit log cannot be written")
 	}
 	if !delivered {
 		rec.Outcome, rec.Detail = "agent_revoked", "answered after the agent's credentials were withdrawn; not delivered"
-		if err := a.m.AuditMCPCall(ctx, rec); err != nil {
+		if err := a.m.AuditMCPCall(actx, rec); err != nil {
 			a.log.Error("auditing a withheld MCP answer", zap.Error(err))
 		}
 		return rpcError(mcp.CodeForbidden, "the agent %s was revoked before the answer: nothing was delivered", u.agentID)
