@@ -290,6 +290,46 @@ func TestMCPServerRegistry(t *testing.T) {
 	e.want(status, v, 404, "remove twice")
 }
 
+// An OAuth client secret given to the admin API goes to the key store
+// (0600), is never shown, is replaced with the server and removed with it.
+func TestMCPServerOAuthSecretIsKeptInTheKeyStore(t *testing.T) {
+	e := newEnv(t, mastio.Settings{})
+	register := func(secret string) string {
+		t.Helper()
+		status, v := e.do("POST", "/v1/admin/mcp-servers", `{"name":"search","url":"https://s.example/mcp","client_certificate":true,`+
+			`"oauth":{"token_url":"https://auth.example/token","client_id":"mastio","client_secret":"`+secret+`","scopes":["tools"]}}`)
+		e.want(status, v, 201, "register")
+		raw, _ := json.Marshal(v)
+		oauth, _ := v["oauth"].(map[string]any)
+		if strings.Contains(string(raw), secret) || oauth == nil || oauth["client_secret_name"] == nil || v["client_certificate"] != true {
+			t.Fatalf("registered: %s", raw)
+		}
+		key := filepath.Join(e.m.DataDir(), "keys", oauth["client_secret_name"].(string))
+		if data, err := os.ReadFile(key); err != nil || string(data) != secret {
+			t.Fatalf("the client secret is not in the key store: %v", err)
+		}
+		if fi, _ := os.Stat(key); fi.Mode().Perm() != 0o600 {
+			t.Fatalf("key store file mode %v", fi.Mode())
+		}
+		return key
+	}
+	first := register("first-oauth-secret")
+	second := register("second-oauth-secret")
+	if _, err := os.Stat(first); !os.IsNotExist(err) {
+		t.Fatalf("the replaced secret stays in the key store: %v", err)
+	}
+	for _, ev := range mastiotest.Events(t, e.m, "mcp_server.registered") {
+		if strings.Contains(string(ev.Details), "oauth-secret\"") {
+			t.Fatalf("a client secret reached the audit log: %s", ev.Details)
+		}
+	}
+	status, v := e.do("DELETE", "/v1/admin/mcp-servers/search", "")
+	e.want(status, v, 200, "remove")
+	if _, err := os.Stat(second); !os.IsNotExist(err) {
+		t.Fatalf("the removed server's secret stays in the key store: %v", err)
+	}
+}
+
 func TestEnrollmentDecisions(t *testing.T) {
 	e := newEnv(t, mastio.Settings{})
 	sessions := make([]string, 2)

@@ -37,6 +37,13 @@ type PutServerRequest struct {
 	MaxArgumentBytes int64  `json:"max_argument_bytes"`
 	AgentRate        int    `json:"agent_rate"`
 	ItemRate         int    `json:"item_rate"`
+	// OAuth: the client credentials the Mastio gets the server's tokens
+	// with; a client_secret given here is stored in the key store (0600),
+	// never in the database.
+	OAuth *mastio.OAuthClient `json:"oauth"`
+	// ClientCertificate: present the Mastio's workload certificate (mTLS
+	// to the server).
+	ClientCertificate bool `json:"client_certificate"`
 }
 
 // PutServer registers (or replaces) an MCP server; the answer is the
@@ -44,7 +51,7 @@ type PutServerRequest struct {
 func (a *API) PutServer(ctx context.Context, c Caller, req PutServerRequest) (map[string]any, error) {
 	s := &mastio.Server{URL: req.URL, Headers: req.Headers, Prefix: req.Prefix,
 		Timeout: mastio.Duration(time.Duration(req.TimeoutSeconds) * time.Second), MaxArgumentBytes: req.MaxArgumentBytes,
-		AgentRate: req.AgentRate, ItemRate: req.ItemRate}
+		AgentRate: req.AgentRate, ItemRate: req.ItemRate, OAuth: req.OAuth, ClientCertificate: req.ClientCertificate}
 	if err := a.m.PutServer(ctx, req.Name, s, req.BearerToken, c.details()); err != nil {
 		return nil, &registry.Error{Status: 400, Code: "invalid_request", Message: err.Error()}
 	}

@@ -43,7 +43,17 @@ func init() {
 //	        url                <https://host/path>
 //	        header             <name> <value-or-placeholder>
 //	        bearer_secret      <key-store-name>
-//	        prefix             <tool-prefix>
+//	        oauth {
+//	            token_url          <https://auth/token>
+//	            client_id          <id>
+//	            client_secret      <placeholder-or-secret>
+//	            client_secret_name <key-store-name>
+//	            scope              <scope>...
+//	            resource           <uri>
+//	        }
+//	        client_certificate
+//	        ca_file            <pem-file>
+//	        prefix             <tool-prefix>|-
 //	        timeout            <duration>
 //	        max_argument_bytes <bytes>
 //	        agent_rate         <calls per minute>|off
@@ -142,69 +152,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if _, dup := a.MCPServers[name]; dup {
 				return d.Errf("mcp_server %s defined more than once", name)
 			}
-			srv := &mastio.Server{}
-			for nesting := d.Nesting(); d.NextBlock(nesting); {
-				sub := d.Val()
-				args := d.RemainingArgs()
-				one := func() (string, error) {
-					if len(args) != 1 {
-						return "", d.Errf("mcp_server %s: %s takes one value", name, sub)
-					}
-					return args[0], nil
-				}
-				var err error
-				switch sub {
-				case "url":
-					srv.URL, err = one()
-				case "prefix":
-					srv.Prefix, err = one()
-				case "bearer_secret":
-					srv.BearerSecret, err = one()
-				case "header":
-					if len(args) != 2 {
-						return d.Errf("mcp_server %s: header takes a name and a value", name)
-					}
-					if srv.Headers == nil {
-						srv.Headers = map[string]string{}
-					}
-					srv.Headers[args[0]] = args[1]
-				case "timeout":
-					var v string
-					if v, err = one(); err == nil {
-						dur, perr := caddy.ParseDuration(v)
-						if perr != nil || dur <= 0 {
-							return d.Errf("mcp_server %s: timeout %q: want a positive duration", name, v)
-						}
-						srv.Timeout = mastio.Duration(dur)
-					}
-				case "max_argument_bytes":
-					var v string
-					if v, err = one(); err == nil {
-						n, perr := strconv.ParseInt(v, 10, 64)
-						if perr != nil || n <= 0 {
-							return d.Errf("mcp_server %s: max_argument_bytes %q: want a positive number", name, v)
-						}
-						srv.MaxArgumentBytes = n
-					}
-				case "agent_rate", "item_rate":
-					var v string
-					if v, err = one(); err == nil {
-						n, ok := parsePerMinute(v)
-						if !ok {
-							return d.Errf("mcp_server %s: %s %q: want calls per minute or off", name, sub, v)
-						}
-						if sub == "agent_rate" {
-							srv.AgentRate = n
-						} else {
-							srv.ItemRate = n
-						}
-					}
-				default:
-					return d.Errf("mcp_server %s: unrecognized option %q", name, sub)
-				}
-				if err != nil {
-					return err
-				}
+			srv, err := parseMCPServer(d, name)
+			if err != nil {
+				return err
 			}
 			if err := srv.Validate(name); err != nil {
 				return d.Err(err.Error())

@@ -16,8 +16,8 @@ import (
 )
 
 // referenceNPM installs the npm packages pinned in testdata/npm (the
-// reference MCP server, the TypeScript SDK) once, and returns their
-// directory.
+// reference MCP server, the TypeScript SDK, oidc-provider) once, and
+// returns their directory.
 func referenceNPM(t testing.TB) string {
 	t.Helper()
 	if _, err := exec.LookPath("node"); err != nil {
@@ -25,7 +25,13 @@ func referenceNPM(t testing.TB) string {
 	}
 	npmDir := filepath.Join(repoRoot, "e2e", "testdata", "npm")
 	npmOnce.Do(func() {
-		if _, err := os.Stat(filepath.Join(npmDir, "node_modules", "@modelcontextprotocol", "sdk", "package.json")); err == nil {
+		installed := true
+		for _, pkg := range []string{"@modelcontextprotocol/sdk", "@modelcontextprotocol/server-everything", "oidc-provider"} {
+			if _, err := os.Stat(filepath.Join(npmDir, "node_modules", pkg, "package.json")); err != nil {
+				installed = false
+			}
+		}
+		if installed {
 			return
 		}
 		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund")
@@ -55,6 +61,15 @@ func referenceServer(t testing.TB) int {
 	port := freePort(t)
 	cmd := exec.Command("node", "--import", filepath.Join(repoRoot, "e2e", "testdata", "loopback.mjs"), entry, "streamableHttp")
 	cmd.Env = append(os.Environ(), fmt.Sprintf("PORT=%d", port))
+	startHelper(t, "the reference MCP server", cmd, func(string) bool { return listening(port) })
+	return port
+}
+
+// startHelper starts a process the test needs, waits (30 s at most) until
+// ready holds for its output so far, and stops it when the test ends,
+// logging its output if the test failed. It returns the output.
+func startHelper(t testing.TB, what string, cmd *exec.Cmd, ready func(out string) bool) *syncBuffer {
+	t.Helper()
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
@@ -64,17 +79,21 @@ func referenceServer(t testing.TB) int {
 		cmd.Process.Kill()
 		cmd.Wait()
 		if t.Failed() {
-			t.Logf("reference server output:\n%s", out.String())
+			t.Logf("%s output:\n%s", what, out.String())
 		}
 	})
-	waitFor(t, "the reference MCP server to listen", 30*time.Second, func() bool {
-		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-	return port
+	waitFor(t, what+" to be ready", 30*time.Second, func() bool { return ready(out.String()) })
+	return out
+}
+
+// listening reports whether something accepts connections on the
+// loopback port.
+func listening(port int) bool {
+	c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err == nil {
+		c.Close()
+	}
+	return err == nil
 }
 
 // TestReferenceServerBehindGateway puts the MCP project's reference server

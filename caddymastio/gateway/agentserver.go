@@ -100,14 +100,14 @@ func (as *agentServer) middleware(next mcpsdk.MethodHandler) mcpsdk.MethodHandle
 		case "tools/call":
 			if p, ok := req.GetParams().(*mcpsdk.CallToolParamsRaw); ok {
 				as.know(ctx, func(s *itemSet) bool { _, ok := s.tools[p.Name]; return ok })
-				if it, denied := as.withheld(as.denied.tools, p.Name); denied {
+				if it, denied := as.withheld(func(s *itemSet) map[string]item { return s.tools }, p.Name); denied {
 					return nil, as.a.refuse(ctx, req.GetSession(), as.agentID, it, actionTool, argsSum(p.Arguments))
 				}
 			}
 		case "prompts/get":
 			if p, ok := req.GetParams().(*mcpsdk.GetPromptParams); ok {
 				as.know(ctx, func(s *itemSet) bool { _, ok := s.prompts[p.Name]; return ok })
-				if it, denied := as.withheld(as.denied.prompts, p.Name); denied {
+				if it, denied := as.withheld(func(s *itemSet) map[string]item { return s.prompts }, p.Name); denied {
 					return nil, as.a.refuse(ctx, req.GetSession(), as.agentID, it, actionPrompt, "")
 				}
 			}
@@ -123,10 +123,12 @@ func (as *agentServer) middleware(next mcpsdk.MethodHandler) mcpsdk.MethodHandle
 	}
 }
 
-func (as *agentServer) withheld(set map[string]item, name string) (item, bool) {
+// withheld finds an item of the kind pick chooses that the policy
+// withholds from the agent.
+func (as *agentServer) withheld(pick func(*itemSet) map[string]item, name string) (item, bool) {
 	as.mu.Lock()
 	defer as.mu.Unlock()
-	it, ok := set[name]
+	it, ok := pick(&as.denied)[name]
 	return it, ok
 }
 

@@ -133,6 +133,7 @@ func (a *Aggregator) run(ctx context.Context, u use, call forward) error {
 	cctx, cancel := context.WithTimeout(tracked, s.CallTimeout())
 	defer cancel()
 	outcome, err := call(cctx, up, progress)
+	a.pool.catchUp(up) // what the upstream sent before its answer reaches the agent first
 	rec.UpstreamStatus = 200
 	var answer error
 	var rpcErr *jsonrpc.Error

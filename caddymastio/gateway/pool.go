@@ -30,8 +30,10 @@ type Pool struct {
 
 	watchers watch.Set[struct{}]
 
-	mu    sync.Mutex
-	conns map[string]*upstreamConn
+	mu       sync.Mutex
+	conns    map[string]*upstreamConn
+	tokens   map[string]*oauthTokens // by server name
+	counters map[*mcpsdk.ClientSession]*messageCounter
 }
 
 type upstreamConn struct {
@@ -54,7 +56,7 @@ const catalogTTL = 30 * time.Second
 // NewPool returns an empty pool; resolve expands placeholders in the
 // servers' header values when requests are made. Close releases it.
 func NewPool(m *mastio.Mastio, resolve func(string) string) *Pool {
-	p := &Pool{m: m, resolve: resolve, conns: map[string]*upstreamConn{}}
+	p := &Pool{m: m, resolve: resolve, conns: map[string]*upstreamConn{}, counters: map[*mcpsdk.ClientSession]*messageCounter{}}
 	p.unwatch = m.OnServerChange(func(name string) {
 		p.drop(name)
 		p.changed()
@@ -100,21 +102,6 @@ func (c *upstreamConn) close() {
 	}
 }
 
-// credentialTransport adds a server's credentials to every request.
-type credentialTransport struct {
-	pool   *Pool
-	server *mastio.Server
-	base   http.RoundTripper
-}
-
-func (t *credentialTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	req = req.Clone(req.Context())
-	if err := t.pool.m.SetCredentials(req.Header, t.server, t.pool.resolve); err != nil {
-		return nil, err
-	}
-	return t.base.RoundTrip(req)
-}
-
 // connect opens a client session to the named server with the server's
 // credentials. opts are the client's (its handlers), middleware its
 // receiving middleware; the progress of the calls it makes reaches the
@@ -127,10 +114,14 @@ func (p *Pool) connect(ctx context.Context, name string, s *mastio.Server, opts 
 	opts.ProgressNotificationHandler = func(_ context.Context, req *mcpsdk.ProgressNotificationClientRequest) {
 		p.progress.relay(req.Params)
 	}
-	httpClient := &http.Client{Transport: &credentialTransport{pool: p, server: s,
-		base: &http.Transport{MaxIdleConnsPerHost: 32, IdleConnTimeout: 90 * time.Second, ResponseHeaderTimeout: s.CallTimeout()}}}
+	transport, err := p.newTransport(name, s)
+	if err != nil {
+		return nil, nil, err
+	}
+	transport.counter = newMessageCounter()
+	httpClient := &http.Client{Transport: transport}
 	client := mcpsdk.NewClient(&mcpsdk.Implementation{Name: "caddy-mastio", Version: mastio.Version()}, opts)
-	client.AddReceivingMiddleware(middleware...)
+	client.AddReceivingMiddleware(append([]mcpsdk.Middleware{transport.counter.middleware}, middleware...)...)
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), min(10*time.Second, s.CallTimeout()))
 	defer cancel()
 	sess, err := client.Connect(cctx, &mcpsdk.StreamableClientTransport{Endpoint: s.URL, HTTPClient: httpClient,
@@ -139,7 +130,27 @@ func (p *Pool) connect(ctx context.Context, name string, s *mastio.Server, opts 
 	if err != nil {
 		return nil, nil, fmt.Errorf("connecting to MCP server %s: %w", name, err)
 	}
+	p.mu.Lock()
+	p.counters[sess] = transport.counter
+	p.mu.Unlock()
+	go func() {
+		sess.Wait()
+		p.mu.Lock()
+		delete(p.counters, sess)
+		p.mu.Unlock()
+	}()
 	return client, sess, nil
+}
+
+// catchUp returns once the handlers of up's client are done with what it
+// has received (see messageCounter).
+func (p *Pool) catchUp(up *mcpsdk.ClientSession) {
+	p.mu.Lock()
+	c := p.counters[up]
+	p.mu.Unlock()
+	if c != nil {
+		c.catchUp()
+	}
 }
 
 // entry returns the server's pool entry, replacing it when the settings

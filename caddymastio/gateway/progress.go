@@ -50,11 +50,11 @@ func (r *progressRouter) relay(p *mcpsdk.ProgressNotificationParams) {
 		return
 	}
 	r.mu.Lock()
-	target, ok := r.m[up]
+	t, ok := r.m[up]
 	r.mu.Unlock()
-	if !ok || target.session == nil {
+	if !ok || t.session == nil {
 		return
 	}
-	target.session.NotifyProgress(target.ctx, &mcpsdk.ProgressNotificationParams{ProgressToken: target.token, Progress: p.Progress,
+	t.session.NotifyProgress(t.ctx, &mcpsdk.ProgressNotificationParams{ProgressToken: t.token, Progress: p.Progress,
 		Total: p.Total, Message: p.Message})
 }

@@ -119,6 +119,9 @@ func (s *Shared) With(cfg Settings, log *zap.Logger) (*Mastio, error) {
 		if err := srv.Validate(name); err != nil {
 			return nil, err
 		}
+		if err := srv.CheckFiles(name); err != nil {
+			return nil, err
+		}
 	}
 	rules, err := policy.Parse("config", cfg.Policy)
 	if err != nil {

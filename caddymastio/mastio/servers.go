@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -58,6 +59,19 @@ type Server struct {
 	// Calls per minute per agent per tool of this server. Default: 120.
 	// -1: none.
 	ItemRate int `json:"item_rate,omitempty"`
+
+	// OAuth has the Mastio get this server's access tokens with the OAuth
+	// client credentials grant, instead of a static bearer.
+	OAuth *OAuthClient `json:"oauth,omitempty"`
+
+	// ClientCertificate has the Mastio present its workload certificate
+	// (from the Org CA; see Mastio.WorkloadSPIFFEID) to a server that
+	// asks for one: mTLS to the upstream.
+	ClientCertificate bool `json:"client_certificate,omitempty"`
+
+	// CAFile is a PEM file of the roots this server's certificate is
+	// verified with. Default: the system's roots and the Org root.
+	CAFile string `json:"ca_file,omitempty"`
 }
 
 var serverNamePattern = regexp.MustCompile(`^[a-zA-Z0-9_-]{1,64}$`)
@@ -85,7 +99,7 @@ func (s *Server) Validate(name string) error {
 	if s.AgentRate < -1 || s.ItemRate < -1 {
 		return fmt.Errorf("MCP server %s: agent_rate and item_rate are calls per minute, or -1 for no limit", name)
 	}
-	return nil
+	return s.validateAuth(name)
 }
 
 // ToolPrefix is the prefix of the server's items in the aggregator: the
@@ -142,8 +156,26 @@ func (s *Server) Redacted(name, source string) map[string]any {
 			headers[k] = "(set)"
 		}
 	}
-	return map[string]any{"name": name, "url": s.URL, "headers": headers, "bearer_secret": s.BearerSecret,
-		"prefix": s.ToolPrefix(name), "timeout_seconds": s.CallTimeout().Seconds(), "max_argument_bytes": s.MaxArgs(), "source": source}
+	out := map[string]any{"name": name, "url": s.URL, "headers": headers, "bearer_secret": s.BearerSecret,
+		"prefix": s.ToolPrefix(name), "timeout_seconds": s.CallTimeout().Seconds(), "max_argument_bytes": s.MaxArgs(), "source": source,
+		"client_certificate": s.ClientCertificate}
+	if s.CAFile != "" {
+		out["ca_file"] = s.CAFile
+	}
+	if o := s.OAuth; o != nil {
+		secret := "(set)"
+		if strings.Contains(o.ClientSecret, "{") {
+			secret = o.ClientSecret
+		}
+		oauth := map[string]any{"token_url": o.TokenURL, "client_id": o.ClientID, "scopes": o.Scopes, "resource": o.Resource}
+		if o.ClientSecretName != "" {
+			oauth["client_secret_name"] = o.ClientSecretName
+		} else {
+			oauth["client_secret"] = secret
+		}
+		out["oauth"] = oauth
+	}
+	return out
 }
 
 // Servers returns every upstream: the configuration's and the stored ones
@@ -217,33 +249,55 @@ func (m *Mastio) ListServers(ctx context.Context) ([]map[string]any, error) {
 	return out, nil
 }
 
-// PutServer registers or replaces a stored server. A literal bearer token goes to the key store, not the database:
-// under a name of its own, written only once the settings are valid,
-// removed again if the registration is not committed, and the replaced
-// server's token removed once it is.
+// PutServer registers or replaces a stored server. Literal credentials
+// (a bearer token, an OAuth client secret) go to the key store, not the
+// database: under names of their own, written only once the settings are
+// valid, removed again if the registration is not committed, and the
+// replaced server's removed once it is.
 func (m *Mastio) PutServer(ctx context.Context, name string, s *Server, bearerToken string, details map[string]any) error {
 	if _, ok := m.cfg.Servers[name]; ok {
 		return fmt.Errorf("MCP server %s is defined in the config; change it there", name)
 	}
+	secrets := map[string]string{} // key-store name -> value, to write
 	if bearerToken != "" {
 		if s.BearerSecret != "" {
 			return errors.New("give bearer_token or bearer_secret, not both")
 		}
 		s.BearerSecret = "mcp-server-" + name + "." + randomHex(6) + ".token"
+		secrets[s.BearerSecret] = bearerToken
+	}
+	if o := s.OAuth; o != nil && o.ClientSecret != "" && !strings.Contains(o.ClientSecret, "{") {
+		if o.ClientSecretName != "" {
+			return errors.New("give oauth client_secret or client_secret_name, not both")
+		}
+		c := *o
+		c.ClientSecretName, c.ClientSecret = "mcp-server-"+name+"."+randomHex(6)+".oauth", ""
+		secrets[c.ClientSecretName] = o.ClientSecret
+		s.OAuth = &c
 	}
 	if err := s.Validate(name); err != nil {
+		return err
+	}
+	if err := s.CheckFiles(name); err != nil {
 		return err
 	}
 	previous, err := m.storedServers(ctx)
 	if err != nil {
 		return err
 	}
-	var old string
-	if p := previous[name]; p != nil && p.BearerSecret != s.BearerSecret && storedByAPI(name, p.BearerSecret) {
-		old = p.BearerSecret
+	var old []string
+	if p := previous[name]; p != nil {
+		for _, ref := range p.secretRefs() {
+			if storedByAPI(name, ref) && !slices.Contains(s.secretRefs(), ref) {
+				old = append(old, ref)
+			}
+		}
 	}
-	if bearerToken != "" {
-		if err := m.keyStore.Store(s.BearerSecret, []byte(bearerToken)); err != nil {
+	for ref, value := range secrets {
+		if err := m.keyStore.Store(ref, []byte(value)); err != nil {
+			for ref := range secrets {
+				m.keyStore.Delete(ref)
+			}
 			return err
 		}
 	}
@@ -254,16 +308,29 @@ func (m *Mastio) PutServer(ctx context.Context, name string, s *Server, bearerTo
 			Details: mergeMaps(map[string]any{"server": s.Redacted(name, "store")}, details)})
 		return c.PutServer(ctx, &store.Server{Name: name, Config: cfg})
 	})
-	switch {
-	case err != nil && bearerToken != "":
-		m.removeSecret(s.BearerSecret)
-	case err == nil && old != "":
-		m.removeSecret(old)
+	if err != nil {
+		for ref := range secrets {
+			m.removeSecret(ref)
+		}
+		return err
 	}
-	if err == nil {
-		m.serverChanged(name)
+	for _, ref := range old {
+		m.removeSecret(ref)
 	}
-	return err
+	m.serverChanged(name)
+	return nil
+}
+
+// secretRefs are the key-store secrets the server's settings name.
+func (s *Server) secretRefs() []string {
+	var refs []string
+	if s.BearerSecret != "" {
+		refs = append(refs, s.BearerSecret)
+	}
+	if s.OAuth != nil && s.OAuth.ClientSecretName != "" {
+		refs = append(refs, s.OAuth.ClientSecretName)
+	}
+	return refs
 }
 
 // removeSecret deletes a credential the registry no longer refers to; a
@@ -281,9 +348,9 @@ func storedByAPI(name, ref string) bool {
 		return true
 	}
 	mid, ok := strings.CutPrefix(ref, "mcp-server-"+name+".")
-	mid, ok2 := strings.CutSuffix(mid, ".token")
+	mid, kind, ok2 := strings.Cut(mid, ".")
 	_, err := hex.DecodeString(mid)
-	return ok && ok2 && err == nil && mid != ""
+	return ok && ok2 && (kind == "token" || kind == "oauth") && err == nil && mid != ""
 }
 
 func randomHex(n int) string {
@@ -314,8 +381,12 @@ func (m *Mastio) DeleteServer(ctx context.Context, name string, details map[stri
 		return false, nil
 	}
 	m.serverChanged(name)
-	if p := previous[name]; err == nil && p != nil && storedByAPI(name, p.BearerSecret) {
-		m.removeSecret(p.BearerSecret) // a token the admin API stored
+	if p := previous[name]; err == nil && p != nil {
+		for _, ref := range p.secretRefs() {
+			if storedByAPI(name, ref) {
+				m.removeSecret(ref) // a credential the admin API stored
+			}
+		}
 	}
 	return found, err
 }

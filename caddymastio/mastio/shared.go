@@ -98,6 +98,8 @@ type Shared struct {
 	serverWatch watch.Set[string] // a server's name, when it is removed or replaced
 	policyWatch watch.Set[struct{}]
 	agentWatch  watch.Set[string] // an agent's id, when its credentials change
+
+	workload workloadCert // the Mastio's client certificate for its upstreams
 }
 
 // OnAgentChange registers fn, called with an agent's id once a change of

@@ -75,6 +75,31 @@ func (ca *CA) IssueAgent(req AgentCert) (*x509.Certificate, error) {
 	return ca.sign(tmpl, req.PublicKey, req.Lifetime)
 }
 
+// WorkloadCert describes a client certificate for a workload of the
+// organisation that is not an agent (the Mastio itself, to its upstreams).
+type WorkloadCert struct {
+	PublicKey crypto.PublicKey
+	SPIFFEID  *url.URL
+	Name      string // the CN
+	Org       string
+	Lifetime  time.Duration
+}
+
+// IssueWorkload signs a clientAuth certificate whose single URI SAN is
+// the workload's SPIFFE ID.
+func (ca *CA) IssueWorkload(req WorkloadCert) (*x509.Certificate, error) {
+	if req.SPIFFEID == nil || req.SPIFFEID.Scheme != "spiffe" || req.Name == "" {
+		return nil, errors.New("a workload certificate needs a SPIFFE ID and a name")
+	}
+	tmpl := &x509.Certificate{
+		Subject:     pkix.Name{CommonName: req.Name, Organization: []string{req.Org}},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		URIs:        []*url.URL{req.SPIFFEID},
+	}
+	return ca.sign(tmpl, req.PublicKey, req.Lifetime)
+}
+
 func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey, lifetime time.Duration) (*x509.Certificate, error) {
 	if err := jwt.CheckKey(pub); err != nil {
 		return nil, err
