@@ -20,6 +20,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
 const benchCall = `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_forecast","arguments":{"city":"Rome"}}}`
@@ -42,7 +44,7 @@ func fastUpstream(b *testing.B) *httptest.Server {
 // percentiles. The load generator is net/http's client, or with
 // MASTIO_BENCH_CLIENT=lean a minimal HTTP/1.1 client over the same mTLS
 // (see leanWorker), which leaves more of the shared CPU to the server.
-func measure(b *testing.B, client *http.Client, url string, header func(i int) http.Header, pid int) {
+func measure(b *testing.B, client *http.Client, url, body string, header func(i int) http.Header, pid int) {
 	workers := 8
 	if n, err := strconv.Atoi(os.Getenv("MASTIO_BENCH_WORKERS")); err == nil && n > 0 {
 		workers = n
@@ -50,7 +52,7 @@ func measure(b *testing.B, client *http.Client, url string, header func(i int) h
 	lean := os.Getenv("MASTIO_BENCH_CLIENT") == "lean"
 	var requests [][]byte
 	if lean {
-		requests = leanRequests(b, url, header)
+		requests = leanRequests(b, url, body, header)
 	}
 	lat := make([]time.Duration, b.N)
 	// The load generator keeps every prepared request alive; collect its
@@ -77,7 +79,7 @@ func measure(b *testing.B, client *http.Client, url string, header func(i int) h
 				if i >= b.N {
 					return
 				}
-				req, _ := http.NewRequest("POST", url, bytes.NewReader([]byte(benchCall)))
+				req, _ := http.NewRequest("POST", url, strings.NewReader(body))
 				if header != nil {
 					req.Header = header(i)
 				}
@@ -124,7 +126,7 @@ func readAnswer(b *testing.B, resp *http.Response, err error) bool {
 }
 
 // leanRequests serializes request i of the run as HTTP/1.1 bytes.
-func leanRequests(b *testing.B, rawURL string, header func(i int) http.Header) [][]byte {
+func leanRequests(b *testing.B, rawURL, body string, header func(i int) http.Header) [][]byte {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		b.Fatal(err)
@@ -133,11 +135,11 @@ func leanRequests(b *testing.B, rawURL string, header func(i int) http.Header) [
 	for i := range out {
 		var buf bytes.Buffer
 		fmt.Fprintf(&buf, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: %d\r\n",
-			u.RequestURI(), u.Host, len(benchCall))
+			u.RequestURI(), u.Host, len(body))
 		if header != nil {
 			header(i).Write(&buf)
 		}
-		buf.WriteString("\r\n" + benchCall)
+		buf.WriteString("\r\n" + body)
 		out[i] = buf.Bytes()
 	}
 	return out
@@ -222,6 +224,11 @@ func BenchmarkMCPToolCall(b *testing.B) {
 	global := `
 		policy {
 			allow capability:mcp:call tools/call weather/*
+		}
+		mcp_server weather {
+			url {$MCP_UP}/mcp
+			agent_rate off
+			item_rate off
 		}`
 	// MASTIO_BENCH_AUDIT_SYNC=os measures the gateway with audit_sync os.
 	if v := os.Getenv("MASTIO_BENCH_AUDIT_SYNC"); v != "" {
@@ -243,7 +250,7 @@ func BenchmarkMCPToolCall(b *testing.B) {
 		}
 		reverse_proxy {$UP}
 	}
-`, "UP="+up.URL, "GOGC="+os.Getenv("MASTIO_BENCH_GOGC")) // GOGC of the server; empty: Go's default
+`, "UP="+up.URL, "MCP_UP="+sdkUpstream(b).URL, "GOGC="+os.Getenv("MASTIO_BENCH_GOGC")) // GOGC of the server; empty: Go's default
 	b.Cleanup(s.kill)
 	id := makeIdentity(b, s, "bench", "mcp:call")
 	sess := id.Session()
@@ -266,8 +273,8 @@ func BenchmarkMCPToolCall(b *testing.B) {
 		}()
 	}
 	pid := s.cmd.Process.Pid
-	b.Run("direct", func(b *testing.B) { measure(b, plain, up.URL, nil, 0) })
-	b.Run("reverse_proxy", func(b *testing.B) { measure(b, mtls, s.url("/plain"), nil, pid) })
+	b.Run("direct", func(b *testing.B) { measure(b, plain, up.URL, benchCall, nil, 0) })
+	b.Run("reverse_proxy", func(b *testing.B) { measure(b, mtls, s.url("/plain"), benchCall, nil, pid) })
 	signed := func(b *testing.B, path string) func(int) http.Header {
 		headers := make([]http.Header, b.N)
 		for i := range headers {
@@ -279,7 +286,7 @@ func BenchmarkMCPToolCall(b *testing.B) {
 		}
 		return func(i int) http.Header { return headers[i] }
 	}
-	b.Run("auth_only", func(b *testing.B) { measure(b, mtls, s.url("/auth"), signed(b, "/auth"), pid) })
+	b.Run("auth_only", func(b *testing.B) { measure(b, mtls, s.url("/auth"), benchCall, signed(b, "/auth"), pid) })
 	b.Run("gateway", func(b *testing.B) {
 		headers := make([]http.Header, b.N)
 		for i := range headers {
@@ -294,7 +301,7 @@ func BenchmarkMCPToolCall(b *testing.B) {
 		if err := db.QueryRow(`SELECT COALESCE(MAX(seq), 0) FROM audit_events`).Scan(&seq0); err != nil {
 			b.Fatal(err)
 		}
-		measure(b, mtls, s.url("/gw"), func(i int) http.Header { return headers[i] }, pid)
+		measure(b, mtls, s.url("/gw"), benchCall, func(i int) http.Header { return headers[i] }, pid)
 		// Every call answered was audited first. A batch's rows share one
 		// timestamp, so distinct timestamps count the commits.
 		var rows, commits int
@@ -307,4 +314,26 @@ func BenchmarkMCPToolCall(b *testing.B) {
 		}
 		b.ReportMetric(float64(rows)/float64(commits), "rows/commit")
 	})
+	// The aggregator, as the original SDK uses it: a sessionless tools/call
+	// to /v1/mcp, answered in JSON, through the Mastio's own session with
+	// a go-sdk upstream (JSON answers).
+	b.Run("aggregator", func(b *testing.B) {
+		call := `{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"weather.get_forecast","arguments":{"city":"Rome"}}}`
+		measure(b, mtls, s.url("/v1/mcp"), call, signed(b, "/v1/mcp"), pid)
+	})
+}
+
+// sdkUpstream is an MCP server of the official Go SDK with the one tool
+// get_forecast, answering in JSON, for the aggregator's benchmark.
+func sdkUpstream(b *testing.B) *httptest.Server {
+	server := mcp.NewServer(&mcp.Implementation{Name: "weather", Version: "1"}, nil)
+	mcp.AddTool(server, &mcp.Tool{Name: "get_forecast"}, func(ctx context.Context, req *mcp.CallToolRequest, in struct {
+		City string `json:"city"`
+	}) (*mcp.CallToolResult, any, error) {
+		return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: "sunny in " + in.City}}}, nil, nil
+	})
+	srv := httptest.NewServer(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server },
+		&mcp.StreamableHTTPOptions{JSONResponse: true}))
+	b.Cleanup(srv.Close)
+	return srv
 }
