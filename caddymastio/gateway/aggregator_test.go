@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/jsonschema-go/jsonschema"
 	mcpsdk "github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/gateway"
@@ -144,6 +146,11 @@ func TestAggregatorRefusesWithheldItemsAndAuditsThem(t *testing.T) {
 			_, err := cs.ReadResource(ctx, &mcpsdk.ReadResourceParams{URI: "mastio-weather+weather://secret"})
 			return err
 		},
+		"completion": func() error {
+			_, err := cs.Complete(ctx, &mcpsdk.CompleteParams{Ref: &mcpsdk.CompleteReference{Type: "ref/prompt", Name: "weather.secret"},
+				Argument: mcpsdk.CompleteParamsArgument{Name: "x", Value: "a"}})
+			return err
+		},
 	} {
 		if err := use(); err == nil || !strings.Contains(err.Error(), "not allowed for "+a.ID) {
 			t.Errorf("withheld %s: %v", what, err)
@@ -156,7 +163,7 @@ func TestAggregatorRefusesWithheldItemsAndAuditsThem(t *testing.T) {
 		}
 	}
 	slices.Sort(denied)
-	if strings.Join(denied, ",") != "delete_everything,secret,weather://secret" {
+	if strings.Join(denied, ",") != "delete_everything,secret,secret,weather://secret" {
 		t.Fatalf("denied rows: %v", denied)
 	}
 }
@@ -354,5 +361,27 @@ func TestAggregatorRateLimitsSayWhenToRetry(t *testing.T) {
 	}
 	if d := mastiotest.Details(t, mastiotest.Events(t, e.m, "mcp.call")[1]); d["outcome"] != "rate_limited" {
 		t.Fatalf("the limited call: %v", d)
+	}
+}
+
+// An upstream that lists its tools a page at a time is listed whole.
+func TestAggregatorListsEveryPageOfAnUpstream(t *testing.T) {
+	server := mcpsdk.NewServer(&mcpsdk.Implementation{Name: "paged", Version: "1"}, &mcpsdk.ServerOptions{PageSize: 2})
+	var want []string
+	for i := range 5 {
+		name := fmt.Sprintf("tool%d", i)
+		want = append(want, "paged."+name)
+		server.AddTool(&mcpsdk.Tool{Name: name, InputSchema: &jsonschema.Schema{Type: "object"}},
+			func(context.Context, *mcpsdk.CallToolRequest) (*mcpsdk.CallToolResult, error) {
+				return mcptest.Text(name), nil
+			})
+	}
+	up := httptest.NewServer(mcpsdk.NewStreamableHTTPHandler(func(*http.Request) *mcpsdk.Server { return server }, nil))
+	t.Cleanup(up.Close)
+	m := mastiotest.New(t, mastio.Settings{Policy: "allow * tools/call paged/*\n", Servers: map[string]*mastio.Server{"paged": {URL: up.URL}}}, nil)
+	e := &env{t: t, m: m, srv: gatewaytest.ServeGateway(t, m, gateway.RouteSettings{}, nil)}
+	cs := e.session(mastiotest.NewAgent(t, m, "pager", "mcp:call"), stateful, nil)
+	if got := strings.Join(toolNames(t, cs), ","); got != strings.Join(want, ",") {
+		t.Fatalf("tools: %s, want %s", got, strings.Join(want, ","))
 	}
 }
