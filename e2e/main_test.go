@@ -224,7 +224,12 @@ func (s *server) start() {
 	}
 	s.exited = make(chan struct{})
 	go func() { s.cmd.Wait(); close(s.exited) }()
-	s.t.Cleanup(s.kill)
+	s.t.Cleanup(func() {
+		s.kill()
+		if s.t.Failed() {
+			s.t.Logf("caddy's errors:\n%s", grepLines(s.out.String(), `"level":"error"`))
+		}
+	})
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		select {

@@ -623,3 +623,62 @@ func TestSetSyncReachesTheWriter(t *testing.T) {
 		t.Fatalf("%+v %v", res, err)
 	}
 }
+
+// changingStore runs a Change (through log) when its writer's second
+// batch is about to start, after the writer decided to chain from its
+// cached head: the head it holds is then stale.
+type changingStore struct {
+	*testDB
+	log     *audit.Log
+	batches int
+}
+
+func (c *changingStore) AuditWriter() store.AuditWriter { return changingWriter{c.testDB.AuditWriter(), c} }
+
+type changingWriter struct {
+	store.AuditWriter
+	c *changingStore
+}
+
+func (w changingWriter) Append(ctx context.Context, d store.Durability, head *store.AuditHead,
+	rows func(store.AuditHead) ([]store.AuditRow, error)) error {
+	if w.c.batches++; w.c.batches == 2 {
+		if _, err := w.c.log.Change(ctx, func(c *audit.Change) error {
+			c.Record(audit.Event{Type: "t.change", Actor: "a"})
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return w.AuditWriter.Append(ctx, d, head, rows)
+}
+
+// A Change that commits between the writer's look at the cached head and
+// its transaction: the writer's batch still commits, after the Change's
+// row (the chain head is read back), instead of failing.
+func TestAppendAfterAChangeThatRacedTheCachedHead(t *testing.T) {
+	st := &changingStore{testDB: openDB(t, filepath.Join(t.TempDir(), "mastio.db"))}
+	l := audit.Open(st, audit.Options{})
+	st.log = l
+	t.Cleanup(func() { l.Close() })
+	ctx := context.Background()
+	for i := range 2 {
+		if _, err := l.Append(ctx, audit.Event{Type: "t.append", Actor: "a"}); err != nil {
+			t.Fatalf("append %d: %v", i, err)
+		}
+	}
+	var types []string
+	rows, _ := st.Raw().Query(`SELECT event_type FROM audit_events ORDER BY seq`)
+	for rows.Next() {
+		var typ string
+		rows.Scan(&typ)
+		types = append(types, typ)
+	}
+	rows.Close()
+	if strings.Join(types, ",") != "t.append,t.change,t.append" {
+		t.Fatalf("rows: %v", types)
+	}
+	if res, err := audit.Verify(ctx, st, 1, 0); err != nil || !res.OK() {
+		t.Fatalf("verify: %+v %v", res, err)
+	}
+}

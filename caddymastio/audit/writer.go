@@ -308,10 +308,11 @@ func (l *Log) commit(batch []*appendReq) (recs []Record, err error) {
 			recs, err = nil, fmt.Errorf("audit: commit panicked: %v", p)
 		}
 	}()
-	recs, err = l.commitOnce(batch)
-	if err != nil && l.headKnown {
-		l.headKnown = false
-		recs, err = l.commitOnce(batch)
+	recs, cached, err := l.commitOnce(batch)
+	if err != nil && cached {
+		// The chain grew behind the cached head (a Change committed after
+		// this commit looked at headStale): chain from the head read back.
+		recs, _, err = l.commitOnce(batch)
 	}
 	if err != nil {
 		l.headKnown = false
@@ -322,14 +323,16 @@ func (l *Log) commit(batch []*appendReq) (recs []Record, err error) {
 	return recs, nil
 }
 
-func (l *Log) commitOnce(batch []*appendReq) ([]Record, error) {
+// commitOnce commits batch after the cached head when it is known and no
+// Change has run since (cached reports that), else after the head the
+// store reads in the transaction.
+func (l *Log) commitOnce(batch []*appendReq) (recs []Record, cached bool, err error) {
 	var known *store.AuditHead
 	if !l.headStale.Swap(false) && l.headKnown {
 		known = &l.head
 	}
 	l.headKnown = false
-	var recs []Record
-	err := l.writer.Append(context.Background(), Sync(l.sync.Load()), known, func(h store.AuditHead) ([]store.AuditRow, error) {
+	err = l.writer.Append(context.Background(), Sync(l.sync.Load()), known, func(h store.AuditHead) ([]store.AuditRow, error) {
 		now := l.opts.Now().UTC()
 		rows := make([]store.AuditRow, len(batch))
 		recs = make([]Record, len(batch))
@@ -340,9 +343,9 @@ func (l *Log) commitOnce(batch []*appendReq) ([]Record, error) {
 		return rows, nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, known != nil, err
 	}
-	return recs, nil
+	return recs, known != nil, nil
 }
 
 // A Change is one write transaction of the store with the audit rows that
