@@ -633,7 +633,9 @@ type changingStore struct {
 	batches int
 }
 
-func (c *changingStore) AuditWriter() store.AuditWriter { return changingWriter{c.testDB.AuditWriter(), c} }
+func (c *changingStore) AuditWriter() store.AuditWriter {
+	return changingWriter{c.testDB.AuditWriter(), c}
+}
 
 type changingWriter struct {
 	store.AuditWriter
