@@ -78,7 +78,9 @@ func (t *upstreamTransport) send(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 	}
-	t.pool.m.SetCredentials(again.Header, t.server, t.pool.resolve)
+	if err := t.pool.m.SetCredentials(again.Header, t.server, t.pool.resolve); err != nil {
+		return nil, err
+	}
 	again.Header.Set("Authorization", "Bearer "+token)
 	return t.base.RoundTrip(again)
 }
