@@ -27,6 +27,7 @@
 //	DELETE /v1/admin/bindings                 remove that binding
 //	GET    /v1/admin/enrollments              list enrollment sessions (?status=)
 //	POST   /v1/admin/enrollments/{sid}/approve|reject
+//	GET    /v1/admin/audit/export             the audit rows, streamed (audit.ParseExportQuery)
 //
 // {id} is the agent id "<org>::<name>", raw or URL-escaped; a bare name is
 // taken under this organisation.
@@ -143,6 +144,7 @@ func (a *API) Routes() endpoints.Routes {
 		"POST /v1/admin/enrollments/{sid}/approve": serve(a, 200, false, func(r *http.Request, c Caller, req ApproveRequest) (*Approved, error) {
 			return a.Approve(r.Context(), c, r.PathValue("sid"), req)
 		}),
+		"GET /v1/admin/audit/export": a.exportAudit,
 		"POST /v1/admin/enrollments/{sid}/reject": serve(a, 200, true, func(r *http.Request, c Caller, req RejectRequest) (*Rejected, error) {
 			return a.Reject(r.Context(), c, r.PathValue("sid"), req)
 		}),

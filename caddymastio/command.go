@@ -14,10 +14,8 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/client"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
 )
 
 func init() {
@@ -31,6 +29,7 @@ func init() {
 
 Operator side:
   caddy mastio audit verify --db ./data/mastio.db
+  caddy mastio audit export --db ./data/mastio.db [--format csv] [--event-type T] [--after-seq N] ...
   caddy mastio init-database --data-dir ./data`,
 		CobraFunc: func(cmd *cobra.Command) {
 			cmd.AddCommand(enrollCommand(), tokenCommand(), connectCommand(), auditCommand(), initDatabaseCommand())
@@ -146,43 +145,6 @@ new headers for every request.`,
 	c.Flags().StringVar(&url, "url", "", "base URL of the Mastio (default: the one enrolled with)")
 	c.Flags().StringVar(&method, "request", "", "the METHOD of the request to sign a DPoP proof for, followed by its URL")
 	c.MarkFlagRequired("dir")
-	return c
-}
-
-func auditCommand() *cobra.Command {
-	var db string
-	var from, to int64
-	verify := &cobra.Command{
-		Use:   "verify --db <mastio.db> [--from N] [--to N]",
-		Short: "Verify the audit hash chain offline",
-		Long: `Walks the audit chain of a database (a live one or a backup copy) and reports
-the first row whose link or content is wrong. Exit status 0: intact; 1:
-broken at the reported seq; 2: could not be read.`,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			h, err := sqlite.OpenReadOnly(db)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "audit verify:", err)
-				os.Exit(2)
-			}
-			defer h.Close()
-			res, err := audit.Verify(cmd.Context(), h, from, to)
-			if err != nil {
-				fmt.Fprintln(os.Stderr, "audit verify:", err)
-				os.Exit(2)
-			}
-			if !res.OK() {
-				fmt.Printf("BROKEN at seq %d: %s (%d rows verified before it)\n", res.FirstBad, res.Reason, res.Checked)
-				os.Exit(1)
-			}
-			fmt.Printf("OK: %d rows verified (seq %d-%d), head %x\n", res.Checked, res.From, res.To, res.HeadHash)
-			return nil
-		},
-	}
-	verify.Flags().StringVar(&db, "db", "./data/mastio.db", "the database file")
-	verify.Flags().Int64Var(&from, "from", 1, "first seq")
-	verify.Flags().Int64Var(&to, "to", 0, "last seq (0: the newest)")
-	c := &cobra.Command{Use: "audit", Short: "Audit log tools"}
-	c.AddCommand(verify)
 	return c
 }
 

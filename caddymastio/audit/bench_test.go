@@ -4,11 +4,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 )
 
 // BenchmarkAppend measures appends (each Append returns after its commit,
@@ -81,4 +87,108 @@ func BenchmarkRawBatchedInsert(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+}
+
+// chainOf fills a new log with n chained rows of a typical MCP call's
+// size, 10,000 per transaction, and returns it.
+func chainOf(b *testing.B, n int) *testDB {
+	b.Helper()
+	l, st := newLog(b)
+	ctx := context.Background()
+	for done := 0; done < n; {
+		batch := min(10000, n-done)
+		if _, err := l.Change(ctx, func(c *audit.Change) error {
+			for i := range batch {
+				c.Record(audit.Event{Type: "mcp.call", Actor: "agent:acme::bench", Subject: "weather/get_forecast",
+					Details: map[string]any{"decision": "allow", "rule": "config:1", "outcome": "ok", "n": done + i,
+						"args_sha256": "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "duration_ms": 3.2}})
+			}
+			return nil
+		}); err != nil {
+			b.Fatal(err)
+		}
+		done += batch
+	}
+	return st
+}
+
+// benchRows is how many rows the export and verify benchmarks walk:
+// MASTIO_BENCH_AUDIT_ROWS, default 100,000 (the README's figures use
+// 1,000,000).
+func benchRows() int {
+	if n, err := strconv.Atoi(os.Getenv("MASTIO_BENCH_AUDIT_ROWS")); err == nil && n > 0 {
+		return n
+	}
+	return 100000
+}
+
+// peakHeap samples the live heap every 5 ms until stop is called, which
+// returns the largest sample in MiB.
+func peakHeap() (stop func() float64) {
+	var peak atomic.Uint64
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		var ms runtime.MemStats
+		for {
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}()
+	return func() float64 {
+		close(done)
+		<-finished
+		return float64(peak.Load()) / (1 << 20)
+	}
+}
+
+// BenchmarkExport streams the whole chain (benchRows rows) as ndjson and
+// as CSV to nowhere; it reports rows/s and the peak live heap, which must
+// not grow with the rows.
+func BenchmarkExport(b *testing.B) {
+	rows := benchRows()
+	st := chainOf(b, rows)
+	for _, format := range []string{audit.FormatNDJSON, audit.FormatCSV} {
+		b.Run(format, func(b *testing.B) {
+			runtime.GC()
+			stop := peakHeap()
+			b.ResetTimer()
+			for range b.N {
+				out, err := audit.Export(context.Background(), st, store.AuditFilter{}, format, io.Discard)
+				if err != nil || out.Rows != int64(rows) {
+					b.Fatalf("%+v %v", out, err)
+				}
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(rows*b.N)/b.Elapsed().Seconds(), "rows/s")
+			b.ReportMetric(stop(), "peak-heap-MiB")
+		})
+	}
+}
+
+// BenchmarkVerify walks the whole chain (benchRows rows), checking every
+// link and hash.
+func BenchmarkVerify(b *testing.B) {
+	rows := benchRows()
+	st := chainOf(b, rows)
+	runtime.GC()
+	stop := peakHeap()
+	b.ResetTimer()
+	for range b.N {
+		res, err := audit.Verify(context.Background(), st, 1, 0)
+		if err != nil || !res.OK() || res.Checked != int64(rows) {
+			b.Fatalf("%+v %v", res, err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(rows*b.N)/b.Elapsed().Minutes(), "rows/min")
+	b.ReportMetric(stop(), "peak-heap-MiB")
 }

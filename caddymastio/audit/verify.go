@@ -49,7 +49,7 @@ func Verify(ctx context.Context, st store.Reader, from, to int64) (VerifyResult,
 	prev := GenesisHash
 	if from > 1 {
 		var anchor []byte
-		err := st.AuditRows(ctx, from-1, from-1, func(r store.AuditRow) error { anchor = r.Hash; return nil })
+		err := st.AuditRows(ctx, store.AuditSeqs(from-1, from-1), func(r store.AuditRow) error { anchor = r.Hash; return nil })
 		if err != nil {
 			return res, fmt.Errorf("audit: reading anchor row %d: %w", from-1, err)
 		}
@@ -60,7 +60,7 @@ func Verify(ctx context.Context, st store.Reader, from, to int64) (VerifyResult,
 		prev = anchor
 	}
 	want := from
-	err := st.AuditRows(ctx, from, to, func(row store.AuditRow) error {
+	err := st.AuditRows(ctx, store.AuditSeqs(from, to), func(row store.AuditRow) error {
 		if row.Seq != want {
 			res.FirstBad, res.Reason = want, fmt.Sprintf("row is missing (next row is %d)", row.Seq)
 			return errStop
@@ -116,7 +116,7 @@ func short(h []byte) string {
 // Read calls fn with the records from seq from to seq to (inclusive; to
 // <= 0: the newest), in order, until fn returns an error.
 func Read(ctx context.Context, st store.Reader, from, to int64, fn func(Record) error) error {
-	return st.AuditRows(ctx, from, to, func(row store.AuditRow) error {
+	return st.AuditRows(ctx, store.AuditSeqs(from, to), func(row store.AuditRow) error {
 		t, err := time.Parse(TimeFormat, row.Time)
 		if err != nil {
 			return fmt.Errorf("audit: row %d: time %q: %w", row.Seq, row.Time, err)

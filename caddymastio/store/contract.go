@@ -70,9 +70,10 @@ type Reader interface {
 	// AuditHead returns the newest audit row's seq and hash (0 and
 	// GenesisHash for an empty chain).
 	AuditHead(ctx context.Context) (AuditHead, error)
-	// AuditRows calls fn with the rows from seq from to seq to (inclusive;
-	// to <= 0: the newest), in seq order, until fn returns an error.
-	AuditRows(ctx context.Context, from, to int64, fn func(AuditRow) error) error
+	// AuditRows calls fn with the rows f selects, in seq order, until fn
+	// returns an error; one row at a time (memory does not grow with the
+	// rows read).
+	AuditRows(ctx context.Context, f AuditFilter, fn func(AuditRow) error) error
 }
 
 // Tx is a write transaction (see Store.Update).

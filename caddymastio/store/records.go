@@ -158,6 +158,18 @@ type AuditRow struct {
 	Hash     []byte
 }
 
+// AuditFilter selects audit rows; zero fields select everything.
+type AuditFilter struct {
+	From, To      int64     // seq range, inclusive (To <= 0: the newest)
+	Since, Before time.Time // Since <= time < Before
+	Type          string    // event type
+	Actor         string
+	Limit         int // at most this many rows (0: no limit)
+}
+
+// AuditSeqs selects the rows from seq from to seq to.
+func AuditSeqs(from, to int64) AuditFilter { return AuditFilter{From: from, To: to} }
+
 // AuditHead is the newest row of the chain.
 type AuditHead struct {
 	Seq  int64

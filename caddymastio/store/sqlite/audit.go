@@ -38,13 +38,30 @@ func auditHead(ctx context.Context, q rowQuerier) (store.AuditHead, error) {
 func (r reader) AuditHead(ctx context.Context) (store.AuditHead, error) { return auditHead(ctx, r.q) }
 
 // AuditRows implements store.Reader.
-func (r reader) AuditRows(ctx context.Context, from, to int64, fn func(store.AuditRow) error) error {
+func (r reader) AuditRows(ctx context.Context, f store.AuditFilter, fn func(store.AuditRow) error) error {
 	q := `SELECT seq, time, event_type, actor, subject, result, details, prev_hash, hash FROM audit_events WHERE seq >= ?`
-	args := []any{from}
-	if to > 0 {
-		q, args = q+` AND seq <= ?`, append(args, to)
+	args := []any{max(f.From, 1)}
+	if f.To > 0 {
+		q, args = q+` AND seq <= ?`, append(args, f.To)
 	}
-	rows, err := r.q.QueryContext(ctx, q+` ORDER BY seq`, args...)
+	// Stored times are fixed-width RFC 3339 in UTC: they compare as text.
+	if !f.Since.IsZero() {
+		q, args = q+` AND time >= ?`, append(args, f.Since.UTC().Format(TimeFormat))
+	}
+	if !f.Before.IsZero() {
+		q, args = q+` AND time < ?`, append(args, f.Before.UTC().Format(TimeFormat))
+	}
+	if f.Type != "" {
+		q, args = q+` AND event_type = ?`, append(args, f.Type)
+	}
+	if f.Actor != "" {
+		q, args = q+` AND actor = ?`, append(args, f.Actor)
+	}
+	q += ` ORDER BY seq`
+	if f.Limit > 0 {
+		q, args = q+` LIMIT ?`, append(args, f.Limit)
+	}
+	rows, err := r.q.QueryContext(ctx, q, args...)
 	if err != nil {
 		return fmt.Errorf("audit: reading rows: %w", err)
 	}

@@ -145,7 +145,7 @@ func testAuditInTransactions(t *testing.T, st store.Store) {
 		return errors.New("fail")
 	})
 	var rows []store.AuditRow
-	if err := st.AuditRows(ctx, 1, 0, func(r store.AuditRow) error { rows = append(rows, r); return nil }); err != nil {
+	if err := st.AuditRows(ctx, store.AuditSeqs(1, 0), func(r store.AuditRow) error { rows = append(rows, r); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if len(rows) != 2 || rows[0].Type != "t.one" || rows[1].Seq != 2 || string(rows[1].PrevHash) != "hash-1" ||
@@ -163,7 +163,7 @@ func testAuditInTransactions(t *testing.T, st store.Store) {
 		t.Fatal("a row with a seq already taken was appended")
 	}
 	var n int
-	st.AuditRows(ctx, 2, 2, func(store.AuditRow) error { n++; return nil })
+	st.AuditRows(ctx, store.AuditSeqs(2, 2), func(store.AuditRow) error { n++; return nil })
 	if n != 1 {
 		t.Fatalf("a one-row range gave %d rows", n)
 	}

@@ -39,6 +39,7 @@ func Run(t *testing.T, open Open) {
 		{"UseOnce", testUseOnce},
 		{"AuditInTransactions", testAuditInTransactions},
 		{"AuditWriter", testAuditWriter},
+		{"AuditFilter", testAuditFilter},
 		{"Check", testCheck},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, open(t)) })
