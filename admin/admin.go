@@ -28,6 +28,7 @@
 //	GET    /v1/admin/enrollments              list enrollment sessions (?status=)
 //	POST   /v1/admin/enrollments/{sid}/approve|reject
 //	GET    /v1/admin/audit/export             the audit rows, streamed (audit.ParseExportQuery)
+//	GET    /v1/admin/audit/head               the chain's head, signed (AuditHead)
 //
 // {id} is the agent id "<org>::<name>", raw or URL-escaped; a bare name is
 // taken under this organisation.
@@ -145,6 +146,9 @@ func (a *API) Routes() endpoints.Routes {
 			return a.Approve(r.Context(), c, r.PathValue("sid"), req)
 		}),
 		"GET /v1/admin/audit/export": a.exportAudit,
+		"GET /v1/admin/audit/head": serve(a, 200, true, func(r *http.Request, _ Caller, _ struct{}) (*AuditHead, error) {
+			return a.Head(r.Context())
+		}),
 		"POST /v1/admin/enrollments/{sid}/reject": serve(a, 200, true, func(r *http.Request, c Caller, req RejectRequest) (*Rejected, error) {
 			return a.Reject(r.Context(), c, r.PathValue("sid"), req)
 		}),

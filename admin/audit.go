@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"net/http"
 
 	"go.uber.org/zap"
@@ -48,4 +49,21 @@ type sentWriter struct {
 func (s *sentWriter) Write(b []byte) (int, error) {
 	s.any = s.any || len(b) > 0
 	return s.w.Write(b)
+}
+
+// AuditHead is the answer to GET /v1/admin/audit/head: the chain's head,
+// and the Mastio's signed checkpoint of it for external witnesses (verify
+// it with audit.VerifyCheckpoint against the Org root).
+type AuditHead struct {
+	audit.Checkpoint
+	JWS string `json:"jws"`
+}
+
+// Head signs the chain's head as it is now.
+func (a *API) Head(ctx context.Context) (*AuditHead, error) {
+	c, jws, err := a.m.AuditCheckpoint(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return &AuditHead{Checkpoint: c, JWS: jws}, nil
 }

@@ -1,6 +1,8 @@
 package admin_test
 
 import (
+	"context"
+	"encoding/base64"
 	"encoding/csv"
 	"encoding/hex"
 	"encoding/json"
@@ -99,5 +101,71 @@ func TestAuditExportRefusesAQueryItCannotHonour(t *testing.T) {
 	}
 	if n := len(mastiotest.Events(t, e.m, "audit.exported")); n != 0 {
 		t.Fatalf("%d exports recorded for refused queries", n)
+	}
+}
+
+func TestAuditHeadIsSignedByTheMastio(t *testing.T) {
+	e := newEnv(t, mastio.Settings{})
+	status, v := e.do("GET", "/v1/admin/audit/head", "")
+	e.want(status, v, 200, "head")
+	jws, _ := v["jws"].(string)
+	c, chain, err := audit.VerifyCheckpoint(jws, e.m.CA().RootPool())
+	if err != nil || c.Seq != int64(v["seq"].(float64)) || c.Hash != v["hash"] || c.Org != e.m.OrgID() {
+		t.Fatalf("checkpoint %+v: %v (answer %v)", c, err, v)
+	}
+	if chain[0].URIs[0].String() != e.m.AuditSignerSPIFFEID().String() {
+		t.Fatalf("signed by %v", chain[0].URIs)
+	}
+	// The head's hash is the newest row's.
+	var newest audit.Record
+	for _, ev := range mastiotest.Events(t, e.m, "") {
+		newest = ev
+	}
+	if newest.Seq != c.Seq || hex.EncodeToString(newest.Hash) != c.Hash {
+		t.Fatalf("checkpoint of seq %d %s, newest row %d %x", c.Seq, c.Hash, newest.Seq, newest.Hash)
+	}
+
+	// Another Mastio's checkpoint, or one whose payload was changed,
+	// does not verify against this Org root.
+	other := mastiotest.New(t, mastio.Settings{}, nil)
+	_, otherJWS, err := other.AuditCheckpoint(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := audit.VerifyCheckpoint(otherJWS, e.m.CA().RootPool()); err == nil || !strings.Contains(err.Error(), "Org root") {
+		t.Fatalf("another Mastio's checkpoint: %v", err)
+	}
+	parts := strings.Split(jws, ".")
+	forged, _ := json.Marshal(audit.Checkpoint{Org: c.Org, Seq: c.Seq + 1, Hash: c.Hash, Time: c.Time})
+	parts[1] = base64.RawURLEncoding.EncodeToString(forged)
+	if _, _, err := audit.VerifyCheckpoint(strings.Join(parts, "."), e.m.CA().RootPool()); err == nil || !strings.Contains(err.Error(), "signature") {
+		t.Fatalf("a forged checkpoint: %v", err)
+	}
+}
+
+// Checkpoints in the chain: written when the chain grew (not twice over
+// the same head), and at shutdown over the system.stop row.
+func TestCheckpointsAreWrittenIntoTheChain(t *testing.T) {
+	e := newEnv(t, mastio.Settings{})
+	ctx := context.Background()
+	if err := e.m.WriteCheckpoint(ctx, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.WriteCheckpoint(ctx, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(mastiotest.Events(t, e.m, "audit.checkpoint")); n != 1 {
+		t.Fatalf("%d checkpoints over one head, want 1", n)
+	}
+	if err := e.m.AuditShutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	all := mastiotest.Events(t, e.m, "")
+	last, stop := all[len(all)-1], all[len(all)-2]
+	d := mastiotest.Details(t, last)
+	c, _, err := audit.VerifyCheckpoint(d["jws"].(string), e.m.CA().RootPool())
+	if last.Type != "audit.checkpoint" || stop.Type != "system.stop" || err != nil || c.Seq != stop.Seq ||
+		c.Hash != hex.EncodeToString(stop.Hash) || d["reason"] != "shutdown" {
+		t.Fatalf("the last rows: %s %s %v %+v", stop.Type, last.Type, err, d)
 	}
 }

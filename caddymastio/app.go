@@ -164,6 +164,11 @@ type App struct {
 	// Caddyfile) turns the wait off.
 	AuditCommitDelay caddy.Duration `json:"audit_commit_delay,omitempty"`
 
+	// How often the audit chain's head is signed into the chain
+	// (audit.checkpoint rows, also written at shutdown), when it grew.
+	// Default: 1h; at least 1m.
+	AuditCheckpointInterval caddy.Duration `json:"audit_checkpoint_interval,omitempty"`
+
 	// How durable an audit row is when the answer that depends on it is
 	// sent: "full" (default: the commit is fsynced, so the row survives a
 	// power loss) or "os" (the commit is handed to the operating system
@@ -279,7 +284,8 @@ func (a *App) settings(repl *caddy.Replacer) (mastio.Settings, error) {
 		EnrollmentTTL: time.Duration(a.EnrollmentTTL), TokenTTL: time.Duration(a.TokenTTL), AllowBearerTokens: a.AllowBearerTokens,
 		IATWindow: time.Duration(a.DPoPIATWindow), ClockSkew: time.Duration(a.DPoPClockSkew), Policy: a.PolicyRules,
 		Servers: a.MCPServers, AnonymousRates: map[string]mastio.Rate{}, AuditCommitDelay: a.auditCommitDelay(),
-		AuditSync: a.auditSync(), ClientIP: clientIP, RequestPath: originalPath}
+		AuditSync: a.auditSync(), AuditCheckpointInterval: time.Duration(a.AuditCheckpointInterval), ClientIP: clientIP,
+		RequestPath: originalPath}
 	for route, r := range a.AnonymousRates {
 		s.AnonymousRates[route] = *r
 	}

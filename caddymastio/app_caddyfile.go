@@ -62,6 +62,7 @@ func init() {
 //	    anonymous_rate enrollment|enrollment_status|token <per-ip|off> <global|off>
 //	    audit_sync         full|os
 //	    audit_commit_delay <duration>|off
+//	    audit_checkpoint_interval <duration>
 //	}
 //
 // anonymous_rate is in requests per minute and may be repeated, once per
@@ -113,6 +114,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			durTarget = &a.DPoPIATWindow
 		case "dpop_clock_skew":
 			durTarget = &a.DPoPClockSkew
+		case "audit_checkpoint_interval":
+			durTarget = &a.AuditCheckpointInterval
 		case "dpop_nonce":
 			target = &a.DPoPNonce
 		case "audit_sync":
@@ -211,7 +214,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		default:
 			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, "+
-				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_clock_skew, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay)", opt)
+				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_clock_skew, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay, audit_checkpoint_interval)", opt)
 		}
 		if durTarget != nil {
 			if *durTarget != 0 {
@@ -232,7 +235,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("mastio option %s takes one value, got another: %q", opt, d.Val())
 			}
 			single := App{AgentCertLifetime: a.AgentCertLifetime, EnrollmentTTL: a.EnrollmentTTL, TokenTTL: a.TokenTTL,
-				DPoPIATWindow: a.DPoPIATWindow, DPoPClockSkew: a.DPoPClockSkew, AuditCommitDelay: a.AuditCommitDelay}
+				DPoPIATWindow: a.DPoPIATWindow, DPoPClockSkew: a.DPoPClockSkew, AuditCommitDelay: a.AuditCommitDelay,
+				AuditCheckpointInterval: a.AuditCheckpointInterval}
 			if err := single.Validate(); err != nil {
 				return d.Errf("mastio option %s: %v", opt, err)
 			}

@@ -54,6 +54,9 @@ func (a *App) Validate() error {
 	if a.AuditSync != "" && a.AuditSync != "full" && a.AuditSync != "os" {
 		return fmt.Errorf("audit_sync %q: want full or os", a.AuditSync)
 	}
+	if a.AuditCheckpointInterval != 0 && time.Duration(a.AuditCheckpointInterval) < time.Minute {
+		return errors.New("audit_checkpoint_interval must be at least 1m")
+	}
 	if time.Duration(a.AuditCommitDelay) > 100*time.Millisecond {
 		return errors.New("audit_commit_delay must be at most 100ms (it is added to calls under load); use off to disable it")
 	}

@@ -19,6 +19,7 @@ func (m *Mastio) Start(ctx context.Context, details map[string]any) error {
 		return err
 	}
 	m.logger.Store(m.log) // the location's background work logs as the config in force
+	m.inForce.Store(m)
 	m.audit.SetCommitDelay(m.cfg.AuditCommitDelay)
 	m.audit.SetSync(m.cfg.AuditSync)
 	var err error
@@ -45,7 +46,9 @@ func (m *Mastio) AuditShutdown(ctx context.Context) error {
 	if m.audit == nil {
 		return nil
 	}
-	_, err := m.audit.Append(ctx, audit.Event{Type: "system.stop", Actor: "system", Subject: m.orgID,
-		Details: map[string]any{"pid": os.Getpid()}})
-	return err
+	if _, err := m.audit.Append(ctx, audit.Event{Type: "system.stop", Actor: "system", Subject: m.orgID,
+		Details: map[string]any{"pid": os.Getpid()}}); err != nil {
+		return err
+	}
+	return m.WriteCheckpoint(ctx, "shutdown") // the last row: the chain as this process leaves it, signed
 }

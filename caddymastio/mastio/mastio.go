@@ -65,6 +65,9 @@ type Settings struct {
 	// configuration starts (see audit.Log).
 	AuditCommitDelay time.Duration
 	AuditSync        audit.Sync
+	// AuditCheckpointInterval is how often the chain's head is signed into
+	// the chain when it grew (default DefaultCheckpointInterval).
+	AuditCheckpointInterval time.Duration
 
 	// ClientIP and RequestPath read a request as the HTTP server saw it
 	// (behind trusted proxies, before rewrites); by default the TCP peer

@@ -99,7 +99,9 @@ type Shared struct {
 	policyWatch watch.Set[struct{}]
 	agentWatch  watch.Set[string] // an agent's id, when its credentials change
 
-	workload workloadCert // the Mastio's client certificate for its upstreams
+	workload       workloadCerts // the Mastio's own certificates (workload.go)
+	lastCheckpoint atomic.Int64  // seq of the last audit.checkpoint row this process wrote
+	inForce        atomic.Pointer[Mastio]
 }
 
 // OnAgentChange registers fn, called with an agent's id once a change of
@@ -121,6 +123,7 @@ func (s *Shared) maintain() {
 	}()
 	t := time.NewTicker(time.Minute)
 	defer t.Stop()
+	lastCheckpoint := time.Now()
 	for {
 		select {
 		case <-s.stop:
@@ -142,6 +145,12 @@ func (s *Shared) maintain() {
 				s.log().Error("ending certificate grace periods", zap.Error(err))
 			} else if n > 0 {
 				s.log().Info("ended certificate grace periods", zap.Int("count", n))
+			}
+			if m := s.inForce.Load(); m != nil && time.Since(lastCheckpoint) >= m.checkpointInterval() {
+				lastCheckpoint = time.Now()
+				if err := m.WriteCheckpoint(ctx, "interval"); err != nil {
+					s.log().Error("writing an audit checkpoint", zap.Error(err))
+				}
 			}
 		}
 	}

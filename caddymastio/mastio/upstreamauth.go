@@ -1,10 +1,6 @@
 package mastio
 
 import (
-	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -12,8 +8,6 @@ import (
 	"net/url"
 	"os"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 )
@@ -169,51 +163,4 @@ func (m *Mastio) UpstreamTLS(s *Server) (*tls.Config, error) {
 		}
 	}
 	return cfg, nil
-}
-
-// workloadLifetime is how long the Mastio's workload certificate is
-// valid; it is renewed when a third of that is left.
-const workloadLifetime = 24 * time.Hour
-
-// workloadCert is the Mastio's own client certificate, per data location.
-type workloadCert struct {
-	mu   sync.Mutex
-	cert *tls.Certificate
-}
-
-// WorkloadSPIFFEID is the SPIFFE ID of the Mastio's workload certificate:
-// spiffe://<trust domain>/<org>/workload/mastio (three path segments: no
-// agent, /<org>/<name>, can have it).
-func (m *Mastio) WorkloadSPIFFEID() *url.URL {
-	return &url.URL{Scheme: "spiffe", Host: m.cfg.TrustDomain, Path: "/" + m.orgID + "/workload/mastio"}
-}
-
-// WorkloadCertificate is the Mastio's client certificate for its
-// upstreams, issued by the Org CA to a key that lives only in memory, and
-// renewed before it expires.
-func (m *Mastio) WorkloadCertificate() (*tls.Certificate, error) {
-	w := &m.workload
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if c := w.cert; c != nil && time.Until(c.Leaf.NotAfter) > workloadLifetime/3 && c.Leaf.URIs[0].String() == m.WorkloadSPIFFEID().String() {
-		return c, nil
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	leaf, err := m.ca.IssueWorkload(pki.WorkloadCert{PublicKey: key.Public(), SPIFFEID: m.WorkloadSPIFFEID(),
-		Name: "mastio workload " + m.orgID, Org: m.orgID, Lifetime: workloadLifetime})
-	if err != nil {
-		return nil, fmt.Errorf("issuing the Mastio's workload certificate: %w", err)
-	}
-	chain := [][]byte{leaf.Raw}
-	for _, in := range m.ca.Intermediates() {
-		if bytes.Equal(leaf.RawIssuer, in.RawSubject) {
-			chain = append(chain, in.Raw)
-			break
-		}
-	}
-	w.cert = &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}
-	return w.cert, nil
 }

@@ -82,10 +82,11 @@ type WorkloadCert struct {
 	SPIFFEID  *url.URL
 	Name      string // the CN
 	Org       string
+	Usages    []x509.ExtKeyUsage // none: the certificate says nothing of its use (signing)
 	Lifetime  time.Duration
 }
 
-// IssueWorkload signs a clientAuth certificate whose single URI SAN is
+// IssueWorkload signs a certificate for usages whose single URI SAN is
 // the workload's SPIFFE ID.
 func (ca *CA) IssueWorkload(req WorkloadCert) (*x509.Certificate, error) {
 	if req.SPIFFEID == nil || req.SPIFFEID.Scheme != "spiffe" || req.Name == "" {
@@ -93,7 +94,7 @@ func (ca *CA) IssueWorkload(req WorkloadCert) (*x509.Certificate, error) {
 	}
 	tmpl := &x509.Certificate{
 		Subject:     pkix.Name{CommonName: req.Name, Organization: []string{req.Org}},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage: req.Usages,
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		URIs:        []*url.URL{req.SPIFFEID},
 	}

@@ -124,12 +124,13 @@ func Client(m *mastio.Mastio) *http.Client {
 	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: m.CA().RootPool()}}}
 }
 
-// Events returns the audit records of type typ, oldest first.
+// Events returns the audit records of type typ (every one for ""), oldest
+// first.
 func Events(t testing.TB, m *mastio.Mastio, typ string) []audit.Record {
 	t.Helper()
 	var out []audit.Record
 	err := m.ReadAudit(t.Context(), 1, func(r audit.Record) error {
-		if r.Type == typ {
+		if typ == "" || r.Type == typ {
 			out = append(out, r)
 		}
 		return nil
