@@ -29,6 +29,7 @@
 //	POST   /v1/admin/enrollments/{sid}/approve|reject
 //	GET    /v1/admin/audit/export             the audit rows, streamed (audit.ParseExportQuery)
 //	GET    /v1/admin/audit/head               the chain's head, signed (AuditHead)
+//	POST   /v1/admin/audit/bundle             a verifiable .tar.gz of a range (BundleRequest)
 //
 // {id} is the agent id "<org>::<name>", raw or URL-escaped; a bare name is
 // taken under this organisation.
@@ -145,7 +146,8 @@ func (a *API) Routes() endpoints.Routes {
 		"POST /v1/admin/enrollments/{sid}/approve": serve(a, 200, false, func(r *http.Request, c Caller, req ApproveRequest) (*Approved, error) {
 			return a.Approve(r.Context(), c, r.PathValue("sid"), req)
 		}),
-		"GET /v1/admin/audit/export": a.exportAudit,
+		"GET /v1/admin/audit/export":  a.exportAudit,
+		"POST /v1/admin/audit/bundle": a.bundle,
 		"GET /v1/admin/audit/head": serve(a, 200, true, func(r *http.Request, _ Caller, _ struct{}) (*AuditHead, error) {
 			return a.Head(r.Context())
 		}),

@@ -169,6 +169,10 @@ type App struct {
 	// Default: 1h; at least 1m.
 	AuditCheckpointInterval caddy.Duration `json:"audit_checkpoint_interval,omitempty"`
 
+	// An RFC 3161 timestamp authority (http or https URL) that timestamps
+	// audit bundles (POST /v1/admin/audit/bundle). Default: none.
+	AuditTimestampURL string `json:"audit_timestamp_url,omitempty"`
+
 	// How durable an audit row is when the answer that depends on it is
 	// sent: "full" (default: the commit is fsynced, so the row survives a
 	// power loss) or "os" (the commit is handed to the operating system
@@ -284,7 +288,8 @@ func (a *App) settings(repl *caddy.Replacer) (mastio.Settings, error) {
 		EnrollmentTTL: time.Duration(a.EnrollmentTTL), TokenTTL: time.Duration(a.TokenTTL), AllowBearerTokens: a.AllowBearerTokens,
 		IATWindow: time.Duration(a.DPoPIATWindow), ClockSkew: time.Duration(a.DPoPClockSkew), Policy: a.PolicyRules,
 		Servers: a.MCPServers, AnonymousRates: map[string]mastio.Rate{}, AuditCommitDelay: a.auditCommitDelay(),
-		AuditSync: a.auditSync(), AuditCheckpointInterval: time.Duration(a.AuditCheckpointInterval), ClientIP: clientIP,
+		AuditSync: a.auditSync(), AuditCheckpointInterval: time.Duration(a.AuditCheckpointInterval),
+		TimestampURL: a.AuditTimestampURL, ClientIP: clientIP,
 		RequestPath: originalPath}
 	for route, r := range a.AnonymousRates {
 		s.AnonymousRates[route] = *r

@@ -63,6 +63,7 @@ func init() {
 //	    audit_sync         full|os
 //	    audit_commit_delay <duration>|off
 //	    audit_checkpoint_interval <duration>
+//	    audit_timestamp_url <rfc3161-url>
 //	}
 //
 // anonymous_rate is in requests per minute and may be repeated, once per
@@ -120,6 +121,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			target = &a.DPoPNonce
 		case "audit_sync":
 			target = &a.AuditSync
+		case "audit_timestamp_url":
+			target = &a.AuditTimestampURL
 		case "policy":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -214,7 +217,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		default:
 			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, "+
-				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_clock_skew, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay, audit_checkpoint_interval)", opt)
+				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_clock_skew, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay, audit_checkpoint_interval, audit_timestamp_url)", opt)
 		}
 		if durTarget != nil {
 			if *durTarget != 0 {

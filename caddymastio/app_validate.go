@@ -54,6 +54,11 @@ func (a *App) Validate() error {
 	if a.AuditSync != "" && a.AuditSync != "full" && a.AuditSync != "os" {
 		return fmt.Errorf("audit_sync %q: want full or os", a.AuditSync)
 	}
+	if a.AuditTimestampURL != "" {
+		if u, err := url.Parse(a.AuditTimestampURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("audit_timestamp_url %q: want an http(s) URL", a.AuditTimestampURL)
+		}
+	}
 	if a.AuditCheckpointInterval != 0 && time.Duration(a.AuditCheckpointInterval) < time.Minute {
 		return errors.New("audit_checkpoint_interval must be at least 1m")
 	}

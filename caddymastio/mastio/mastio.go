@@ -68,6 +68,9 @@ type Settings struct {
 	// AuditCheckpointInterval is how often the chain's head is signed into
 	// the chain when it grew (default DefaultCheckpointInterval).
 	AuditCheckpointInterval time.Duration
+	// TimestampURL is an RFC 3161 timestamp authority (HTTP) that
+	// timestamps audit bundles; "" for none.
+	TimestampURL string
 
 	// ClientIP and RequestPath read a request as the HTTP server saw it
 	// (behind trusted proxies, before rewrites); by default the TCP peer
