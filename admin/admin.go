@@ -30,6 +30,7 @@
 //	GET    /v1/admin/audit/export             the audit rows, streamed (audit.ParseExportQuery)
 //	GET    /v1/admin/audit/head               the chain's head, signed (AuditHead)
 //	POST   /v1/admin/audit/bundle             a verifiable .tar.gz of a range (BundleRequest)
+//	POST   /v1/admin/audit/archive            remove rows held in a verified archive (ArchiveRequest)
 //
 // {id} is the agent id "<org>::<name>", raw or URL-escaped; a bare name is
 // taken under this organisation.
@@ -148,6 +149,9 @@ func (a *API) Routes() endpoints.Routes {
 		}),
 		"GET /v1/admin/audit/export":  a.exportAudit,
 		"POST /v1/admin/audit/bundle": a.bundle,
+		"POST /v1/admin/audit/archive": serve(a, 200, false, func(r *http.Request, c Caller, req ArchiveRequest) (*mastio.Archived, error) {
+			return a.Archive(r.Context(), c, req)
+		}),
 		"GET /v1/admin/audit/head": serve(a, 200, true, func(r *http.Request, _ Caller, _ struct{}) (*AuditHead, error) {
 			return a.Head(r.Context())
 		}),

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
 
@@ -131,4 +132,21 @@ func (a *API) bundle(w http.ResponseWriter, r *http.Request, c Caller) {
 		}
 		a.fail(w, r, err)
 	}
+}
+
+// ArchiveRequest is the body of POST /v1/admin/audit/archive: remove the
+// rows up to through_seq, which the caller holds in an archive it has
+// verified (a bundle of them, as caddy mastio audit archive writes).
+// through_hash is the archive's last hash (its manifest's last_hash) and
+// must be that row's hash here; archive_sha256 is the archive file's
+// SHA-256, kept with the anchor. Everything hex.
+type ArchiveRequest struct {
+	ThroughSeq    int64  `json:"through_seq"`
+	ThroughHash   string `json:"through_hash"`
+	ArchiveSHA256 string `json:"archive_sha256"`
+}
+
+// Archive removes archived rows, leaving a signed anchor.
+func (a *API) Archive(ctx context.Context, c Caller, req ArchiveRequest) (*mastio.Archived, error) {
+	return a.m.ArchiveAudit(ctx, req.ThroughSeq, req.ThroughHash, req.ArchiveSHA256, c.details())
 }

@@ -89,11 +89,11 @@ func edited(t *testing.T, bundle []byte, name string, fn func([]byte) []byte) []
 
 func verifyBundle(t *testing.T, bundle []byte, opts audit.BundleOptions) (audit.BundleCheck, bool) {
 	t.Helper()
-	checks, err := audit.VerifyBundle(bytes.NewReader(bundle), opts)
+	res, err := audit.VerifyBundle(bytes.NewReader(bundle), opts)
 	if err != nil {
 		return audit.BundleCheck{Name: "read", Detail: err.Error()}, true
 	}
-	return audit.BundleFailure(checks)
+	return res.Failure()
 }
 
 func TestAuditBundleVerifiesOnItsOwnAndEveryTamperingIsNamed(t *testing.T) {
@@ -209,11 +209,11 @@ func TestAuditBundleIsTimestamped(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("bundle: %d %s", resp.StatusCode, bundle)
 	}
-	checks, err := audit.VerifyBundle(bytes.NewReader(bundle), audit.BundleOptions{Roots: e.m.CA().RootPool(), TSARoots: tsa.Roots})
-	if failure, failed := audit.BundleFailure(checks); err != nil || failed {
+	res, err := audit.VerifyBundle(bytes.NewReader(bundle), audit.BundleOptions{Roots: e.m.CA().RootPool(), TSARoots: tsa.Roots})
+	if failure, failed := res.Failure(); err != nil || failed {
 		t.Fatalf("%+v %v", failure, err)
 	}
-	last := checks[len(checks)-1]
+	last := res.Checks[len(res.Checks)-1]
 	if last.Name != "timestamp" || !strings.Contains(last.Detail, "by Test TSA over the manifest") {
 		t.Fatalf("timestamp check: %+v", last)
 	}

@@ -4,12 +4,14 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
 )
 
@@ -18,7 +20,7 @@ func auditCommand() *cobra.Command {
 	var witnesses []string
 	var from, to int64
 	verify := &cobra.Command{
-		Use:   "verify (BUNDLE [--ca org-ca.crt] [--tsa-ca FILE] [--witness SEQ:HASH]... | --db <mastio.db> [--from N] [--to N])",
+		Use:   "verify (BUNDLE [--ca org-ca.crt] [--tsa-ca FILE] [--witness SEQ:HASH]... | --db <mastio.db> [--ca org-ca.crt] [--from N] [--to N])",
 		Short: "Verify an audit bundle, or the audit chain of a database, offline",
 		Long: `With a bundle (POST /v1/admin/audit/bundle), checks it with nothing else: the
 SHA-256 of every file against the manifest, every row's link and hash from the
@@ -29,7 +31,10 @@ printed), the RFC 3161 timestamp over the manifest (its authority against
 (--witness seq:hash, repeatable). Each check is printed.
 
 With --db, walks the audit chain of a database (a live one or a backup copy)
-and reports the first row whose link or content is wrong.
+and reports the first row whose link or content is wrong. After an archive
+(caddy mastio audit archive) the walk starts from the signed anchor the
+archive left, whose signature is checked against --ca (default: the Org CA
+beside the database, <dir>/pki/org-ca.crt).
 
 Exit status 0: intact; 1: broken (the first failing check, seq and why are
 printed); 2: could not be read.`,
@@ -56,6 +61,9 @@ printed); 2: could not be read.`,
 				fmt.Printf("BROKEN at seq %d: %s (%d rows verified before it)\n", res.FirstBad, res.Reason, res.Checked)
 				os.Exit(1)
 			}
+			if a := res.Anchor; a.Seq > 0 {
+				os.Exit(verifyAnchor(a, ca, filepath.Join(filepath.Dir(db), "pki", "org-ca.crt"), res))
+			}
 			fmt.Printf("OK: %d rows verified (seq %d-%d), head %x\n", res.Checked, res.From, res.To, res.HeadHash)
 			return nil
 		},
@@ -63,12 +71,37 @@ printed); 2: could not be read.`,
 	verify.Flags().StringVar(&db, "db", "./data/mastio.db", "the database file")
 	verify.Flags().Int64Var(&from, "from", 1, "first seq (--db)")
 	verify.Flags().Int64Var(&to, "to", 0, "last seq (--db; 0: the newest)")
-	verify.Flags().StringVar(&ca, "ca", "", "the Org CA (PEM) the bundle's checkpoint must chain to")
+	verify.Flags().StringVar(&ca, "ca", "", "the Org CA (PEM) the bundle's checkpoint, or the database's archive anchor, must chain to")
 	verify.Flags().StringVar(&tsaCA, "tsa-ca", "", "the root (PEM) of the timestamp authority")
 	verify.Flags().StringArrayVar(&witnesses, "witness", nil, "SEQ:HASH a row of the bundle must have (repeatable)")
 	c := &cobra.Command{Use: "audit", Short: "Audit log tools"}
-	c.AddCommand(verify, auditExportCommand())
+	c.AddCommand(verify, auditExportCommand(), auditArchiveCommand())
 	return c
+}
+
+// verifyAnchor checks the signature of the archive anchor a database walk
+// started from, against ca (or, when not given, the Org CA beside the
+// database) and returns the exit status.
+func verifyAnchor(a store.AuditAnchor, ca, besideDB string, res audit.VerifyResult) int {
+	if ca == "" {
+		if _, err := os.Stat(besideDB); err != nil {
+			fmt.Fprintf(os.Stderr, "audit verify: the chain starts from an archive anchor at seq %d, whose signature needs the Org CA: give --ca\n", a.Seq)
+			return 2
+		}
+		ca = besideDB
+	}
+	roots, err := loadPool(ca)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "audit verify: --ca:", err)
+		return 2
+	}
+	if err := audit.VerifyAnchor(a, roots); err != nil {
+		fmt.Printf("BROKEN at seq %d: %v\n", a.Seq, err)
+		return 1
+	}
+	fmt.Printf("OK: %d rows verified (seq %d-%d) from the signed archive anchor at seq %d (archived %s, archive SHA-256 %s), head %x\n",
+		res.Checked, res.From, res.To, a.Seq, a.ArchivedAt, a.ArchiveSHA256, res.HeadHash)
+	return 0
 }
 
 // verifyBundleFile verifies a bundle file, prints each check and returns
@@ -103,8 +136,8 @@ func verifyBundleFile(path, ca, tsaCA string, witnesses []string) int {
 		return 2
 	}
 	defer f.Close()
-	checks, err := audit.VerifyBundle(f, opts)
-	for _, c := range checks {
+	res, err := audit.VerifyBundle(f, opts)
+	for _, c := range res.Checks {
 		mark := "ok  "
 		if !c.OK {
 			mark = "FAIL"
@@ -115,7 +148,7 @@ func verifyBundleFile(path, ca, tsaCA string, witnesses []string) int {
 		fmt.Fprintln(os.Stderr, "audit verify:", err)
 		return 2
 	}
-	if bad, failed := audit.BundleFailure(checks); failed {
+	if bad, failed := res.Failure(); failed {
 		if bad.Seq > 0 {
 			fmt.Printf("BROKEN at seq %d: %s\n", bad.Seq, bad.Detail)
 		} else {

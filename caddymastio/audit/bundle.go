@@ -40,9 +40,9 @@ const (
 )
 
 // RangeError is a range of rows that cannot be bundled.
-type RangeError struct{ msg string }
+type RangeError struct{ Msg string }
 
-func (e *RangeError) Error() string { return e.msg }
+func (e *RangeError) Error() string { return e.Msg }
 
 // Manifest describes a bundle.
 type Manifest struct {
@@ -82,10 +82,10 @@ func WriteBundle(ctx context.Context, st store.Reader, org string, from, to int6
 		return nil, err
 	}
 	if out.Rows == 0 {
-		return nil, &RangeError{"no audit rows in that range"}
+		return nil, &RangeError{Msg: "no audit rows in that range"}
 	}
 	if out.First != max(from, 1) || (to > 0 && out.Last != to) || out.Rows != out.Last-out.First+1 {
-		return nil, &RangeError{fmt.Sprintf("the chain does not hold every row of seq %d-%d (%d rows from %d to %d)",
+		return nil, &RangeError{Msg: fmt.Sprintf("the chain does not hold every row of seq %d-%d (%d rows from %d to %d)",
 			max(from, 1), to, out.Rows, out.First, out.Last)}
 	}
 	m := &Manifest{Format: BundleFormat, Org: org, Created: time.Now().UTC().Format(time.RFC3339Nano), FirstSeq: out.First,

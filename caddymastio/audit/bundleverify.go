@@ -47,10 +47,27 @@ type BundleOptions struct {
 // stored; the checkpoint's signature, its chain to the Org root and that
 // it names the last row; the timestamp over the manifest and that its
 // time follows the last row; the witnesses. It returns the checks in
-// order and stops at the first that fails. The error is for a bundle that
-// cannot be read at all.
-func VerifyBundle(r io.Reader, opts BundleOptions) ([]BundleCheck, error) {
+// order and stops at the first that fails, with the manifest once read.
+// The error is for a bundle that cannot be read at all.
+func VerifyBundle(r io.Reader, opts BundleOptions) (BundleResult, error) {
 	v := &bundleVerifier{opts: opts}
+	checks, err := v.verify(r)
+	return BundleResult{Checks: checks, Manifest: v.manifest}, err
+}
+
+// BundleResult is what VerifyBundle found.
+type BundleResult struct {
+	Checks   []BundleCheck
+	Manifest *Manifest // nil if it could not be read
+}
+
+// OK reports whether every check passed.
+func (r BundleResult) OK() bool {
+	_, failed := r.Failure()
+	return !failed && r.Manifest != nil
+}
+
+func (v *bundleVerifier) verify(r io.Reader) ([]BundleCheck, error) {
 	gz, err := gzip.NewReader(r)
 	if err != nil {
 		return nil, fmt.Errorf("not a gzip file: %w", err)
@@ -345,9 +362,9 @@ func timestampSigner(certs []*x509.Certificate) *x509.Certificate {
 	return nil
 }
 
-// BundleFailure is the first failed check, if any.
-func BundleFailure(checks []BundleCheck) (BundleCheck, bool) {
-	for _, c := range checks {
+// Failure is the first failed check, if any.
+func (r BundleResult) Failure() (BundleCheck, bool) {
+	for _, c := range r.Checks {
 		if !c.OK {
 			return c, true
 		}

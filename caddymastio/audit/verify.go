@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -23,6 +24,10 @@ type VerifyResult struct {
 	Reason string
 	// HeadHash is the hash of the last row checked.
 	HeadHash []byte
+	// Anchor is the archive anchor the walk started from (Seq 0: the walk
+	// started from a row, or from the genesis hash). Verify checks the
+	// rows link to it; VerifyAnchor checks its signature.
+	Anchor store.AuditAnchor
 }
 
 // OK reports whether every row in the range verified.
@@ -33,11 +38,15 @@ var errStop = errors.New("stop")
 
 // Verify walks the chain from seq from to seq to (inclusive; to <= 0 means
 // the newest row) and reports the first row whose link or hash is wrong.
-// For from > 1 the stored hash of row from-1 is taken as the anchor.
+// For from > 1 the stored hash of row from-1 is taken as the anchor. Rows
+// removed by an archive are skipped: the walk then starts from the archive
+// anchor's hash (see VerifyResult.Anchor).
 func Verify(ctx context.Context, st store.Reader, from, to int64) (VerifyResult, error) {
-	if from < 1 {
-		from = 1
+	anchor, err := st.AuditAnchor(ctx)
+	if err != nil {
+		return VerifyResult{}, err
 	}
+	from = max(from, anchor.Seq+1, 1)
 	if to <= 0 {
 		h, err := st.AuditHead(ctx)
 		if err != nil {
@@ -47,7 +56,9 @@ func Verify(ctx context.Context, st store.Reader, from, to int64) (VerifyResult,
 	}
 	res := VerifyResult{From: from, To: to}
 	prev := GenesisHash
-	if from > 1 {
+	if anchor.Seq > 0 && from == anchor.Seq+1 {
+		res.Anchor, prev = anchor, anchor.Hash
+	} else if from > 1 {
 		var anchor []byte
 		err := st.AuditRows(ctx, store.AuditSeqs(from-1, from-1), func(r store.AuditRow) error { anchor = r.Hash; return nil })
 		if err != nil {
@@ -60,7 +71,7 @@ func Verify(ctx context.Context, st store.Reader, from, to int64) (VerifyResult,
 		prev = anchor
 	}
 	want := from
-	err := st.AuditRows(ctx, store.AuditSeqs(from, to), func(row store.AuditRow) error {
+	err = st.AuditRows(ctx, store.AuditSeqs(from, to), func(row store.AuditRow) error {
 		if row.Seq != want {
 			res.FirstBad, res.Reason = want, fmt.Sprintf("row is missing (next row is %d)", row.Seq)
 			return errStop
@@ -124,4 +135,18 @@ func Read(ctx context.Context, st store.Reader, from, to int64, fn func(Record) 
 		return fn(Record{Seq: row.Seq, Time: t, Type: row.Type, Actor: row.Actor, Subject: row.Subject, Result: row.Result,
 			Details: row.Details, PrevHash: row.PrevHash, Hash: row.Hash})
 	})
+}
+
+// VerifyAnchor checks an archive anchor's signed checkpoint (see
+// VerifyCheckpoint): signed by the audit signer of the Mastio whose Org
+// root is in roots, and naming the anchor's seq and hash.
+func VerifyAnchor(a store.AuditAnchor, roots *x509.CertPool) error {
+	c, _, err := VerifyCheckpoint(a.Checkpoint, roots)
+	if err != nil {
+		return fmt.Errorf("archive anchor at seq %d: %w", a.Seq, err)
+	}
+	if c.Seq != a.Seq || c.Hash != hex.EncodeToString(a.Hash) {
+		return fmt.Errorf("archive anchor at seq %d (%s): its checkpoint is of row %d (%.16s…)", a.Seq, short(a.Hash), c.Seq, c.Hash)
+	}
+	return nil
 }

@@ -51,3 +51,17 @@ func auditFilterDetails(f store.AuditFilter) map[string]any {
 	}
 	return d
 }
+
+// VerifyAudit walks the chain from seq from to seq to (see audit.Verify)
+// and, when the walk starts from an archive anchor, checks the anchor's
+// signature against the Org root: a forged anchor is a break at its seq.
+func (m *Mastio) VerifyAudit(ctx context.Context, from, to int64) (audit.VerifyResult, error) {
+	res, err := audit.Verify(ctx, m.store, from, to)
+	if err != nil || !res.OK() || res.Anchor.Seq == 0 {
+		return res, err
+	}
+	if err := audit.VerifyAnchor(res.Anchor, m.ca.RootPool()); err != nil {
+		res.FirstBad, res.Reason = res.Anchor.Seq, err.Error()
+	}
+	return res, nil
+}

@@ -27,7 +27,15 @@ func (m *Mastio) AuditBundle(ctx context.Context, from, to int64, w io.Writer, d
 	if m.cfg.TimestampURL != "" {
 		ts = m.timestamp
 	}
-	man, err := audit.WriteBundle(ctx, m.store, m.orgID, from, to, m.signBundle, ts, w)
+	anchor, err := m.store.AuditAnchor(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if anchor.Seq > 0 && ((from > 0 && from <= anchor.Seq) || (to > 0 && to <= anchor.Seq)) {
+		return nil, &audit.RangeError{Msg: fmt.Sprintf("the rows up to seq %d were archived at %s (archive SHA-256 %s)",
+			anchor.Seq, anchor.ArchivedAt, anchor.ArchiveSHA256)}
+	}
+	man, err := audit.WriteBundle(ctx, m.store, m.orgID, max(from, anchor.Seq+1), to, m.signCheckpoint, ts, w)
 	if err != nil {
 		return nil, err
 	}
@@ -39,8 +47,9 @@ func (m *Mastio) AuditBundle(ctx context.Context, from, to int64, w io.Writer, d
 	return man, nil
 }
 
-// signBundle signs a bundle's checkpoint; the chain runs to the Org root.
-func (m *Mastio) signBundle(_ context.Context, c audit.Checkpoint) (string, []byte, error) {
+// signCheckpoint signs a checkpoint with the Mastio's audit signer (an
+// audit.BundleSigner); the chain runs to the Org root.
+func (m *Mastio) signCheckpoint(_ context.Context, c audit.Checkpoint) (string, []byte, error) {
 	cert, err := m.workloadCertificate(workloadAudit, nil)
 	if err != nil {
 		return "", nil, err

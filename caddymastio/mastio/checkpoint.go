@@ -2,7 +2,6 @@ package mastio
 
 import (
 	"context"
-	"crypto"
 	"encoding/hex"
 	"time"
 
@@ -23,11 +22,7 @@ func (m *Mastio) AuditCheckpoint(ctx context.Context) (audit.Checkpoint, string,
 		return audit.Checkpoint{}, "", err
 	}
 	c := audit.Checkpoint{Org: m.orgID, Seq: seq, Hash: hex.EncodeToString(hash), Time: time.Now().UTC().Format(time.RFC3339Nano)}
-	cert, err := m.workloadCertificate(workloadAudit, nil)
-	if err != nil {
-		return c, "", err
-	}
-	jws, err := audit.SignCheckpoint(cert.PrivateKey.(crypto.Signer), cert.Certificate, c)
+	jws, _, err := m.signCheckpoint(ctx, c)
 	return c, jws, err
 }
 

@@ -74,6 +74,9 @@ type Reader interface {
 	// returns an error; one row at a time (memory does not grow with the
 	// rows read).
 	AuditRows(ctx context.Context, f AuditFilter, fn func(AuditRow) error) error
+	// AuditAnchor returns the anchor of the last archive (Seq 0 when
+	// nothing was archived).
+	AuditAnchor(ctx context.Context) (AuditAnchor, error)
 }
 
 // Tx is a write transaction (see Store.Update).
@@ -125,9 +128,16 @@ type Tx interface {
 	ForgetUsed(ctx context.Context, now time.Time) (int64, error)
 
 	// AppendAudit adds rows to the audit chain; they must continue it from
-	// the AuditHead this transaction reads. Audit rows are never changed
-	// or removed.
+	// the AuditHead this transaction reads. Audit rows are never changed,
+	// and removed only by ArchiveAudit.
 	AppendAudit(ctx context.Context, rows ...AuditRow) error
+	// ArchiveAudit makes a the chain's anchor and removes every row up to
+	// a.Seq, returning how many. a must name a stored row (seq and hash)
+	// after the current anchor: ErrNotFound if row a.Seq is not stored
+	// (never was, or archived already), ErrConflict if its hash is not
+	// a.Hash. The head's seq and hash stay the AuditHead even when the
+	// head row itself is removed.
+	ArchiveAudit(ctx context.Context, a AuditAnchor) (int64, error)
 }
 
 // AuditWriter commits batches of audit rows, one transaction each, on a

@@ -176,5 +176,20 @@ type AuditHead struct {
 	Hash []byte
 }
 
+// AuditAnchor stands for the rows an archive removed from the chain: the
+// last removed row's seq, hash and time, and the Mastio's signed
+// checkpoint of it (see audit.Checkpoint). The rows after it link to
+// Hash; Seq 0 means nothing was ever archived.
+type AuditAnchor struct {
+	Seq        int64
+	Hash       []byte
+	Time       string // the row's stored time
+	Checkpoint string // compact JWS
+	// ArchiveSHA256 is the SHA-256 (hex) of the archive file the rows went
+	// to, as its writer reported it.
+	ArchiveSHA256 string
+	ArchivedAt    string // when the rows were removed (stored time format)
+}
+
 // GenesisHash is the prev_hash of the first audit row.
 var GenesisHash = make([]byte, sha256.Size)

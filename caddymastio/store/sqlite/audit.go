@@ -24,7 +24,10 @@ type rowQuerier interface {
 
 func auditHead(ctx context.Context, q rowQuerier) (store.AuditHead, error) {
 	var h store.AuditHead
-	err := q.QueryRowContext(ctx, `SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1`).Scan(&h.Seq, &h.Hash)
+	// The newest row; when an archive removed every row, the anchor.
+	err := q.QueryRowContext(ctx, `SELECT seq, hash FROM (
+		SELECT seq, hash FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1)
+		UNION ALL SELECT seq, hash FROM audit_anchor) ORDER BY seq DESC LIMIT 1`).Scan(&h.Seq, &h.Hash)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.AuditHead{Hash: bytes.Clone(store.GenesisHash)}, nil
 	}
@@ -78,6 +81,47 @@ func (r reader) AuditRows(ctx context.Context, f store.AuditFilter, fn func(stor
 		}
 	}
 	return rows.Err()
+}
+
+// AuditAnchor implements store.Reader.
+func (r reader) AuditAnchor(ctx context.Context) (store.AuditAnchor, error) {
+	var a store.AuditAnchor
+	err := r.q.QueryRowContext(ctx, `SELECT seq, hash, time, checkpoint, archive_sha256, archived_at FROM audit_anchor`).
+		Scan(&a.Seq, &a.Hash, &a.Time, &a.Checkpoint, &a.ArchiveSHA256, &a.ArchivedAt)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.AuditAnchor{}, nil
+	}
+	if err != nil {
+		return a, fmt.Errorf("audit: reading the archive anchor: %w", err)
+	}
+	return a, nil
+}
+
+// ArchiveAudit implements store.Tx.
+func (t *tx) ArchiveAudit(ctx context.Context, a store.AuditAnchor) (int64, error) {
+	var hash []byte
+	err := t.tx.QueryRowContext(ctx, `SELECT hash FROM audit_events WHERE seq = ?`, a.Seq).Scan(&hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, fmt.Errorf("audit: archiving up to row %d: %w", a.Seq, store.ErrNotFound)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("audit: archiving up to row %d: %w", a.Seq, err)
+	}
+	if !bytes.Equal(hash, a.Hash) {
+		return 0, fmt.Errorf("audit: archiving up to row %d: its hash differs: %w", a.Seq, store.ErrConflict)
+	}
+	if _, err := t.tx.ExecContext(ctx, `INSERT INTO audit_anchor (id, seq, hash, time, checkpoint, archive_sha256, archived_at)
+		VALUES (1, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+		time = excluded.time, checkpoint = excluded.checkpoint, archive_sha256 = excluded.archive_sha256,
+		archived_at = excluded.archived_at`,
+		a.Seq, a.Hash, a.Time, a.Checkpoint, a.ArchiveSHA256, a.ArchivedAt); err != nil {
+		return 0, fmt.Errorf("audit: setting the archive anchor: %w", err)
+	}
+	res, err := t.tx.ExecContext(ctx, `DELETE FROM audit_events WHERE seq <= ?`, a.Seq)
+	if err != nil {
+		return 0, fmt.Errorf("audit: removing archived rows: %w", err)
+	}
+	return res.RowsAffected()
 }
 
 // AppendAudit implements store.Tx.

@@ -140,6 +140,43 @@ CREATE TABLE used_credentials (
 );
 CREATE INDEX used_credentials_expiry ON used_credentials (expires_at);
 `},
+	{4, "audit archive anchor", `
+-- The anchor left by the last archive (caddy mastio audit archive): the
+-- last archived row's seq, hash and time with the Mastio's signed
+-- checkpoint of it. The rows after it link to its hash. One row, which
+-- only moves forward and only to a row of the chain.
+CREATE TABLE audit_anchor (
+	id             INTEGER PRIMARY KEY CHECK (id = 1),
+	seq            INTEGER NOT NULL,
+	hash           BLOB NOT NULL,
+	time           TEXT NOT NULL,
+	checkpoint     TEXT NOT NULL,
+	archive_sha256 TEXT NOT NULL,
+	archived_at    TEXT NOT NULL
+);
+CREATE TRIGGER audit_anchor_on_chain BEFORE INSERT ON audit_anchor
+WHEN NOT EXISTS (SELECT 1 FROM audit_events WHERE seq = NEW.seq AND hash = NEW.hash)
+BEGIN
+	SELECT RAISE(ABORT, 'audit_anchor must name a row of the chain');
+END;
+CREATE TRIGGER audit_anchor_forward BEFORE UPDATE ON audit_anchor
+WHEN NEW.seq <= OLD.seq OR NOT EXISTS (SELECT 1 FROM audit_events WHERE seq = NEW.seq AND hash = NEW.hash)
+BEGIN
+	SELECT RAISE(ABORT, 'audit_anchor only moves forward, to a row of the chain');
+END;
+CREATE TRIGGER audit_anchor_no_delete BEFORE DELETE ON audit_anchor
+BEGIN
+	SELECT RAISE(ABORT, 'audit_anchor is never deleted');
+END;
+-- Rows are removed only up to the anchor, which is set first in the same
+-- transaction: a DELETE of any other row is refused as before.
+DROP TRIGGER audit_events_no_delete;
+CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events
+WHEN OLD.seq > COALESCE((SELECT seq FROM audit_anchor), 0)
+BEGIN
+	SELECT RAISE(ABORT, 'audit_events is append-only: DELETE refused (archive with caddy mastio audit archive)');
+END;
+`},
 }
 
 // LatestVersion is the newest schema version this binary knows.

@@ -276,3 +276,46 @@ func TestContract(t *testing.T) {
 		return s
 	})
 }
+
+// TestManualArchiveEditsAreRefused: once rows are archived, a DELETE of any
+// row after the anchor and any edit that moves the anchor back, off the
+// chain or away is refused by the schema itself, not only by our code.
+func TestManualArchiveEditsAreRefused(t *testing.T) {
+	s, _ := openTemp(t)
+	ctx := context.Background()
+	var rows []store.AuditRow
+	err := s.Update(ctx, func(tx store.Tx) error {
+		h, _ := tx.AuditHead(ctx)
+		for i := range 4 {
+			r := store.AuditRow{Seq: h.Seq + 1, Time: "2026-12-02T00:00:00.000000000Z", Type: "t.x", Actor: "a",
+				Result: "ok", Details: []byte("{}"), PrevHash: h.Hash, Hash: []byte{byte(i + 1)}}
+			rows = append(rows, r)
+			h = store.AuditHead{Seq: r.Seq, Hash: r.Hash}
+		}
+		if err := tx.AppendAudit(ctx, rows...); err != nil {
+			return err
+		}
+		_, err := tx.ArchiveAudit(ctx, store.AuditAnchor{Seq: 2, Hash: rows[1].Hash, Time: rows[1].Time, Checkpoint: "jws",
+			ArchiveSHA256: "x", ArchivedAt: rows[1].Time})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ sql, want string }{
+		{`DELETE FROM audit_events`, "append-only"},
+		{`DELETE FROM audit_events WHERE seq = 4`, "append-only"},
+		{`UPDATE audit_anchor SET seq = 1, hash = x'01'`, "only moves forward"},
+		{`UPDATE audit_anchor SET seq = 3, hash = x'ff'`, "only moves forward"},
+		{`DELETE FROM audit_anchor`, "never deleted"},
+		{`INSERT INTO audit_anchor VALUES (2, 3, x'03', 't', 'j', 'x', 't')`, "id = 1"}, // one anchor only
+	} {
+		if _, err := s.db.ExecContext(ctx, c.sql); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error saying %q", c.sql, err, c.want)
+		}
+	}
+	var n int
+	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM audit_events`).Scan(&n); err != nil || n != 2 {
+		t.Fatalf("rows left: %d %v, want 2", n, err)
+	}
+}

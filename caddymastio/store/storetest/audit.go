@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -53,5 +54,65 @@ func testAuditFilter(t *testing.T, st store.Store) {
 		if got := seqs(c.f); got != c.want {
 			t.Errorf("%s: rows %s, want %s", c.name, got, c.want)
 		}
+	}
+}
+
+// testAuditArchive archives a chain of five rows in two steps: the anchor
+// moves forward only, to a stored row with the right hash, and the head
+// stays the chain's even when the head row itself is removed.
+func testAuditArchive(t *testing.T, st store.Store) {
+	if a, err := st.AuditAnchor(ctx); err != nil || a.Seq != 0 {
+		t.Fatalf("anchor of a fresh store: %+v %v", a, err)
+	}
+	var rows []store.AuditRow
+	update(t, st, func(tx store.Tx) error {
+		h, _ := tx.AuditHead(ctx)
+		for range 5 {
+			r := row(h, "t.row")
+			rows = append(rows, r)
+			h = store.AuditHead{Seq: r.Seq, Hash: r.Hash}
+		}
+		return tx.AppendAudit(ctx, rows...)
+	})
+	anchor := func(r store.AuditRow) store.AuditAnchor {
+		return store.AuditAnchor{Seq: r.Seq, Hash: r.Hash, Time: r.Time, Checkpoint: "jws-" + fmt.Sprint(r.Seq),
+			ArchiveSHA256: strings.Repeat("ab", 32), ArchivedAt: ts(time.Hour).Format("2006-01-02T15:04:05.000000000Z")}
+	}
+	archive := func(a store.AuditAnchor) (int64, error) {
+		var n int64
+		err := st.Update(ctx, func(tx store.Tx) (err error) { n, err = tx.ArchiveAudit(ctx, a); return err })
+		return n, err
+	}
+	seqs := func() string {
+		var out []string
+		st.AuditRows(ctx, store.AuditFilter{}, func(r store.AuditRow) error { out = append(out, fmt.Sprint(r.Seq)); return nil })
+		return strings.Join(out, ",")
+	}
+
+	wrong := anchor(rows[3])
+	wrong.Hash = []byte("not-hash-4")
+	if _, err := archive(wrong); !errors.Is(err, store.ErrConflict) || seqs() != "1,2,3,4,5" {
+		t.Fatalf("archiving with a wrong hash: %v, rows %s", err, seqs())
+	}
+	if n, err := archive(anchor(rows[2])); err != nil || n != 3 || seqs() != "4,5" {
+		t.Fatalf("archiving up to 3: %d rows removed, %v, rows left %s", n, err, seqs())
+	}
+	if a, err := st.AuditAnchor(ctx); err != nil || (a.Seq != 3 || string(a.Hash) != "hash-3" ||
+		a.Time != rows[2].Time || a.Checkpoint != "jws-3" || a.ArchiveSHA256 != strings.Repeat("ab", 32) || a.ArchivedAt == "") {
+		t.Fatalf("anchor read back: %+v %v", a, err)
+	}
+	if _, err := archive(anchor(rows[1])); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("archiving an archived row again: %v, want ErrNotFound", err)
+	}
+	if n, err := archive(anchor(rows[4])); err != nil || n != 2 || seqs() != "" {
+		t.Fatalf("archiving up to the head: %d rows removed, %v, rows left %s", n, err, seqs())
+	}
+	h, err := st.AuditHead(ctx)
+	if err != nil || h.Seq != 5 || string(h.Hash) != "hash-5" {
+		t.Fatalf("head after archiving every row: %+v %v; want the anchor's seq and hash", h, err)
+	}
+	update(t, st, func(tx store.Tx) error { return tx.AppendAudit(ctx, row(h, "t.after")) })
+	if seqs() != "6" {
+		t.Fatalf("rows after appending past the anchor: %s", seqs())
 	}
 }

@@ -40,6 +40,7 @@ func Run(t *testing.T, open Open) {
 		{"AuditInTransactions", testAuditInTransactions},
 		{"AuditWriter", testAuditWriter},
 		{"AuditFilter", testAuditFilter},
+		{"AuditArchive", testAuditArchive},
 		{"Check", testCheck},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, open(t)) })
