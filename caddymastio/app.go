@@ -169,6 +169,13 @@ type App struct {
 	// Default: 1h; at least 1m.
 	AuditCheckpointInterval caddy.Duration `json:"audit_checkpoint_interval,omitempty"`
 
+	// How often the rows appended since the last walk are verified in the
+	// background (links and hashes; the whole chain, from its archive
+	// anchor, at start, daily and while a break is reported). A break is
+	// logged, counted (caddy_mastio_audit_chain_breaks_total) and fails
+	// /readyz until a walk passes again. Default: 1m; at least 1s.
+	AuditVerifyInterval caddy.Duration `json:"audit_verify_interval,omitempty"`
+
 	// An RFC 3161 timestamp authority (http or https URL) that timestamps
 	// audit bundles (POST /v1/admin/audit/bundle). Default: none.
 	AuditTimestampURL string `json:"audit_timestamp_url,omitempty"`
@@ -289,7 +296,8 @@ func (a *App) settings(repl *caddy.Replacer) (mastio.Settings, error) {
 		IATWindow: time.Duration(a.DPoPIATWindow), ClockSkew: time.Duration(a.DPoPClockSkew), Policy: a.PolicyRules,
 		Servers: a.MCPServers, AnonymousRates: map[string]mastio.Rate{}, AuditCommitDelay: a.auditCommitDelay(),
 		AuditSync: a.auditSync(), AuditCheckpointInterval: time.Duration(a.AuditCheckpointInterval),
-		TimestampURL: a.AuditTimestampURL, ClientIP: clientIP,
+		AuditVerifyInterval: time.Duration(a.AuditVerifyInterval),
+		TimestampURL:        a.AuditTimestampURL, ClientIP: clientIP,
 		RequestPath: originalPath}
 	for route, r := range a.AnonymousRates {
 		s.AnonymousRates[route] = *r

@@ -63,6 +63,7 @@ func init() {
 //	    audit_sync         full|os
 //	    audit_commit_delay <duration>|off
 //	    audit_checkpoint_interval <duration>
+//	    audit_verify_interval <duration>
 //	    audit_timestamp_url <rfc3161-url>
 //	}
 //
@@ -117,6 +118,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			durTarget = &a.DPoPClockSkew
 		case "audit_checkpoint_interval":
 			durTarget = &a.AuditCheckpointInterval
+		case "audit_verify_interval":
+			durTarget = &a.AuditVerifyInterval
 		case "dpop_nonce":
 			target = &a.DPoPNonce
 		case "audit_sync":
@@ -217,7 +220,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		default:
 			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, "+
-				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_clock_skew, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay, audit_checkpoint_interval, audit_timestamp_url)", opt)
+				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_clock_skew, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay, audit_checkpoint_interval, audit_verify_interval, audit_timestamp_url)", opt)
 		}
 		if durTarget != nil {
 			if *durTarget != 0 {
@@ -239,7 +242,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			single := App{AgentCertLifetime: a.AgentCertLifetime, EnrollmentTTL: a.EnrollmentTTL, TokenTTL: a.TokenTTL,
 				DPoPIATWindow: a.DPoPIATWindow, DPoPClockSkew: a.DPoPClockSkew, AuditCommitDelay: a.AuditCommitDelay,
-				AuditCheckpointInterval: a.AuditCheckpointInterval}
+				AuditCheckpointInterval: a.AuditCheckpointInterval, AuditVerifyInterval: a.AuditVerifyInterval}
 			if err := single.Validate(); err != nil {
 				return d.Errf("mastio option %s: %v", opt, err)
 			}

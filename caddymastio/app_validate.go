@@ -62,6 +62,9 @@ func (a *App) Validate() error {
 	if a.AuditCheckpointInterval != 0 && time.Duration(a.AuditCheckpointInterval) < time.Minute {
 		return errors.New("audit_checkpoint_interval must be at least 1m")
 	}
+	if a.AuditVerifyInterval != 0 && time.Duration(a.AuditVerifyInterval) < time.Second {
+		return errors.New("audit_verify_interval must be at least 1s")
+	}
 	if time.Duration(a.AuditCommitDelay) > 100*time.Millisecond {
 		return errors.New("audit_commit_delay must be at most 100ms (it is added to calls under load); use off to disable it")
 	}

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // exportedRow is a row of GET /v1/admin/audit/export.
@@ -164,5 +165,69 @@ func TestAuditArchiveKeepsBothHalvesVerifiable(t *testing.T) {
 	if code != 1 || !strings.Contains(out, fmt.Sprintf("BROKEN at seq %d: archive anchor at seq %d", next, next)) ||
 		!strings.Contains(out, "its checkpoint is of row") {
 		t.Fatalf("a forged anchor: exit %d\n%s", code, out)
+	}
+}
+
+// TestAuditVerifierReportsABreak: someone with the database file changes
+// a row while the gateway runs; the background verifier finds it, logs
+// it, counts it and fails /readyz naming the row; once the row is put
+// back, the gateway is ready again by itself.
+func TestAuditVerifierReportsABreak(t *testing.T) {
+	s := exampleServer(t, "audit_verify_interval 1s", "")
+	if code, body := s.adminCall(t, "POST", "/v1/admin/agents", adminSecret, map[string]any{"agent_name": "watched"}); code != 201 {
+		t.Fatalf("create agent: %d %v", code, body)
+	}
+	rows := s.exportAudit(t)
+	head := rows[len(rows)-1].Seq
+	waitFor(t, "the verifier to reach the head", 10*time.Second, func() bool {
+		return int64(s.metric(t, "caddy_mastio_audit_chain_verified_seq")) >= head
+	})
+	if got := s.metric(t, "caddy_mastio_audit_chain_broken"); got != 0 {
+		t.Fatalf("caddy_mastio_audit_chain_broken = %v before tampering", got)
+	}
+
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(s.dataDir, "mastio.db")+"?_pragma=busy_timeout(5000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	target := rows[1].Seq
+	var actor string
+	db.QueryRow(`SELECT actor FROM audit_events WHERE seq = ?`, target).Scan(&actor)
+	for _, q := range []string{`DROP TRIGGER audit_events_no_update`, fmt.Sprintf(`UPDATE audit_events SET actor = 'mallory' WHERE seq = %d`, target)} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var ready map[string]any
+	waitFor(t, "/readyz to report the break", 30*time.Second, func() bool {
+		code, _, body := s.get(s.client(), "/readyz")
+		json.Unmarshal([]byte(body), &ready)
+		return code == 503
+	})
+	reasons, _ := ready["reasons"].(map[string]any)
+	if reasons["audit_chain"] != fmt.Sprintf("broken_at_seq_%d", target) {
+		t.Fatalf("/readyz: %v", ready)
+	}
+	if got := s.metric(t, "caddy_mastio_audit_chain_broken"); got != 1 {
+		t.Fatalf("caddy_mastio_audit_chain_broken = %v", got)
+	}
+	if got := s.metric(t, "caddy_mastio_audit_chain_breaks_total"); got != 1 {
+		t.Fatalf("caddy_mastio_audit_chain_breaks_total = %v", got)
+	}
+	logs := grepLines(s.out.String(), `"msg":"audit chain broken"`)
+	if !contains(logs, `"level":"error"`, fmt.Sprintf(`"seq":%d`, target), "does not match the row content") {
+		t.Fatalf("the error log: %q", logs)
+	}
+
+	if _, err := db.Exec(`UPDATE audit_events SET actor = ? WHERE seq = ?`, actor, target); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "/readyz to recover", 30*time.Second, func() bool {
+		code, _, _ := s.get(s.client(), "/readyz")
+		return code == 200
+	})
+	if got := s.metric(t, "caddy_mastio_audit_chain_broken"); got != 0 {
+		t.Fatalf("caddy_mastio_audit_chain_broken = %v after the repair", got)
 	}
 }

@@ -96,7 +96,7 @@ func TestFirstStartServesAndSecondStartReuses(t *testing.T) {
 		t.Fatalf("healthz: %d %s", code, body)
 	}
 	code, _, body = s.get(c, "/readyz")
-	if code != 200 || strings.TrimSpace(body) != `{"status":"ready","checks":{"database":"ok","pki":"ok","signing_keys":"ok"}}` {
+	if code != 200 || strings.TrimSpace(body) != `{"status":"ready","checks":{"audit_chain":"ok","database":"ok","pki":"ok","signing_keys":"ok"}}` {
 		t.Fatalf("readyz: %d %s", code, body)
 	}
 	code, hdr, body := s.get(c, "/pki/ca.crt")

@@ -70,8 +70,28 @@ func Verify(ctx context.Context, st store.Reader, from, to int64) (VerifyResult,
 		}
 		prev = anchor
 	}
+	return walk(ctx, st, res, prev)
+}
+
+// VerifyAfter walks the rows after known (a row verified before, whose
+// hash the caller kept) up to seq to (<= 0: the newest), as Verify does:
+// the walk links to the kept hash, not to what the store holds now.
+func VerifyAfter(ctx context.Context, st store.Reader, known store.AuditHead, to int64) (VerifyResult, error) {
+	if to <= 0 {
+		h, err := st.AuditHead(ctx)
+		if err != nil {
+			return VerifyResult{}, err
+		}
+		to = h.Seq
+	}
+	return walk(ctx, st, VerifyResult{From: known.Seq + 1, To: to, HeadHash: known.Hash}, known.Hash)
+}
+
+// walk checks the rows res.From to res.To, the first linking to prev.
+func walk(ctx context.Context, st store.Reader, res VerifyResult, prev []byte) (VerifyResult, error) {
+	from, to := res.From, res.To
 	want := from
-	err = st.AuditRows(ctx, store.AuditSeqs(from, to), func(row store.AuditRow) error {
+	err := st.AuditRows(ctx, store.AuditSeqs(from, to), func(row store.AuditRow) error {
 		if row.Seq != want {
 			res.FirstBad, res.Reason = want, fmt.Sprintf("row is missing (next row is %d)", row.Seq)
 			return errStop

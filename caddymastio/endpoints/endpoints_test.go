@@ -89,7 +89,7 @@ func TestHealthAndOrgCA(t *testing.T) {
 	}
 	resp, body := e.call(e.anon, "GET", "/readyz", "")
 	if resp.StatusCode != 200 || resp.Header.Get("Cache-Control") != "no-store" ||
-		strings.TrimSpace(body) != `{"status":"ready","checks":{"database":"ok","pki":"ok","signing_keys":"ok"}}` {
+		strings.TrimSpace(body) != `{"status":"ready","checks":{"audit_chain":"ok","database":"ok","pki":"ok","signing_keys":"ok"}}` {
 		t.Fatalf("readyz: %d %s", resp.StatusCode, body)
 	}
 	resp, body = e.call(e.anon, "GET", "/pki/ca.crt", "")

@@ -68,6 +68,9 @@ type Settings struct {
 	// AuditCheckpointInterval is how often the chain's head is signed into
 	// the chain when it grew (default DefaultCheckpointInterval).
 	AuditCheckpointInterval time.Duration
+	// AuditVerifyInterval is how often the background verifier walks the
+	// rows appended since its last walk (default DefaultVerifyInterval).
+	AuditVerifyInterval time.Duration
 	// TimestampURL is an RFC 3161 timestamp authority (HTTP) that
 	// timestamps audit bundles; "" for none.
 	TimestampURL string

@@ -162,8 +162,10 @@ func (s *Shared) openAll() error {
 	if newKey != nil {
 		s.log().Info("created the first token signing key", zap.String("kid", newKey.Kid))
 	}
-	s.stop, s.stopped = make(chan struct{}), make(chan struct{})
-	go s.maintain()
+	s.stop = make(chan struct{})
+	s.background.Add(2)
+	go func() { defer s.background.Done(); s.maintain() }()
+	go func() { defer s.background.Done(); s.watchChain() }()
 	return nil
 }
 

@@ -43,6 +43,8 @@ func (m *Mastio) Readiness(ctx context.Context) Readiness {
 	record("database", dbErr, reason)
 	record("pki", m.ca.Check(), "ca_unavailable")
 	record("signing_keys", m.keys.Check(), "no_usable_key")
+	chainReason, chainErr := m.chainReadiness()
+	record("audit_chain", chainErr, chainReason)
 	if len(res.Reasons) == 0 {
 		res.Reasons = nil
 	}

@@ -85,9 +85,9 @@ type Shared struct {
 	openOnce      sync.Once
 	openErr       error
 
-	startOnce sync.Once
-	stop      chan struct{}
-	stopped   chan struct{}
+	startOnce  sync.Once
+	stop       chan struct{}
+	background sync.WaitGroup // maintain and watchChain
 
 	readyMu   sync.Mutex
 	lastReady map[string]string // check -> last reported value, to log changes only
@@ -101,6 +101,7 @@ type Shared struct {
 
 	workload       workloadCerts // the Mastio's own certificates (workload.go)
 	lastCheckpoint atomic.Int64  // seq of the last audit.checkpoint row this process wrote
+	chain          chainWatch    // the background verifier (chainwatch.go)
 	inForce        atomic.Pointer[Mastio]
 }
 
@@ -115,7 +116,6 @@ func (s *Shared) log() *zap.Logger { return s.logger.Load() }
 // maintain expires overdue enrollment sessions and ended certificate grace
 // periods once a minute (both are also enforced when they are looked at).
 func (s *Shared) maintain() {
-	defer close(s.stopped)
 	defer func() {
 		if err := recover(); err != nil {
 			s.log().Error("maintenance loop panicked", zap.Any("error", err))
@@ -175,7 +175,7 @@ func (s *Shared) Limiter(key string, n int, period time.Duration, burst int) *ra
 func (s *Shared) Close() error {
 	if s.stop != nil {
 		close(s.stop)
-		<-s.stopped
+		s.background.Wait()
 		s.stop = nil
 	}
 	s.onCloseMu.Lock()
