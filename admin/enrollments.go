@@ -3,6 +3,9 @@ package admin
 import (
 	"context"
 
+	"go.uber.org/zap"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 )
 
@@ -48,6 +51,8 @@ func (a *API) Approve(ctx context.Context, c Caller, sid string, req ApproveRequ
 	if err != nil {
 		return nil, err
 	}
+	a.m.LogDecisionContext(ctx, "enrollment approved", mastio.Decision{Kind: mastio.KindEnrollment, Allow: true, Reason: "approved",
+		AgentID: e.AgentID, RemoteIP: c.RemoteIP, Fields: []zap.Field{zap.String("session_id", sid), zap.String("actor", c.Actor)}})
 	return &Approved{SessionID: e.SessionID, Status: e.Status, AgentID: e.AgentID, Agent: agent}, nil
 }
 
@@ -70,5 +75,8 @@ func (a *API) Reject(ctx context.Context, c Caller, sid string, req RejectReques
 	if err != nil {
 		return nil, err
 	}
+	a.m.LogDecisionContext(ctx, "enrollment rejected", mastio.Decision{Kind: mastio.KindEnrollment, Reason: "rejected",
+		RemoteIP: c.RemoteIP, Fields: []zap.Field{zap.String("session_id", sid), zap.String("actor", c.Actor),
+			zap.String("rejection_reason", e.RejectionReason)}})
 	return &Rejected{SessionID: e.SessionID, Status: e.Status, RejectionReason: e.RejectionReason}, nil
 }

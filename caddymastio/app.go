@@ -298,7 +298,7 @@ func (a *App) settings(repl *caddy.Replacer) (mastio.Settings, error) {
 		AuditSync: a.auditSync(), AuditCheckpointInterval: time.Duration(a.AuditCheckpointInterval),
 		AuditVerifyInterval: time.Duration(a.AuditVerifyInterval),
 		TimestampURL:        a.AuditTimestampURL, ClientIP: clientIP,
-		RequestPath: originalPath}
+		RequestPath: originalPath, RequestID: requestID}
 	for route, r := range a.AnonymousRates {
 		s.AnonymousRates[route] = *r
 	}
@@ -330,6 +330,18 @@ func clientIP(r *http.Request) string {
 		return v
 	}
 	return mastio.PeerIP(r)
+}
+
+// requestID is the request's {http.request.uuid}: reading it also puts it
+// in the request's access log line (as "uuid"), so a decision log line
+// and the access log line of its request can be matched.
+func requestID(ctx context.Context) string {
+	repl, ok := ctx.Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if !ok {
+		return ""
+	}
+	id, _ := repl.GetString("http.request.uuid")
+	return id
 }
 
 // originalPath is the request path as the client sent it, before any

@@ -210,7 +210,7 @@ func TestEnrollApproveCallRevoke(t *testing.T) {
 			}
 			expectHandshakeRefused(t, s, id.Certificate, "revoked certificate")
 			waitFor(t, "the handshake refusal in the log", 5*time.Second, func() bool {
-				return strings.Contains(s.out.String(), `"msg":"client certificate refused at handshake","reason":"agent_revoked"`)
+				return strings.Contains(grepLines(s.out.String(), `"msg":"client certificate refused at handshake"`), `"reason":"agent_revoked"`)
 			})
 
 			s.stop()

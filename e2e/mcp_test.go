@@ -62,12 +62,18 @@ const mcpRoutes = `
 
 func mcpServer(t testing.TB) *server {
 	t.Helper()
+	return mcpServerWith(t, nil)
+}
+
+// mcpServerWith is mcpServer with edit applied to Caddyfile.example first.
+func mcpServerWith(t testing.TB, edit func(string) string) *server {
+	t.Helper()
 	jsonUp, sseUp := mcpUpstream(t, true), mcpUpstream(t, false)
 	batchUp := batchUpstream(t)
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	downPort := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	return exampleServer(t, `
+	return exampleServerWith(t, edit, `
 		policy {
 			allow capability:mcp:call tools/call weather/get_forecast
 			allow capability:mcp:call tools/call weather/slow

@@ -30,6 +30,23 @@ type Options struct {
 	// Sync is how far a commit goes before Append returns: SyncFull (the
 	// default) or SyncOS.
 	Sync Sync
+	// Observe, if set, is told of every commit once it is done (for
+	// metrics): the rows it committed and how long it took, or its error.
+	// It runs on the committing goroutine: it must be quick.
+	Observe func(Commit)
+}
+
+// Commit is one commit of audit rows, for Options.Observe.
+type Commit struct {
+	Records  []Record // nil when Err is set
+	Duration time.Duration
+	Err      error
+}
+
+func (l *Log) observe(start time.Time, recs []Record, err error) {
+	if l.opts.Observe != nil {
+		l.opts.Observe(Commit{Records: recs, Duration: time.Since(start), Err: err})
+	}
 }
 
 // Sync says how durable a committed row is when Append returns.
@@ -302,11 +319,13 @@ func (l *Log) Close() error {
 // when it can; if that fails (another process appended to the database),
 // it tries once more from the head read back.
 func (l *Log) commit(batch []*appendReq) (recs []Record, err error) {
+	start := time.Now()
 	defer func() {
 		if p := recover(); p != nil { // never leave the waiters hanging
 			l.headKnown = false
 			recs, err = nil, fmt.Errorf("audit: commit panicked: %v", p)
 		}
+		l.observe(start, recs, err)
 	}()
 	recs, cached, err := l.commitOnce(batch)
 	if err != nil && cached {
@@ -364,6 +383,7 @@ func (c *Change) Record(ev Event) { c.events = append(c.events, ev) }
 // Change returns nil. This is the only way the Mastio changes its state.
 func (l *Log) Change(ctx context.Context, fn func(c *Change) error) ([]Record, error) {
 	var recs []Record
+	start := time.Now()
 	err := l.st.Update(ctx, func(tx store.Tx) error {
 		c := &Change{Tx: tx}
 		if err := fn(c); err != nil {
@@ -391,7 +411,13 @@ func (l *Log) Change(ctx context.Context, fn func(c *Change) error) ([]Record, e
 		return tx.AppendAudit(ctx, rows...)
 	})
 	if err != nil {
+		if recs != nil {
+			l.observe(start, nil, err) // the rows failed, not the change before them
+		}
 		return nil, err
+	}
+	if recs != nil {
+		l.observe(start, recs, nil)
 	}
 	return recs, nil
 }

@@ -258,7 +258,8 @@ func (h *Handler) anonymousLimited(w http.ResponseWriter, r *http.Request, route
 	if ok {
 		return false
 	}
-	h.log.Warn("rate limited", zap.String("route", route), zap.String("scope", scope), zap.String("remote_ip", ip))
+	h.m.LogDecision(r, "rate limited", mastio.Decision{Kind: mastio.KindRateLimit, Reason: route + "_" + scope, RemoteIP: ip,
+		Fields: []zap.Field{zap.String("route", route), zap.String("scope", scope)}})
 	httpjson.SetRetryAfter(w, wait)
 	msg := "too many " + what + " requests from this address; retry later"
 	if scope == "global" {

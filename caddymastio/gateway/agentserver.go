@@ -80,7 +80,7 @@ func newAgentServer(a *Aggregator, agentID string) *agentServer {
 		RootsListChangedHandler: func(ctx context.Context, req *mcpsdk.RootsListChangedRequest) { a.rootsChanged(ctx, req.Session) },
 		GetSessionID: func() string {
 			sid := randomID()
-			a.m.BindSession(aggregatorSessions, sid, agentID)
+			a.m.BindSession(context.Background(), aggregatorSessions, sid, agentID)
 			return sid
 		},
 	})

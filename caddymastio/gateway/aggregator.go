@@ -106,7 +106,7 @@ func (a *Aggregator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	sid := r.Header.Get("Mcp-Session-Id")
 	if owner, known := a.m.SessionOwner(aggregatorSessions, sid); sid != "" && known && owner != p.AgentID {
-		a.log.Warn("MCP session used by another agent", zap.String("agent_id", p.AgentID), zap.String("session_owner", owner))
+		a.m.RefuseSession(r, aggregatorSessions, p.AgentID, p.JKT, "session_of_another_agent")
 		refuse(http.StatusForbidden, "session_of_another_agent", nil, &mcp.Error{Code: mcp.CodeForbidden,
 			Message: "this MCP session belongs to another agent"})
 		return

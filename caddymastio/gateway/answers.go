@@ -103,7 +103,6 @@ func (x *exchange) deliver(m *mcp.Message, upstreamStatus int) json.RawMessage {
 			outcome = "tool_error"
 		}
 	}
-	mcpCalls.WithLabelValues(x.g.cfg.Server, "allow").Inc()
 	delivered, err := x.g.m.Registry().Deliver(x.p.Credential(), func() error {
 		return x.auditCall(c, outcome, upstreamStatus, "")
 	})

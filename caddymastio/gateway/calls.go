@@ -104,7 +104,6 @@ func (a *Aggregator) run(ctx context.Context, u use, call forward) error {
 	}
 	rec.Decision = a.decide(id, u.action, u.it.server, u.it.name)
 	if !rec.Decision.Allowed {
-		mcpCalls.WithLabelValues(u.it.server, "deny").Inc()
 		rec.Outcome = "denied"
 		if err := a.m.AuditMCPCall(actx, rec); err != nil {
 			return rpcError(mcp.CodeInternal, "the audit log cannot be written")
@@ -112,7 +111,6 @@ func (a *Aggregator) run(ctx context.Context, u use, call forward) error {
 		return rpcError(mcp.CodeForbidden, "%s %q on server %q is not allowed for %s (%s)", u.action, u.it.name, u.it.server, u.agentID,
 			rec.Decision.Reason)
 	}
-	mcpCalls.WithLabelValues(u.it.server, "allow").Inc()
 	up, err := a.upstreamFor(ctx, u.session, u.it.server, s)
 	if err != nil {
 		return refuse("upstream_error", err.Error(), rpcError(mcp.CodeUpstream, "the MCP server %s is unavailable", u.it.server))
@@ -216,7 +214,6 @@ func (a *Aggregator) refuse(ctx context.Context, session any, agentID string, it
 	if ss, ok := session.(*mcpsdk.ServerSession); ok && ss != nil {
 		rec.SessionID = ss.ID()
 	}
-	mcpCalls.WithLabelValues(it.server, "deny").Inc()
 	if err := a.m.AuditMCPCall(ctx, rec); err != nil {
 		return rpcError(mcp.CodeInternal, "the audit log cannot be written")
 	}

@@ -154,13 +154,13 @@ func (g *Route) Serve(w http.ResponseWriter, r *http.Request, next Next) error {
 			// Not opened through this gateway (or before a restart): its
 			// owner is unknown, so it is not honoured. 404 is what MCP
 			// clients take as "session expired, initialize again".
+			g.m.RefuseSession(r, g.cfg.Server, x.p.AgentID, x.p.JKT, "unknown_session")
 			writeRPC(w, http.StatusNotFound, mcp.ErrorResponse(nil, &mcp.Error{Code: mcp.CodeInvalidRequest,
 				Message: "unknown MCP session: initialize a new one"}))
 			return nil
 		}
 		if owner != x.p.AgentID {
-			g.log.Warn("MCP session used by another agent", zap.String("server", g.cfg.Server), zap.String("agent_id", x.p.AgentID),
-				zap.String("session_owner", owner))
+			g.m.RefuseSession(r, g.cfg.Server, x.p.AgentID, x.p.JKT, "session_of_another_agent")
 			return x.refuse(w, http.StatusForbidden, "session_of_another_agent", nil, &mcp.Error{Code: mcp.CodeForbidden,
 				Message: "this MCP session belongs to another agent"})
 		}
@@ -250,12 +250,9 @@ func (x *exchange) serve(w http.ResponseWriter, next Next) error {
 		}
 		c.decision = g.m.Decide(x.p.Identity, action, g.cfg.Server+"/"+name)
 		if !c.decision.Allowed {
-			mcpCalls.WithLabelValues(g.cfg.Server, "deny").Inc()
 			if err := x.auditCall(c, "denied", 0, ""); err != nil {
 				return err
 			}
-			g.log.Info("MCP call denied", zap.String("agent_id", x.p.AgentID), zap.String("server", g.cfg.Server),
-				zap.String("action", action), zap.String("name", name), zap.String("reason", c.decision.Reason))
 			x.denied = append(x.denied, mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeForbidden,
 				Message: fmt.Sprintf("%s %q on server %q is not allowed for %s (%s)", action, name, g.cfg.Server, x.p.AgentID, c.decision.Reason)}))
 			continue
@@ -382,7 +379,7 @@ func (x *exchange) joined(upstream []json.RawMessage) []byte {
 // auditCall records a call decision and, for forwarded calls, its
 // outcome. It returns only when the row is durable.
 func (x *exchange) auditCall(c *call, outcome string, upstreamStatus int, detail string) error {
-	return x.g.m.AuditMCPCall(x.r.Context(), mastio.MCPCall{Principal: x.p, Server: x.g.cfg.Server, Action: c.action, Name: c.name,
+	return x.g.m.AuditMCPCall(x.r.Context(), mastio.MCPCall{Request: x.r, Principal: x.p, Server: x.g.cfg.Server, Action: c.action, Name: c.name,
 		Decision: c.decision, ArgsSHA256: c.argsSum, Outcome: outcome, UpstreamStatus: upstreamStatus, Start: c.start,
 		RequestID: string(c.msg.ID), SessionID: x.sessionID, Detail: detail, Expect: x.expect})
 }

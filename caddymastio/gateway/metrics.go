@@ -4,11 +4,6 @@ import "github.com/prometheus/client_golang/prometheus"
 
 // Metrics are package-level so that counts survive config reloads.
 var (
-	mcpCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "caddy", Subsystem: "mastio", Name: "mcp_calls_total",
-		Help: "MCP calls (tools/call, resources/read, prompts/get) by server and policy decision.",
-	}, []string{"server", "decision"})
-
 	mcpRateLimited = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mastio", Name: "mcp_rate_limited_total",
 		Help: "MCP calls refused by a rate limit, by server and scope (agent or item).",
@@ -22,5 +17,5 @@ var (
 
 // Collectors are the gateway's metrics, for a Prometheus registry.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{mcpCalls, mcpRateLimited, mcpMessagesDropped}
+	return []prometheus.Collector{mcpRateLimited, mcpMessagesDropped}
 }

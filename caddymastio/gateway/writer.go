@@ -49,7 +49,7 @@ func (m *answerWriter) WriteHeader(status int) {
 	}
 	m.wroteHeader, m.status = true, status
 	if sid := m.w.Header().Get("Mcp-Session-Id"); sid != "" {
-		m.x.g.m.BindSession(m.x.g.cfg.Server, sid, m.x.p.AgentID)
+		m.x.g.m.BindSession(m.x.r.Context(), m.x.g.cfg.Server, sid, m.x.p.AgentID)
 	}
 	h := m.w.Header()
 	ct := strings.ToLower(h.Get("Content-Type"))

@@ -89,10 +89,13 @@ type AdminCheck struct {
 func (m *Mastio) CheckAdminSecret(ctx context.Context, ip, method, path, presented string) AdminCheck {
 	if ok, wait := m.adminFailLimit.Peek(ip); !ok {
 		rateLimited.WithLabelValues("admin_auth", "ip").Inc()
+		m.LogDecisionContext(ctx, "admin secret attempts limited", Decision{Kind: KindRateLimit, Reason: "admin_auth_ip", RemoteIP: ip})
 		return AdminCheck{Status: 429, Code: "too_many_failed_attempts", RetryAfter: wait,
 			Message: "too many failed admin secret attempts from this address; retry later"}
 	}
 	if m.cfg.AdminSecret.Match(presented) {
+		m.LogDecisionContext(ctx, "admin secret accepted", Decision{Kind: KindAdminAuth, Allow: true, Reason: "match", RemoteIP: ip,
+			Fields: []zap.Field{zap.String("method", method), zap.String("path", path)}})
 		return AdminCheck{OK: true}
 	}
 	reason, res := "mismatch", AdminCheck{Status: 403, Code: "admin_secret_invalid", Message: "X-Admin-Secret does not match"}
@@ -103,6 +106,7 @@ func (m *Mastio) CheckAdminSecret(ctx context.Context, ip, method, path, present
 	if ok, wait := m.adminFailGlobal.Allow("all"); !ok {
 		m.adminUnaudited.Add(1)
 		rateLimited.WithLabelValues("admin_auth", "global").Inc()
+		m.LogDecisionContext(ctx, "admin secret attempts limited", Decision{Kind: KindRateLimit, Reason: "admin_auth_global", RemoteIP: ip})
 		return AdminCheck{Status: 429, Code: "too_many_failed_attempts", RetryAfter: wait,
 			Message: "too many failed admin secret attempts; retry later"}
 	}
@@ -115,7 +119,7 @@ func (m *Mastio) CheckAdminSecret(ctx context.Context, ip, method, path, present
 		m.log.Error("auditing a failed admin secret", zap.Error(err))
 		return AdminCheck{Status: 503, Code: "audit_unavailable", Message: "the audit log cannot be written"}
 	}
-	m.log.Warn("admin secret refused", zap.String("reason", reason), zap.String("remote_ip", ip),
-		zap.String("method", method), zap.String("path", path))
+	m.LogDecisionContext(ctx, "admin secret refused", Decision{Kind: KindAdminAuth, Reason: reason, RemoteIP: ip,
+		Fields: []zap.Field{zap.String("method", method), zap.String("path", path)}})
 	return res
 }

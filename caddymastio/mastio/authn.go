@@ -261,6 +261,7 @@ func setIdentityHeaders(r *http.Request, p *Principal) {
 // serves the returned request and calls done when it returns.
 func (m *Mastio) Admit(w http.ResponseWriter, r *http.Request, p *Principal) (*http.Request, func()) {
 	authCounter.WithLabelValues("success", p.Method).Inc()
+	m.LogDecision(r, "request admitted", Decision{Kind: KindAuth, Allow: true, Reason: p.Method, AgentID: p.AgentID, JKT: p.JKT})
 	setIdentityHeaders(r, p)
 	if n := m.Nonce(); n != "" && p.Method == "dpop" {
 		w.Header().Set("DPoP-Nonce", n)
@@ -280,18 +281,21 @@ func (m *Mastio) Refuse(w http.ResponseWriter, r *http.Request, ref *Refusal) {
 // agent (a nonce challenge excepted).
 func (m *Mastio) noteRefusal(r *http.Request, ref *Refusal, msg string) {
 	authCounter.WithLabelValues("deny", ref.Reason).Inc()
-	fields := []zap.Field{zap.String("reason", ref.Reason), zap.String("error", ref.Description),
-		zap.String("remote_ip", m.ClientIP(r)), zap.String("method", r.Method), zap.String("uri", r.RequestURI)}
+	fields := []zap.Field{zap.String("error", ref.Description), zap.String("method", r.Method), zap.String("uri", r.RequestURI)}
 	if pin := tlsPin(r); pin != nil {
 		fields = append(fields, zap.String("cert_sha256", hex.EncodeToString(pin[:])))
 	}
+	kind := KindAuth
+	if msg != "request refused" {
+		kind = KindToken
+	}
 	// A nonce challenge (RFC 9449 §8) is a step of the protocol, not a
-	// decision against the agent: it is not audited.
+	// decision against the agent: it is not audited, nor logged as one.
 	if ref.AgentID != "" && ref.Code != "use_dpop_nonce" {
-		m.log.Info(msg, append(fields, zap.String("agent_id", ref.AgentID))...)
+		m.LogDecision(r, msg, Decision{Kind: kind, Reason: ref.Reason, AgentID: ref.AgentID, JKT: ref.JKT, Fields: fields})
 		m.AuditRefusal(r, "auth.refused", ref.AgentID, ref.Status, ref.Reason, ref.Description, nil)
 	} else {
-		m.refusalLog.Info(msg, fields...)
+		m.LogDecision(r, msg, Decision{Kind: kind, Reason: ref.Reason, JKT: ref.JKT, Fields: fields})
 	}
 }
 

@@ -20,6 +20,7 @@ func (m *Mastio) Start(ctx context.Context, details map[string]any) error {
 	}
 	m.logger.Store(m.log) // the location's background work logs as the config in force
 	m.inForce.Store(m)
+	reported.Store(m)
 	m.audit.SetCommitDelay(m.cfg.AuditCommitDelay)
 	m.audit.SetSync(m.cfg.AuditSync)
 	var err error

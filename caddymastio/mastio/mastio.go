@@ -80,6 +80,9 @@ type Settings struct {
 	// and the URL path.
 	ClientIP    func(*http.Request) string
 	RequestPath func(*http.Request) string
+	// RequestID names the request a context belongs to in the logs (in
+	// Caddy: {http.request.uuid}); nil or "" for none.
+	RequestID func(context.Context) string
 }
 
 // Default settings.
@@ -94,11 +97,13 @@ const (
 // concurrent use.
 type Mastio struct {
 	*Shared
-	cfg        Settings
-	rules      []policy.Rule // of cfg.Policy
-	issuer     string
-	log        *zap.Logger
-	refusalLog *zap.Logger // sampled: anonymous refusals
+	cfg    Settings
+	rules  []policy.Rule // of cfg.Policy
+	issuer string
+	log    *zap.Logger
+	// decisionLog logs security decisions (mastio.decision);
+	// decisionSampled is it sampled, for anonymous denials.
+	decisionLog, decisionSampled *zap.Logger
 }
 
 // With returns the view of s for a configuration.
@@ -136,7 +141,8 @@ func (s *Shared) With(cfg Settings, log *zap.Logger) (*Mastio, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Mastio{Shared: s, cfg: cfg, rules: rules, log: log, refusalLog: sampledLogger(log), issuer: "urn:mastio:" + s.orgID}
+	m := &Mastio{Shared: s, cfg: cfg, rules: rules, log: log, decisionLog: log.Named("decision"),
+		decisionSampled: sampledLogger(log.Named("decision")), issuer: "urn:mastio:" + s.orgID}
 	if cfg.PublicURL != nil {
 		m.issuer = cfg.PublicURL.String()
 	}

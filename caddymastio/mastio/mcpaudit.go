@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"go.uber.org/zap"
@@ -28,15 +29,20 @@ type MCPCall struct {
 	// Expect, if set, is the row the caller announced before forwarding
 	// (see audit.Log.Expect); appending through it settles it.
 	Expect *audit.Expectation
+	// Request is the agent's HTTP request, when the caller has it (for
+	// the decision log's remote_ip).
+	Request *http.Request
 }
 
 // ErrAuditUnavailable: the audit log cannot be written; the caller must
 // not answer past it.
 var ErrAuditUnavailable = errors.New("the audit log cannot be written")
 
-// AuditMCPCall appends an mcp.call row and returns once it is durable; a
-// failure wraps ErrAuditUnavailable.
+// AuditMCPCall logs the call's decision (kind policy, or rate_limit),
+// appends an mcp.call row and returns once it is durable; a failure wraps
+// ErrAuditUnavailable.
 func (m *Mastio) AuditMCPCall(ctx context.Context, c MCPCall) error {
+	m.logCallDecision(ctx, c)
 	result := audit.ResultOK
 	switch c.Outcome {
 	case "denied", "rate_limited":
@@ -57,8 +63,10 @@ func (m *Mastio) AuditMCPCall(ctx context.Context, c MCPCall) error {
 		"args_sha256": c.ArgsSHA256, "outcome": c.Outcome, "jkt": c.Principal.JKT, "request_id": c.RequestID, "session_id": c.SessionID,
 	}
 	if c.Decision.Allowed {
-		d["duration_ms"] = float64(time.Since(c.Start).Microseconds()) / 1000
+		took := time.Since(c.Start)
+		d["duration_ms"] = float64(took.Microseconds()) / 1000
 		d["upstream_status"] = c.UpstreamStatus
+		observeUpstream(c.Server, c.Outcome, took)
 	}
 	if c.Detail != "" {
 		d["detail"] = c.Detail
@@ -75,4 +83,31 @@ func (m *Mastio) AuditMCPCall(ctx context.Context, c MCPCall) error {
 		return fmt.Errorf("%w: %w", ErrAuditUnavailable, err)
 	}
 	return nil
+}
+
+func (m *Mastio) logCallDecision(ctx context.Context, c MCPCall) {
+	kind, rule := KindPolicy, ""
+	switch {
+	case c.Outcome == "rate_limited":
+		kind = KindRateLimit
+	case c.Decision.Allowed:
+		mcpCalls.WithLabelValues(c.Server, "allow").Inc()
+	default:
+		mcpCalls.WithLabelValues(c.Server, "deny").Inc()
+	}
+	if c.Decision.Rule != nil {
+		rule = c.Decision.Rule.ID
+	}
+	msg := "MCP call allowed"
+	if !c.Decision.Allowed {
+		msg = "MCP call denied"
+	}
+	d := Decision{Kind: kind, Allow: c.Decision.Allowed, Reason: c.Decision.Reason, AgentID: c.Principal.AgentID, JKT: c.Principal.JKT,
+		Rule: rule, Fields: []zap.Field{zap.String("server", c.Server), zap.String("action", c.Action), zap.String("name", c.Name),
+			zap.String("outcome", c.Outcome), zap.String("rpc_id", c.RequestID), zap.String("session_id", c.SessionID)}}
+	if c.Request != nil {
+		m.LogDecision(c.Request, msg, d)
+	} else {
+		m.LogDecisionContext(ctx, msg, d)
+	}
 }

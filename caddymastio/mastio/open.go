@@ -123,7 +123,7 @@ func (s *Shared) openAll() error {
 		return fmt.Errorf("database: %w", err)
 	}
 	s.store = st
-	s.audit = audit.Open(st, audit.Options{})
+	s.audit = audit.Open(st, audit.Options{Observe: observeCommit})
 	ca := s.ca
 	rootSum := pki.Fingerprint(ca.Root())
 	if stored, err := initConfig(ctx, st, cfgRootSHA256, rootSum); err != nil {

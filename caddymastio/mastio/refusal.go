@@ -30,6 +30,9 @@ type Refusal struct {
 	// name one (a valid token, a known certificate): such refusals are
 	// audited.
 	AgentID string
+	// JKT is the thumbprint of the DPoP key the refused request was made
+	// with, when it got that far.
+	JKT string
 }
 
 func quoteParam(s string) string {

@@ -10,8 +10,8 @@ import (
 // least recently used one (which is then refused), never an owner.
 func TestSessionOwners(t *testing.T) {
 	s := &Shared{}
-	s.BindSession("weather", "sid-0", "orga::a")
-	s.BindSession("weather", "sid-0", "orga::b") // the first owner keeps it
+	s.bindSession("weather", "sid-0", "orga::a")
+	s.bindSession("weather", "sid-0", "orga::b") // the first owner keeps it
 	if owner, ok := s.SessionOwner("weather", "sid-0"); !ok || owner != "orga::a" {
 		t.Fatalf("owner of sid-0: %q %v", owner, ok)
 	}
@@ -19,10 +19,10 @@ func TestSessionOwners(t *testing.T) {
 		t.Fatal("a session id is known on another server")
 	}
 	for i := 0; i < maxSessions; i++ {
-		s.BindSession("weather", fmt.Sprintf("sid-%d", i), "orga::a")
+		s.bindSession("weather", fmt.Sprintf("sid-%d", i), "orga::a")
 	}
 	s.SessionOwner("weather", "sid-0") // used again: sid-1 is now the least recently used
-	s.BindSession("weather", "new", "orga::c")
+	s.bindSession("weather", "new", "orga::c")
 	if owner, ok := s.SessionOwner("weather", "new"); !ok || owner != "orga::c" {
 		t.Fatalf("new session on a full table: %q %v", owner, ok)
 	}
@@ -47,7 +47,7 @@ func TestSessionOwners(t *testing.T) {
 func BenchmarkNewSessionAt100k(b *testing.B) {
 	s := &Shared{}
 	for i := 0; i < maxSessions; i++ {
-		s.BindSession("weather", fmt.Sprintf("sid-%d", i), "orga::a")
+		s.bindSession("weather", fmt.Sprintf("sid-%d", i), "orga::a")
 	}
 	ids := make([]string, b.N)
 	for i := range ids {
@@ -55,6 +55,6 @@ func BenchmarkNewSessionAt100k(b *testing.B) {
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		s.BindSession("weather", ids[i], "orga::b")
+		s.bindSession("weather", ids[i], "orga::b")
 	}
 }

@@ -173,6 +173,9 @@ func (s *Shared) Limiter(key string, n int, period time.Duration, burst int) *ra
 // Close stops what Open started and closes what it opened (flushing the
 // audit writer): the last configuration using the location is gone.
 func (s *Shared) Close() error {
+	if r := reported.Load(); r != nil && r.Shared == s {
+		reported.CompareAndSwap(r, nil)
+	}
 	if s.stop != nil {
 		close(s.stop)
 		s.background.Wait()

@@ -76,16 +76,17 @@ func (m *Mastio) CheckHandshakeCert(rawCerts [][]byte, verified bool) error {
 			certs = append(certs, c)
 		}
 		if err := m.VerifyChain(certs[0], certs[1:]); err != nil {
-			m.refusalLog.Info("client certificate refused at handshake", zap.String("reason", DenyCertUntrusted), zap.Error(err))
+			m.LogDecision(nil, "client certificate refused at handshake", Decision{Kind: KindHandshake, Reason: DenyCertUntrusted,
+				Fields: []zap.Field{zap.Error(err)}})
 			return errors.New("client certificate is not issued by the Org CA")
 		}
 	}
 	if _, cerr := m.registry.CheckDER(rawCerts[0]); cerr != nil {
 		if cerr.AgentID == "" { // a certificate of nobody we know: counted, sampled
-			m.refusalLog.Info("client certificate refused at handshake", zap.String("reason", cerr.Code))
+			m.LogDecision(nil, "client certificate refused at handshake", Decision{Kind: KindHandshake, Reason: cerr.Code})
 			return errors.New(cerr.Message)
 		}
-		m.log.Info("client certificate refused at handshake", zap.String("reason", cerr.Code), zap.String("agent_id", cerr.AgentID))
+		m.LogDecision(nil, "client certificate refused at handshake", Decision{Kind: KindHandshake, Reason: cerr.Code, AgentID: cerr.AgentID})
 		m.AuditRefusalDetails(context.Background(), "auth.refused", cerr.AgentID, map[string]any{"stage": "tls_handshake",
 			"reason": cerr.Code, "message": cerr.Message, "cert_sha256": fmt.Sprintf("%x", sha256.Sum256(rawCerts[0]))})
 		return errors.New(cerr.Message)

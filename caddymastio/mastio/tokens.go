@@ -139,6 +139,8 @@ func (m *Mastio) MintToken(r *http.Request, assertion string) (*IssuedToken, *Re
 		return nil, nil, err
 	}
 	authCounter.WithLabelValues("success", "token_issued").Inc()
+	m.LogDecision(r, "token issued", Decision{Kind: KindToken, Allow: true, Reason: "issued", AgentID: id.AgentID, JKT: jkt,
+		Fields: []zap.Field{zap.String("jti", claims.ID)}})
 	typ := "DPoP"
 	if jkt == "" {
 		typ = "Bearer"

@@ -30,9 +30,11 @@ type SigningKey struct {
 	Status string // staged | active | deprecated
 	// ExpiresAt ends the verification grace of a deprecated key.
 	ExpiresAt time.Time
-	Public    crypto.PublicKey
-	signer    crypto.Signer
-	keyRef    string // name of the private key in the key store
+	// ActivatedAt is when the key started signing (zero if unknown).
+	ActivatedAt time.Time
+	Public      crypto.PublicKey
+	signer      crypto.Signer
+	keyRef      string // name of the private key in the key store
 }
 
 // KeyRing is the set of signing keys the store keeps, with the private
@@ -138,6 +140,9 @@ func (r *KeyRing) load(ctx context.Context) error {
 			return fmt.Errorf("signing key %s: public JWK: %w", sk.Kid, err)
 		}
 		k := &SigningKey{Kid: sk.Kid, Alg: sk.Alg, Status: sk.Status, Public: pub, keyRef: sk.KeyRef}
+		if sk.ActivatedAt != nil {
+			k.ActivatedAt = *sk.ActivatedAt
+		}
 		if sk.ExpiresAt != nil {
 			k.ExpiresAt = *sk.ExpiresAt
 			if sk.Status == store.KeyDeprecated && now.After(k.ExpiresAt) {
