@@ -273,21 +273,17 @@ func (m *Mastio) Admit(w http.ResponseWriter, r *http.Request, p *Principal) (*h
 // Refuse counts, logs and answers a refused request; a refusal that names
 // an agent is audited (auth.refused), others are logged with sampling.
 func (m *Mastio) Refuse(w http.ResponseWriter, r *http.Request, ref *Refusal) {
-	m.noteRefusal(r, ref, "request refused")
+	m.noteRefusal(r, ref, KindAuth, "request refused")
 	m.writeRefusal(w, r, ref)
 }
 
 // noteRefusal counts and logs a refusal, and audits it when it names an
 // agent (a nonce challenge excepted).
-func (m *Mastio) noteRefusal(r *http.Request, ref *Refusal, msg string) {
+func (m *Mastio) noteRefusal(r *http.Request, ref *Refusal, kind, msg string) {
 	authCounter.WithLabelValues("deny", ref.Reason).Inc()
 	fields := []zap.Field{zap.String("error", ref.Description), zap.String("method", r.Method), zap.String("uri", r.RequestURI)}
 	if pin := tlsPin(r); pin != nil {
 		fields = append(fields, zap.String("cert_sha256", hex.EncodeToString(pin[:])))
-	}
-	kind := KindAuth
-	if msg != "request refused" {
-		kind = KindToken
 	}
 	// A nonce challenge (RFC 9449 §8) is a step of the protocol, not a
 	// decision against the agent: it is not audited, nor logged as one.

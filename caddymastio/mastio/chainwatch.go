@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -34,24 +35,18 @@ type ChainBreak struct {
 // verified (its hash kept in memory, so that the next walk links to what
 // was verified, not to what the file holds now).
 type chainWatch struct {
-	mu       sync.Mutex
+	mu       sync.Mutex // one walk at a time
 	verified store.AuditHead
 	anchor   int64 // the archive anchor's seq at the last walk
 	scrub    int64 // the next row to re-walk (0: the first after the anchor)
 	scrubN   int64 // rows re-walked per walk (0: scrubRows)
-	broken   *ChainBreak
+	// broken is read without the lock, so that readiness never waits
+	// for a walk.
+	broken atomic.Pointer[ChainBreak]
 }
 
 // ChainBreak returns the break the background verifier reports, if any.
-func (m *Mastio) ChainBreak() *ChainBreak {
-	m.chain.mu.Lock()
-	defer m.chain.mu.Unlock()
-	if m.chain.broken == nil {
-		return nil
-	}
-	b := *m.chain.broken
-	return &b
-}
+func (m *Mastio) ChainBreak() *ChainBreak { return m.chain.broken.Load() }
 
 // VerifyNewAuditRows is one walk of the background verifier. It checks
 // that the row it verified last still has the hash it had, walks the rows
@@ -70,7 +65,8 @@ func (m *Mastio) VerifyNewAuditRows(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	full := c.verified.Seq == 0 || anchor.Seq != c.anchor || c.broken != nil
+	broken := c.broken.Load()
+	full := c.verified.Seq == 0 || anchor.Seq != c.anchor || broken != nil
 	var res audit.VerifyResult
 	if !full {
 		if res, err = m.walkNewAndScrub(ctx, anchor.Seq); err == nil && !res.OK() {
@@ -88,8 +84,8 @@ func (m *Mastio) VerifyNewAuditRows(ctx context.Context) error {
 		if now, err := m.store.AuditAnchor(ctx); err != nil || now.Seq != anchor.Seq {
 			return err // an archive removed rows under the walk: the next walk starts from its anchor
 		}
-		if c.broken == nil || c.broken.Seq != res.FirstBad {
-			c.broken = &ChainBreak{Seq: res.FirstBad, Reason: res.Reason, Since: time.Now().UTC()}
+		if broken == nil || broken.Seq != res.FirstBad {
+			c.broken.Store(&ChainBreak{Seq: res.FirstBad, Reason: res.Reason, Since: time.Now().UTC()})
 			auditChainBreaks.Inc()
 			m.log.Error("audit chain broken", zap.Int64("seq", res.FirstBad), zap.String("reason", res.Reason),
 				zap.Int64("rows_verified", res.Checked))
@@ -97,9 +93,9 @@ func (m *Mastio) VerifyNewAuditRows(ctx context.Context) error {
 		auditChainBroken.Set(1)
 		return nil
 	}
-	if c.broken != nil {
-		m.log.Info("audit chain verifies again", zap.Int64("seq", c.broken.Seq), zap.Int64("head_seq", res.To))
-		c.broken = nil
+	if broken != nil {
+		m.log.Info("audit chain verifies again", zap.Int64("seq", broken.Seq), zap.Int64("head_seq", res.To))
+		c.broken.Store(nil)
 	}
 	auditChainBroken.Set(0)
 	if full {

@@ -153,7 +153,7 @@ func (m *Mastio) MintToken(r *http.Request, assertion string) (*IssuedToken, *Re
 // the assertion was valid) and answers a refused token request, in the
 // OAuth error format.
 func (m *Mastio) RefuseToken(w http.ResponseWriter, r *http.Request, ref *Refusal) {
-	m.noteRefusal(r, ref, "token request refused")
+	m.noteRefusal(r, ref, KindToken, "token request refused")
 	m.writeOAuthRefusal(w, r, ref)
 }
 
@@ -198,7 +198,7 @@ func (m *Mastio) checkChallenge(agentID, nonce string, now time.Time) (time.Time
 func (m *Mastio) CheckChallengedAssertion(ctx context.Context, r *http.Request, agentID, assertion, nonce string) (*Refusal, error) {
 	deny := func(desc, reason string) (*Refusal, error) {
 		ref := &Refusal{Status: 401, Code: "invalid_client", Description: desc, Reason: reason, NoChallenge: true, AgentID: agentID}
-		m.noteRefusal(r, ref, "challenged assertion refused") // the client certificate names the agent: audited
+		m.noteRefusal(r, ref, KindToken, "challenged assertion refused") // the client certificate names the agent: audited
 		return ref, nil
 	}
 	exp, err := m.checkChallenge(agentID, nonce, time.Now())
