@@ -8,5 +8,6 @@ package caddymastio
 
 import (
 	_ "github.com/caddy-mastio/caddy-mastio/admin"
+	_ "github.com/caddy-mastio/caddy-mastio/admin/caddyadmin"
 	_ "github.com/caddy-mastio/caddy-mastio/caddymastio"
 )

@@ -29,6 +29,7 @@
 //	POST   /v1/admin/enrollments/{sid}/approve|reject
 //	GET    /v1/admin/audit/export             the audit rows, streamed (audit.ParseExportQuery)
 //	GET    /v1/admin/audit/head               the chain's head, signed (AuditHead)
+//	GET    /v1/admin/audit/verify             walk the chain (?from_seq, ?to_seq) (Verified)
 //	POST   /v1/admin/audit/bundle             a verifiable .tar.gz of a range (BundleRequest)
 //	POST   /v1/admin/audit/archive            remove rows held in a verified archive (ArchiveRequest)
 //
@@ -46,7 +47,6 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/endpoints"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
 
@@ -73,10 +73,17 @@ func New(m *mastio.Mastio, log *zap.Logger) *API { return &API{m: m, log: log} }
 
 // Caller is who asks for an operation, for the audit log.
 type Caller struct {
-	// Actor is the audit actor ("admin").
+	// Actor is the audit actor: "admin" (the site's admin API),
+	// "caddy-admin" (Caddy's admin endpoint), "dashboard".
 	Actor string
 	// RemoteIP is the caller's address, when it has one.
 	RemoteIP string
+}
+
+// bind makes c the actor of the operations r's context runs (see
+// mastio.WithActor).
+func (c Caller) bind(r *http.Request) *http.Request {
+	return r.WithContext(mastio.WithActor(r.Context(), c.Actor))
 }
 
 func (c Caller) details() map[string]any {
@@ -84,99 +91,6 @@ func (c Caller) details() map[string]any {
 		return map[string]any{}
 	}
 	return map[string]any{"remote_ip": c.RemoteIP}
-}
-
-// Routes are the admin API's HTTP routes, each behind the admin secret.
-func (a *API) Routes() endpoints.Routes {
-	revoke := serve(a, 200, true, func(r *http.Request, c Caller, req RevokeRequest) (*Revoked, error) {
-		if req.Reason == "" {
-			req.Reason = r.URL.Query().Get("reason")
-		}
-		return a.Revoke(r.Context(), c, r.PathValue("id"), req)
-	})
-	rotate := serve(a, 200, true, func(r *http.Request, c Caller, req RotateCertRequest) (*Issued, error) {
-		return a.RotateCert(r.Context(), c, r.PathValue("id"), req)
-	})
-	listAgents := serve(a, 200, true, func(r *http.Request, _ Caller, _ struct{}) (*AgentList, error) {
-		return a.ListAgents(r.Context(), r.URL.Query().Get("status"))
-	})
-	binding := func(present bool) func(http.ResponseWriter, *http.Request, Caller) {
-		return serve(a, 200, false, func(r *http.Request, c Caller, req BindingRequest) (*Binding, error) {
-			return a.SetBinding(r.Context(), c, req, present)
-		})
-	}
-	routes := map[string]func(http.ResponseWriter, *http.Request, Caller){
-		"GET /v1/admin/agents":    listAgents,
-		"GET /proxy/admin/agents": listAgents,
-		"POST /v1/admin/agents": serve(a, 201, false, func(r *http.Request, c Caller, req CreateAgentRequest) (*Issued, error) {
-			return a.CreateAgent(r.Context(), c, req)
-		}),
-		"GET /v1/admin/agents/{id}": serve(a, 200, true, func(r *http.Request, _ Caller, _ struct{}) (*registry.Agent, error) {
-			return a.Agent(r.Context(), r.PathValue("id"))
-		}),
-		"DELETE /v1/admin/agents/{id}":           revoke,
-		"POST /v1/admin/agents/{id}/revoke":      revoke,
-		"POST /registry/agents/{id}/revoke":      revoke,
-		"POST /v1/admin/agents/{id}/rotate-cert": rotate,
-		"POST /registry/agents/{id}/rotate-cert": rotate,
-		"POST /v1/admin/agents/{id}/dpop-jwk": serve(a, 200, false, func(r *http.Request, c Caller, req DPoPKeyRequest) (*DPoPKeySet, error) {
-			return a.SetDPoPKey(r.Context(), c, r.PathValue("id"), req)
-		}),
-		"POST /v1/admin/keys/rotate": serve(a, 200, true, func(r *http.Request, c Caller, req RotateSigningKeyRequest) (*token.Rotation, error) {
-			return a.RotateSigningKey(r.Context(), c, req)
-		}),
-		"GET /v1/admin/policies": serve(a, 200, true, func(*http.Request, Caller, struct{}) (*Policies, error) { return a.Policies(), nil }),
-		"PUT /v1/admin/policies": a.setPolicyHTTP,
-		"POST /v1/admin/policies/check": serve(a, 200, false, func(_ *http.Request, _ Caller, req PolicyCheckRequest) (*PolicyCheck, error) {
-			return a.CheckPolicy(req)
-		}),
-		"GET /v1/admin/mcp-servers": serve(a, 200, true, func(r *http.Request, _ Caller, _ struct{}) (*ServerList, error) {
-			return a.ListServers(r.Context())
-		}),
-		"POST /v1/admin/mcp-servers": serve(a, 201, false, func(r *http.Request, c Caller, req PutServerRequest) (map[string]any, error) {
-			return a.PutServer(r.Context(), c, req)
-		}),
-		"DELETE /v1/admin/mcp-servers/{name}": serve(a, 200, true, func(r *http.Request, c Caller, _ struct{}) (*ServerRemoved, error) {
-			return a.DeleteServer(r.Context(), c, r.PathValue("name"))
-		}),
-		"POST /v1/admin/bindings":   binding(true),
-		"DELETE /v1/admin/bindings": binding(false),
-		"GET /v1/admin/enrollments": serve(a, 200, true, func(r *http.Request, _ Caller, _ struct{}) (*EnrollmentList, error) {
-			return a.ListEnrollments(r.Context(), r.URL.Query().Get("status"))
-		}),
-		"POST /v1/admin/enrollments/{sid}/approve": serve(a, 200, false, func(r *http.Request, c Caller, req ApproveRequest) (*Approved, error) {
-			return a.Approve(r.Context(), c, r.PathValue("sid"), req)
-		}),
-		"GET /v1/admin/audit/export":  a.exportAudit,
-		"POST /v1/admin/audit/bundle": a.bundle,
-		"POST /v1/admin/audit/archive": serve(a, 200, false, func(r *http.Request, c Caller, req ArchiveRequest) (*mastio.Archived, error) {
-			return a.Archive(r.Context(), c, req)
-		}),
-		"GET /v1/admin/audit/head": serve(a, 200, true, func(r *http.Request, _ Caller, _ struct{}) (*AuditHead, error) {
-			return a.Head(r.Context())
-		}),
-		"POST /v1/admin/enrollments/{sid}/reject": serve(a, 200, true, func(r *http.Request, c Caller, req RejectRequest) (*Rejected, error) {
-			return a.Reject(r.Context(), c, r.PathValue("sid"), req)
-		}),
-	}
-	out := endpoints.Routes{}
-	for pattern, fn := range routes {
-		out[pattern] = a.authenticated(fn)
-	}
-	return out
-}
-
-// serve makes an HTTP route of one typed operation: the body is decoded
-// strictly into Req (an empty body is allowed when optional), op runs,
-// and its answer is written with status (or its error answered).
-func serve[Req, Resp any](a *API, status int, optional bool, op func(*http.Request, Caller, Req) (Resp, error)) func(http.ResponseWriter, *http.Request, Caller) {
-	return func(w http.ResponseWriter, r *http.Request, c Caller) {
-		var req Req
-		if decode(w, r, optional, &req) {
-			resp, err := op(r, c, req)
-			a.answer(w, r, status, resp, err)
-		}
-	}
 }
 
 // authenticated checks the admin secret, then serves. The secret is
@@ -195,7 +109,8 @@ func (a *API) authenticated(serve func(http.ResponseWriter, *http.Request, Calle
 			httpjson.Error(w, check.Status, check.Code, check.Message)
 			return
 		}
-		serve(w, r, Caller{Actor: "admin", RemoteIP: ip})
+		c := Caller{Actor: mastio.DefaultActor, RemoteIP: ip}
+		serve(w, c.bind(r), c)
 	}
 }
 

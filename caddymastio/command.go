@@ -27,12 +27,20 @@ func init() {
   caddy mastio token  --dir ./identity [--request GET https://mastio.example.com:9443/path]
   caddy mastio connect --dir ./identity (--stdio | --listen 127.0.0.1:8765) [--path /v1/mcp]
 
-Operator side:
+Operator side (the admin API at $MASTIO_URL, default https://localhost:9443,
+with $MASTIO_ADMIN_SECRET or ./data/admin-secret; --json for the raw answer):
+  caddy mastio agents list|show ID|revoke ID [--reason R]|rotate ID --out DIR
+  caddy mastio enrollments list|approve SID --agent-id NAME [--capability C]|reject SID [--reason R]
+  caddy mastio keys rotate [--grace 24h]
+  caddy mastio policy get|put FILE|check --agent ID --server S --name N
+  caddy mastio audit archive --before 90d --out FILE
+  caddy mastio audit verify BUNDLE [--ca org-ca.crt]
   caddy mastio audit verify --db ./data/mastio.db
   caddy mastio audit export --db ./data/mastio.db [--format csv] [--event-type T] [--after-seq N] ...
   caddy mastio init-database --data-dir ./data`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(enrollCommand(), tokenCommand(), connectCommand(), auditCommand(), initDatabaseCommand())
+			cmd.AddCommand(enrollCommand(), tokenCommand(), connectCommand(), auditCommand(), initDatabaseCommand(),
+				agentsCommand(), enrollmentsCommand(), keysCommand(), policyCommand())
 		},
 	})
 }

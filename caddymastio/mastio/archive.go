@@ -80,7 +80,7 @@ func (m *Mastio) ArchiveAudit(ctx context.Context, through int64, throughHash, a
 		if out.Removed, err = tx.ArchiveAudit(ctx, anchor); err != nil {
 			return err
 		}
-		tx.Record(audit.Event{Type: "audit.archived", Actor: "admin", Subject: "audit", Details: mergeMaps(map[string]any{
+		tx.Record(audit.Event{Type: "audit.archived", Actor: ActorOf(ctx), Subject: "audit", Details: mergeMaps(map[string]any{
 			"first_seq": out.FirstSeq, "through_seq": through, "through_hash": throughHash, "removed": out.Removed,
 			"archive_sha256": archiveSHA256}, details)})
 		return nil

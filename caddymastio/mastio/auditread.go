@@ -16,7 +16,7 @@ func (m *Mastio) ExportAudit(ctx context.Context, f store.AuditFilter, format st
 	out, err := audit.Export(ctx, m.store, f, format, w)
 	d := mergeMaps(map[string]any{"format": format, "rows": out.Rows, "first_seq": out.First, "last_seq": out.Last,
 		"filter": auditFilterDetails(f)}, details)
-	ev := audit.Event{Type: "audit.exported", Actor: "admin", Subject: "audit", Details: d}
+	ev := audit.Event{Type: "audit.exported", Actor: ActorOf(ctx), Subject: "audit", Details: d}
 	if err != nil {
 		ev.Result, d["error"] = audit.ResultError, err.Error()
 	}

@@ -41,7 +41,7 @@ func (m *Mastio) AuditBundle(ctx context.Context, from, to int64, w io.Writer, d
 	}
 	d := mergeMaps(map[string]any{"first_seq": man.FirstSeq, "last_seq": man.LastSeq, "rows": man.Rows, "last_hash": man.LastHash,
 		"timestamped": ts != nil}, details)
-	if _, err := m.audit.Append(context.WithoutCancel(ctx), audit.Event{Type: "audit.bundled", Actor: "admin", Subject: "audit", Details: d}); err != nil {
+	if _, err := m.audit.Append(context.WithoutCancel(ctx), audit.Event{Type: "audit.bundled", Actor: ActorOf(ctx), Subject: "audit", Details: d}); err != nil {
 		return nil, err
 	}
 	return man, nil

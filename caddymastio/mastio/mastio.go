@@ -234,7 +234,7 @@ func (m *Mastio) JWKS() ([]byte, string) { return m.keys.JWKS() }
 // RotateSigningKey stages and activates a new token signing key; the old
 // one verifies for grace.
 func (m *Mastio) RotateSigningKey(ctx context.Context, grace time.Duration, details map[string]any) (*token.Rotation, error) {
-	return m.keys.Rotate(ctx, grace, "admin", details)
+	return m.keys.Rotate(ctx, grace, ActorOf(ctx), details)
 }
 
 // ReadAudit calls fn with the audit records from seq from (1: the first),

@@ -160,3 +160,8 @@ func boolValue(b bool) float64 {
 	}
 	return 0
 }
+
+// Running is the configuration started last in this process, nil when
+// none is running (its location closed): what Caddy's admin endpoint
+// serves, since it outlives configurations.
+func Running() *Mastio { return reported.Load() }

@@ -86,7 +86,7 @@ func (m *Mastio) StoredPolicy() string { return m.policy.Load().text }
 
 // SetPolicy validates and replaces the stored rules, audited.
 func (m *Mastio) SetPolicy(ctx context.Context, text string, details map[string]any) ([]policy.Rule, error) {
-	return m.setPolicy(ctx, text, "admin", details)
+	return m.setPolicy(ctx, text, ActorOf(ctx), details)
 }
 
 // CheckPolicy is the dry run: may this agent do this?
@@ -129,7 +129,7 @@ func (m *Mastio) SetBinding(ctx context.Context, agentID, server string, present
 	if found == present {
 		return m.policy.Load().rules, nil
 	}
-	return m.setPolicyLocked(ctx, strings.Join(kept, "\n")+"\n", "admin", details)
+	return m.setPolicyLocked(ctx, strings.Join(kept, "\n")+"\n", ActorOf(ctx), details)
 }
 
 // OnPolicyChange registers fn, called after the stored rules change (a

@@ -304,7 +304,7 @@ func (m *Mastio) PutServer(ctx context.Context, name string, s *Server, bearerTo
 	cfg, _ := json.Marshal(s)
 	defer m.forgetStoredServers()
 	_, err = m.audit.Change(ctx, func(c *audit.Change) error {
-		c.Record(audit.Event{Type: "mcp_server.registered", Actor: "admin", Subject: name,
+		c.Record(audit.Event{Type: "mcp_server.registered", Actor: ActorOf(ctx), Subject: name,
 			Details: mergeMaps(map[string]any{"server": s.Redacted(name, "store")}, details)})
 		return c.PutServer(ctx, &store.Server{Name: name, Config: cfg})
 	})
@@ -374,7 +374,7 @@ func (m *Mastio) DeleteServer(ctx context.Context, name string, details map[stri
 		if !found {
 			return errNotFound
 		}
-		c.Record(audit.Event{Type: "mcp_server.removed", Actor: "admin", Subject: name, Details: details})
+		c.Record(audit.Event{Type: "mcp_server.removed", Actor: ActorOf(ctx), Subject: name, Details: details})
 		return nil
 	})
 	if errors.Is(err, errNotFound) {
