@@ -9,5 +9,6 @@ package caddymastio
 import (
 	_ "github.com/caddy-mastio/caddy-mastio/admin"
 	_ "github.com/caddy-mastio/caddy-mastio/admin/caddyadmin"
+	_ "github.com/caddy-mastio/caddy-mastio/admin/dashboard"
 	_ "github.com/caddy-mastio/caddy-mastio/caddymastio"
 )

@@ -115,3 +115,14 @@ func serve[Req, Resp any](status int, optional bool, op func(*API, *http.Request
 		}
 	}
 }
+
+// Serve runs the operation of pattern (a route of the admin API, such as
+// "GET /v1/admin/audit/export") for c: other surfaces (the dashboard) serve
+// an operation exactly as the API does.
+func (a *API) Serve(pattern string, w http.ResponseWriter, r *http.Request, c Caller) {
+	op, ok := operations[pattern]
+	if !ok {
+		panic("admin: no operation " + pattern)
+	}
+	op(a, w, c.bind(r), c)
+}

@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -25,8 +27,8 @@ func TestEveryUnservedPathIs404JSON(t *testing.T) {
 		"/v1/chat/completions":        "LLM proxying",
 		"/v1/egress/tools/invoke":     "egress API",
 		"/v1/ingress/tools":           "federated ingress",
-		"/proxy/":                     "dashboard is not part of this version",
-		"/proxy/agents/orga::x":       "dashboard is not part of this version",
+		"/proxy/nothing-here":         "no dashboard page here",
+		"/proxy/agents/orga::x/edit":  "no dashboard page here",
 		"/pki/export-ca":              "nothing is served",
 		"/.well-known/openid-whatnot": "nothing is served",
 		"/favicon.ico":                "nothing is served at this path",
@@ -59,17 +61,28 @@ func TestEnrollmentLinkLeadsSomewhere(t *testing.T) {
 	if !strings.HasPrefix(p.EnrollURL, s.url("/proxy/enrollments/")) {
 		t.Fatalf("enroll url %q", p.EnrollURL)
 	}
-	resp, err := s.client().Get(p.EnrollURL)
+	// Signed out, the link leads to the dashboard's sign-in, and back.
+	c := s.client()
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := c.Get(p.EnrollURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := readBody(t, resp)
-	page := b["_raw"].(string)
-	if resp.StatusCode != 200 || !contains(page, "/v1/admin/enrollments/"+p.SessionID+"/approve", "/reject", "pending") ||
-		strings.Contains(page, "n@orga.example") {
-		t.Fatalf("the approval link: %d %s", resp.StatusCode, page)
+	resp.Body.Close()
+	if loc := resp.Header.Get("Location"); resp.StatusCode != 303 || loc != "/proxy/login?next="+url.QueryEscape("/proxy/enrollments/"+p.SessionID) {
+		t.Fatalf("the approval link, signed out: %d %s", resp.StatusCode, loc)
 	}
-	if code, _, _ := s.get(s.client(), "/proxy/enrollments/no-such-session"); code != 404 {
+	c.Jar, _ = cookiejar.New(nil)
+	resp, err = c.PostForm(s.url("/proxy/login"), url.Values{"password": {adminSecret}, "next": {"/proxy/enrollments/" + p.SessionID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	code, _, page := s.get(c, "/proxy/enrollments/"+p.SessionID)
+	if code != 200 || !contains(page, "/proxy/enrollments/"+p.SessionID+"/approve", "/reject", "pending", "n@orga.example") {
+		t.Fatalf("the approval link, signed in: %d %s", code, page)
+	}
+	if code, _, _ := s.get(c, "/proxy/enrollments/no-such-session"); code != 404 {
 		t.Fatalf("an unknown session's link: %d", code)
 	}
 }

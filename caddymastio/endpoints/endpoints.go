@@ -77,7 +77,6 @@ func New(m *mastio.Mastio, log *zap.Logger, extra Routes) *Handler {
 
 		"POST /v1/enrollment/start":               h.startEnrollment,
 		"GET /v1/enrollment/{sid}/status":         h.enrollmentStatus,
-		"GET /proxy/enrollments/{sid}":            h.enrollmentLink,
 		"POST /v1/auth/token":                     h.token,
 		"POST /v1/auth/login-challenge":           h.withAgent(h.loginChallenge),
 		"POST /v1/auth/sign-challenged-assertion": h.withAgent(h.signChallengedAssertion),
@@ -227,7 +226,7 @@ var notProvided = []struct{ prefix, message string }{
 	{"/v1/principals/", "user and workload principals are not part of caddy-mastio; agents enroll at POST /v1/enrollment/start"},
 	{"/v1/policy/", "the MCP policy is managed at /v1/admin/policies"},
 	{"/v1/admin/", "the admin API is not built into this Caddy: build it with github.com/caddy-mastio/caddy-mastio, which includes package admin"},
-	{"/proxy/", "the dashboard is not part of this version of caddy-mastio; use the admin API (/v1/admin/..., see the README)"},
+	{"/proxy/", "no dashboard page here: the dashboard starts at /proxy/ (in builds of github.com/caddy-mastio/caddy-mastio, which include package admin/dashboard)"},
 }
 
 // NotFound answers 404 for a path in the Mastio's namespaces, naming what

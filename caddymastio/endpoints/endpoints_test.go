@@ -119,7 +119,7 @@ func TestUnservedPathsAndMethods(t *testing.T) {
 		"/v1/nothing":          "nothing is served at /v1/nothing",
 		"/v1/chat/completions": "LLM proxying",
 		"/v1/admin/agents":     "the admin API is not built into this Caddy", // package admin is not linked into this test
-		"/proxy/dashboard":     "the dashboard is not part",
+		"/proxy/dashboard":     "no dashboard page here",
 		"/.well-known/other":   "nothing is served",
 		"/v1//agents/me":       "nothing is served", // never redirected to a cleaned path
 	} {

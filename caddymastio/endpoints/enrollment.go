@@ -3,7 +3,6 @@ package endpoints
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -133,39 +132,4 @@ func (h *Handler) registryError(w http.ResponseWriter, r *http.Request, err erro
 		return
 	}
 	h.internalError(w, r, err)
-}
-
-// enrollmentLink is the page the approval link printed by `caddy mastio
-// enroll` leads to: until a dashboard exists, the admin API calls that
-// approve or reject the session. It needs no secret and shows nothing of
-// the request itself: only that a session with this (unguessable) id is
-// waiting.
-func (h *Handler) enrollmentLink(w http.ResponseWriter, r *http.Request) {
-	e, err := h.m.Registry().Enrollment(r.Context(), r.PathValue("sid"))
-	if err != nil {
-		NotFound(w, r.URL.Path)
-		return
-	}
-	base := h.m.BaseURL(r)
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	fmt.Fprintf(w, `Enrollment session %s: %s.
-
-This version of caddy-mastio has no dashboard: an administrator decides the
-session with the admin API (ADMIN_SECRET is the admin secret; on a default
-install it is in data/admin-secret):
-
-  Approve, naming the agent and what it may do:
-    curl --cacert org-ca.crt -H "X-Admin-Secret: $ADMIN_SECRET" -X POST \
-      %s/v1/admin/enrollments/%s/approve \
-      -d '{"agent_id":"<agent-name>","capabilities":["mcp:call"],"groups":[]}'
-
-  Reject, with a reason the agent will see:
-    curl --cacert org-ca.crt -H "X-Admin-Secret: $ADMIN_SECRET" -X POST \
-      %s/v1/admin/enrollments/%s/reject -d '{"reason":"..."}'
-
-  See who asked (requester, e-mail, reason, key):
-    curl --cacert org-ca.crt -H "X-Admin-Secret: $ADMIN_SECRET" "%s/v1/admin/enrollments?status=pending"
-`, e.SessionID, e.Status, base, e.SessionID, base, e.SessionID, base)
 }

@@ -65,3 +65,10 @@ func (m *Mastio) VerifyAudit(ctx context.Context, from, to int64) (audit.VerifyR
 	}
 	return res, nil
 }
+
+// QueryAudit calls fn with the audit rows f selects, in chain order,
+// without recording a read (the dashboard's pages; an export is recorded,
+// see ExportAudit).
+func (s *Shared) QueryAudit(ctx context.Context, f store.AuditFilter, fn func(store.AuditRow) error) error {
+	return s.store.AuditRows(ctx, f, fn)
+}

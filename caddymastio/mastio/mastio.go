@@ -242,3 +242,7 @@ func (m *Mastio) RotateSigningKey(ctx context.Context, grace time.Duration, deta
 func (s *Shared) ReadAudit(ctx context.Context, from int64, fn func(audit.Record) error) error {
 	return audit.Read(ctx, s.store, from, 0, fn)
 }
+
+// SigningKeys are the access-token signing keys that verify: the active
+// one, and retired ones in their grace.
+func (m *Mastio) SigningKeys() []*token.SigningKey { return m.keys.Keys() }

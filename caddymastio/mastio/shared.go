@@ -99,9 +99,10 @@ type Shared struct {
 	policyWatch watch.Set[struct{}]
 	agentWatch  watch.Set[string] // an agent's id, when its credentials change
 
-	workload       workloadCerts // the Mastio's own certificates (workload.go)
-	lastCheckpoint atomic.Int64  // seq of the last audit.checkpoint row this process wrote
-	chain          chainWatch    // the background verifier (chainwatch.go)
+	workload       workloadCerts   // the Mastio's own certificates (workload.go)
+	lastCheckpoint atomic.Int64    // seq of the last audit.checkpoint row this process wrote
+	chain          chainWatch      // the background verifier (chainwatch.go)
+	consoles       consoleSessions // the dashboard's signed-in operators (console.go)
 	inForce        atomic.Pointer[Mastio]
 }
 
