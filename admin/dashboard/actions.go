@@ -76,6 +76,9 @@ func (c *Console) approve(p *page) {
 
 func (c *Console) reject(p *page) {
 	sid := p.r.PathValue("sid")
+	if !p.confirmed(c, "confirm", "yes", "the rejection") {
+		return
+	}
 	if _, err := c.api.Reject(p.r.Context(), p.caller, sid, admin.RejectRequest{Reason: p.r.PostFormValue("reason")}); err != nil {
 		p.fail(c, "Reject", err)
 		return
@@ -192,4 +195,31 @@ func (c *Console) rotateKey(p *page) {
 		return
 	}
 	p.show(c, 200, "keys", map[string]any{"Title": "Signing keys", "Keys": c.m.SigningKeys(), "Rotated": rot})
+}
+
+// putServer registers an MCP server behind /v1/mcp (name and URL; the
+// other settings are the admin API's), checked before it is stored.
+func (c *Console) putServer(p *page) {
+	req := admin.PutServerRequest{Name: strings.TrimSpace(p.r.PostFormValue("name")), URL: strings.TrimSpace(p.r.PostFormValue("url")),
+		BearerToken: p.r.PostFormValue("bearer_token")}
+	if _, err := c.api.PutServer(p.r.Context(), p.caller, req); err != nil {
+		if pr := problem(err); pr != nil {
+			c.showPolicy(p, pr.Status, map[string]any{"ServerError": pr.Message, "ServerName": req.Name, "ServerURL": req.URL})
+			return
+		}
+		p.fail(c, "MCP server", err)
+		return
+	}
+	http.Redirect(p.w, p.r, "/proxy/policy", http.StatusSeeOther)
+}
+
+func (c *Console) removeServer(p *page) {
+	if !p.confirmed(c, "confirm", "yes", "the removal") {
+		return
+	}
+	if _, err := c.api.DeleteServer(p.r.Context(), p.caller, p.r.PathValue("name")); err != nil {
+		p.fail(c, "MCP server", err)
+		return
+	}
+	http.Redirect(p.w, p.r, "/proxy/policy", http.StatusSeeOther)
 }

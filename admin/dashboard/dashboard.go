@@ -82,6 +82,8 @@ func (c *Console) Routes() endpoints.Routes {
 		"GET /proxy/policy":                     c.signedIn(c.policy),
 		"POST /proxy/policy":                    c.signedIn(c.putPolicy),
 		"POST /proxy/policy/check":              c.signedIn(c.checkPolicy),
+		"POST /proxy/servers":                   c.signedIn(c.putServer),
+		"POST /proxy/servers/{name}/remove":     c.signedIn(c.removeServer),
 		"GET /proxy/audit":                      c.signedIn(c.audit),
 		"POST /proxy/audit/verify":              c.signedIn(c.verify),
 		"GET /proxy/audit/export":               c.signedIn(c.export),

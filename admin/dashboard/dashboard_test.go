@@ -121,6 +121,10 @@ func TestSignInSessionAndSignOut(t *testing.T) {
 	if n := len(mastiotest.Events(t, b.m, "admin.auth_failed")); n != 1 {
 		t.Fatalf("%d admin.auth_failed rows", n)
 	}
+	// A sign-in posted from another site is refused, right secret or not.
+	if a := b.do("POST", "/proxy/login", url.Values{"password": {mastiotest.AdminSecret}}, "Origin", "https://evil.example"); a.status != 403 {
+		t.Fatalf("a sign-in from another origin: %d", a.status)
+	}
 	// A next that leaves the dashboard is ignored.
 	a := b.do("POST", "/proxy/login", url.Values{"password": {mastiotest.AdminSecret}, "next": {"//evil.example/"}})
 	if a.status != 303 || a.header.Get("Location") != "/proxy/" {
@@ -266,11 +270,32 @@ func TestEveryPageAndForm(t *testing.T) {
 	if a := b.get("/proxy/agents/ada-bot"); !strings.Contains(a.body, "mcp:call, api:read") {
 		t.Fatalf("the approved agent: %s", a.body)
 	}
-	if a := b.post("/proxy/enrollments/"+other+"/reject", url.Values{"reason": {"unknown requester"}}); a.status != 303 {
+	if a := b.post("/proxy/enrollments/"+other+"/reject", url.Values{"reason": {"unknown requester"}}); a.status != 400 {
+		t.Fatalf("reject unconfirmed: %d", a.status)
+	}
+	if a := b.post("/proxy/enrollments/"+other+"/reject", url.Values{"reason": {"unknown requester"}, "confirm": {"yes"}}); a.status != 303 {
 		t.Fatalf("reject: %d", a.status)
 	}
-	if a := b.post("/proxy/enrollments/"+other+"/reject", url.Values{}); a.status != 409 {
+	if a := b.post("/proxy/enrollments/"+other+"/reject", url.Values{"confirm": {"yes"}}); a.status != 409 {
 		t.Fatalf("reject twice: %d %s", a.status, a.body)
+	}
+
+	// MCP servers: a bad URL is refused with the reason; a good one is
+	// listed, and can be removed after confirming.
+	if a := b.post("/proxy/servers", url.Values{"name": {"weather"}, "url": {"ftp://x"}}); a.status != 400 || !strings.Contains(a.body, "Not registered") {
+		t.Fatalf("a bad server: %d %s", a.status, a.body)
+	}
+	if a := b.post("/proxy/servers", url.Values{"name": {"weather"}, "url": {"https://127.0.0.1:1/mcp"}, "bearer_token": {"s3cret-token-value"}}); a.status != 303 {
+		t.Fatalf("register a server: %d %s", a.status, a.body)
+	}
+	if a := b.get("/proxy/policy"); !strings.Contains(a.body, "https://127.0.0.1:1/mcp") || strings.Contains(a.body, "s3cret-token-value") {
+		t.Fatalf("the registered server (and never its token): %s", a.body)
+	}
+	if a := b.post("/proxy/servers/weather/remove", url.Values{}); a.status != 400 {
+		t.Fatalf("remove unconfirmed: %d", a.status)
+	}
+	if a := b.post("/proxy/servers/weather/remove", url.Values{"confirm": {"yes"}}); a.status != 303 || strings.Contains(b.get("/proxy/policy").body, "127.0.0.1:1") {
+		t.Fatalf("remove: %d", a.status)
 	}
 
 	// Rotate: the minted key is shown once, then nowhere.
@@ -341,7 +366,8 @@ func TestEveryPageAndForm(t *testing.T) {
 	if a := b.post("/proxy/keys/rotate", url.Values{"confirm": {"rotate"}}); a.status != 200 || !strings.Contains(a.body, "is active") {
 		t.Fatalf("rotate: %d %s", a.status, a.body)
 	}
-	for _, typ := range []string{"enrollment.approved", "enrollment.rejected", "agent.cert_rotated", "policy.updated", "audit.exported", "audit.bundled"} {
+	for _, typ := range []string{"enrollment.approved", "enrollment.rejected", "agent.cert_rotated", "policy.updated", "audit.exported", "audit.bundled",
+		"mcp_server.registered", "mcp_server.removed"} {
 		rows := mastiotest.Events(t, b.m, typ)
 		if len(rows) == 0 || rows[len(rows)-1].Actor != dashboard.Actor {
 			t.Errorf("%s rows: %+v, want one by the dashboard", typ, rows)

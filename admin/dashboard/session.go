@@ -39,6 +39,11 @@ func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 // admin API's; a success opens a server-side session.
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
+	if !sameOrigin(r) { // no session to carry a token yet: the origin decides
+		c.render(w, http.StatusForbidden, "login", nil, map[string]any{"Title": "Sign in", "Next": "/proxy/",
+			"Error": "This sign-in form did not come from this dashboard."})
+		return
+	}
 	password := r.PostFormValue("password")
 	to := next(r.PostFormValue("next"))
 	ip := c.m.ClientIP(r)
