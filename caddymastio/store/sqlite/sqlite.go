@@ -20,21 +20,33 @@ import (
 	"sync"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" driver (pure Go, no cgo)
+	"modernc.org/sqlite" // registers the "sqlite" driver (pure Go, no cgo)
+	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlstore"
 )
 
-// TimeFormat is how every timestamp is stored: RFC 3339, UTC, fixed
-// nanosecond width so that text order is time order.
-const TimeFormat = "2006-01-02T15:04:05.000000000Z"
+// TimeFormat is how every timestamp is stored (see sqlstore).
+const TimeFormat = sqlstore.TimeFormat
 
-// formatTime formats t in TimeFormat.
-func formatTime(t time.Time) string { return t.UTC().Format(TimeFormat) }
+func formatTime(t time.Time) string { return sqlstore.FormatTime(t) }
+
+// dialect is SQLite's part of the shared statements.
+var dialect = &sqlstore.Dialect{IsUnique: func(err error) bool {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		switch se.Code() {
+		case sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY, sqlite3.SQLITE_CONSTRAINT_UNIQUE:
+			return true
+		}
+	}
+	return false
+}}
 
 // DB is an open Mastio database.
 type DB struct {
-	reader
+	sqlstore.Reader
 	db   *sql.DB
 	path string
 	id   fileID
@@ -73,7 +85,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening database %s: %w", abs, err)
 	}
-	s := &DB{reader: reader{db}, db: db, path: abs, probeTTL: time.Second}
+	s := &DB{Reader: sqlstore.Reader{Q: db, D: dialect}, db: db, path: abs, probeTTL: time.Second}
 	s.writer = &auditWriter{db: s}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
@@ -217,7 +229,7 @@ func (s *DB) Update(ctx context.Context, fn func(store.Tx) error) error {
 		return fmt.Errorf("database: begin: %w", err)
 	}
 	defer t.Rollback()
-	if err := fn(&tx{reader: reader{t}, tx: t}); err != nil {
+	if err := fn(&sqlstore.Tx{Reader: sqlstore.Reader{Q: t, D: dialect}}); err != nil {
 		return err
 	}
 	if err := s.CheckFile(); err != nil {
@@ -229,32 +241,13 @@ func (s *DB) Update(ctx context.Context, fn func(store.Tx) error) error {
 	return nil
 }
 
-// querier is what reads and writes run on: the pool, or a transaction.
-type querier interface {
-	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
-	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
-	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
-}
-
-// reader implements store.Reader on a querier.
-type reader struct{ q querier }
-
-// tx implements store.Tx.
-type tx struct {
-	reader
-	tx *sql.Tx
-}
-
 // Interface guards
-var (
-	_ store.Store = (*DB)(nil)
-	_ store.Tx    = (*tx)(nil)
-)
+var _ store.Store = (*DB)(nil)
 
 // ReadOnlyDB is a database opened only to be read (a live one or a backup
 // copy), for offline tools such as audit verification.
 type ReadOnlyDB struct {
-	reader
+	sqlstore.Reader
 	db *sql.DB
 }
 
@@ -269,7 +262,7 @@ func OpenReadOnly(path string) (*ReadOnlyDB, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening database %s: %w", path, err)
 	}
-	return &ReadOnlyDB{reader: reader{db}, db: db}, nil
+	return &ReadOnlyDB{Reader: sqlstore.Reader{Q: db, D: dialect}, db: db}, nil
 }
 
 // Close closes the database.
@@ -277,4 +270,4 @@ func (r *ReadOnlyDB) Close() error { return r.db.Close() }
 
 // ReaderOn reads the records of a database through a handle its caller
 // opened (a tool's or a test's read-only handle).
-func ReaderOn(db *sql.DB) store.Reader { return reader{db} }
+func ReaderOn(db *sql.DB) store.Reader { return sqlstore.Reader{Q: db, D: dialect} }

@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 )
 
 // Agents implements store.Reader.
-func (r reader) Agents(ctx context.Context, f store.AgentFilter) ([]*store.Agent, error) {
+func (r Reader) Agents(ctx context.Context, f store.AgentFilter) ([]*store.Agent, error) {
 	var where []string
 	var args []any
 	if f.ID != "" {
@@ -20,7 +20,7 @@ func (r reader) Agents(ctx context.Context, f store.AgentFilter) ([]*store.Agent
 	if f.Status != "" {
 		where, args = append(where, "status = ?"), append(args, f.Status)
 	}
-	rows, err := r.q.QueryContext(ctx, `SELECT agent_id, name, display_name, spiffe_id, status, capabilities, groups_json,
+	rows, err := r.Q.QueryContext(ctx, `SELECT agent_id, name, display_name, spiffe_id, status, capabilities, groups_json,
 		enrollment_method, COALESCE(dpop_jkt, ''), created_at, updated_at, COALESCE(revoked_at, ''), COALESCE(revoked_reason, '')
 		FROM agents`+whereClause(where)+` ORDER BY agent_id`, args...)
 	if err != nil {
@@ -66,7 +66,7 @@ func (r reader) Agents(ctx context.Context, f store.AgentFilter) ([]*store.Agent
 }
 
 // Certs implements store.Reader; certificates come newest first.
-func (r reader) Certs(ctx context.Context, f store.CertFilter) ([]*store.Cert, error) {
+func (r Reader) Certs(ctx context.Context, f store.CertFilter) ([]*store.Cert, error) {
 	var where []string
 	var args []any
 	if f.AgentID != "" {
@@ -81,9 +81,9 @@ func (r reader) Certs(ctx context.Context, f store.CertFilter) ([]*store.Cert, e
 	if !f.GraceEndedBy.IsZero() {
 		where, args = append(where, "status = 'grace' AND grace_until <= ?"), append(args, formatTime(f.GraceEndedBy))
 	}
-	rows, err := r.q.QueryContext(ctx, `SELECT cert_sha256, agent_id, serial, cert_pem, status, not_before, not_after,
+	rows, err := r.Q.QueryContext(ctx, `SELECT cert_sha256, agent_id, serial, cert_pem, status, not_before, not_after,
 		COALESCE(grace_until, ''), created_at, COALESCE(retired_at, '')
-		FROM agent_certs`+whereClause(where)+` ORDER BY created_at DESC, rowid DESC`, args...)
+		FROM agent_certs`+whereClause(where)+` ORDER BY created_at DESC, cert_sha256 DESC`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing certificates: %w", err)
 	}
@@ -103,49 +103,49 @@ func (r reader) Certs(ctx context.Context, f store.CertFilter) ([]*store.Cert, e
 }
 
 // InsertAgent implements store.Tx.
-func (t *tx) InsertAgent(ctx context.Context, a *store.Agent) error {
+func (t *Tx) InsertAgent(ctx context.Context, a *store.Agent) error {
 	caps, groups := jsonList(a.Capabilities), jsonList(a.Groups)
-	_, err := t.tx.ExecContext(ctx, `INSERT INTO agents
+	_, err := t.Q.ExecContext(ctx, `INSERT INTO agents
 		(agent_id, name, display_name, spiffe_id, status, capabilities, groups_json, enrollment_method, dpop_jkt, created_at,
 		 updated_at, revoked_at, revoked_reason)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?, NULLIF(?, ''), NULLIF(?, ''))`,
 		a.AgentID, a.Name, a.DisplayName, a.SPIFFEID, a.Status, caps, groups, a.EnrollmentMethod, a.DPoPJKT,
 		formatTime(a.CreatedAt), formatTime(a.UpdatedAt), formatOptTime(a.RevokedAt), a.RevokedReason)
 	if err != nil {
-		return fmt.Errorf("inserting agent %s: %w", a.AgentID, conflict(err))
+		return fmt.Errorf("inserting agent %s: %w", a.AgentID, t.conflict(err))
 	}
 	return nil
 }
 
 // UpdateAgent implements store.Tx.
-func (t *tx) UpdateAgent(ctx context.Context, a *store.Agent) error {
-	res, err := t.tx.ExecContext(ctx, `UPDATE agents SET name = ?, display_name = ?, spiffe_id = ?, status = ?, capabilities = ?,
+func (t *Tx) UpdateAgent(ctx context.Context, a *store.Agent) error {
+	res, err := t.Q.ExecContext(ctx, `UPDATE agents SET name = ?, display_name = ?, spiffe_id = ?, status = ?, capabilities = ?,
 		groups_json = ?, enrollment_method = ?, dpop_jkt = NULLIF(?, ''), updated_at = ?, revoked_at = NULLIF(?, ''),
 		revoked_reason = NULLIF(?, '') WHERE agent_id = ?`,
 		a.Name, a.DisplayName, a.SPIFFEID, a.Status, jsonList(a.Capabilities), jsonList(a.Groups), a.EnrollmentMethod, a.DPoPJKT,
 		formatTime(a.UpdatedAt), formatOptTime(a.RevokedAt), a.RevokedReason, a.AgentID)
 	if err != nil {
-		return fmt.Errorf("updating agent %s: %w", a.AgentID, conflict(err))
+		return fmt.Errorf("updating agent %s: %w", a.AgentID, t.conflict(err))
 	}
 	return affected(res, "agent "+a.AgentID)
 }
 
 // InsertCert implements store.Tx.
-func (t *tx) InsertCert(ctx context.Context, c *store.Cert) error {
-	_, err := t.tx.ExecContext(ctx, `INSERT INTO agent_certs
+func (t *Tx) InsertCert(ctx context.Context, c *store.Cert) error {
+	_, err := t.Q.ExecContext(ctx, `INSERT INTO agent_certs
 		(cert_sha256, agent_id, serial, cert_pem, not_before, not_after, status, grace_until, created_at, retired_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, NULLIF(?, ''))`,
 		c.SHA256, c.AgentID, c.Serial, c.ChainPEM, formatTime(c.NotBefore), formatTime(c.NotAfter), c.Status,
 		formatOptTime(c.GraceUntil), formatTime(c.CreatedAt), formatOptTime(c.RetiredAt))
 	if err != nil {
-		return fmt.Errorf("inserting certificate %s: %w", c.SHA256, conflict(err))
+		return fmt.Errorf("inserting certificate %s: %w", c.SHA256, t.conflict(err))
 	}
 	return nil
 }
 
 // UpdateCert implements store.Tx.
-func (t *tx) UpdateCert(ctx context.Context, c *store.Cert) error {
-	res, err := t.tx.ExecContext(ctx, `UPDATE agent_certs SET status = ?, grace_until = NULLIF(?, ''), retired_at = NULLIF(?, '')
+func (t *Tx) UpdateCert(ctx context.Context, c *store.Cert) error {
+	res, err := t.Q.ExecContext(ctx, `UPDATE agent_certs SET status = ?, grace_until = NULLIF(?, ''), retired_at = NULLIF(?, '')
 		WHERE cert_sha256 = ?`, c.Status, formatOptTime(c.GraceUntil), formatOptTime(c.RetiredAt), c.SHA256)
 	if err != nil {
 		return fmt.Errorf("updating certificate %s: %w", c.SHA256, err)

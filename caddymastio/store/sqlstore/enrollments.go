@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
@@ -32,8 +32,8 @@ func scanEnrollment(s scanner) (*store.Enrollment, error) {
 }
 
 // Enrollment implements store.Reader.
-func (r reader) Enrollment(ctx context.Context, sid string) (*store.Enrollment, error) {
-	e, err := scanEnrollment(r.q.QueryRowContext(ctx, `SELECT `+enrollmentColumns+` FROM enrollments WHERE session_id = ?`, sid))
+func (r Reader) Enrollment(ctx context.Context, sid string) (*store.Enrollment, error) {
+	e, err := scanEnrollment(r.Q.QueryRowContext(ctx, `SELECT `+enrollmentColumns+` FROM enrollments WHERE session_id = ?`, sid))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: enrollment session %q", store.ErrNotFound, sid)
 	}
@@ -41,7 +41,7 @@ func (r reader) Enrollment(ctx context.Context, sid string) (*store.Enrollment, 
 }
 
 // Enrollments implements store.Reader.
-func (r reader) Enrollments(ctx context.Context, f store.EnrollmentFilter) ([]*store.Enrollment, error) {
+func (r Reader) Enrollments(ctx context.Context, f store.EnrollmentFilter) ([]*store.Enrollment, error) {
 	var where []string
 	var args []any
 	if f.Status != "" {
@@ -54,7 +54,7 @@ func (r reader) Enrollments(ctx context.Context, f store.EnrollmentFilter) ([]*s
 	if limit <= 0 {
 		limit = 1000
 	}
-	rows, err := r.q.QueryContext(ctx, `SELECT `+enrollmentColumns+` FROM enrollments`+whereClause(where)+
+	rows, err := r.Q.QueryContext(ctx, `SELECT `+enrollmentColumns+` FROM enrollments`+whereClause(where)+
 		` ORDER BY created_at DESC LIMIT ?`, append(args, limit)...)
 	if err != nil {
 		return nil, err
@@ -72,21 +72,21 @@ func (r reader) Enrollments(ctx context.Context, f store.EnrollmentFilter) ([]*s
 }
 
 // InsertEnrollment implements store.Tx.
-func (t *tx) InsertEnrollment(ctx context.Context, e *store.Enrollment) error {
-	_, err := t.tx.ExecContext(ctx, `INSERT INTO enrollments
+func (t *Tx) InsertEnrollment(ctx context.Context, e *store.Enrollment) error {
+	_, err := t.Q.ExecContext(ctx, `INSERT INTO enrollments
 		(session_id, status, pubkey_pem, pubkey_sha256, requester_name, requester_email, reason, device_info,
 		 dpop_jkt, remote_ip, created_at, expires_at)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, ?, ?)`,
 		e.SessionID, e.Status, e.PublicKeyPEM, e.PublicKeySHA256, e.RequesterName, e.RequesterEmail, e.Reason,
 		e.DeviceInfo, e.DPoPJKT, e.RemoteIP, formatTime(e.CreatedAt), formatTime(e.ExpiresAt))
 	if err != nil {
-		return fmt.Errorf("inserting enrollment: %w", conflict(err))
+		return fmt.Errorf("inserting enrollment: %w", t.conflict(err))
 	}
 	return nil
 }
 
 // UpdateEnrollment implements store.Tx.
-func (t *tx) UpdateEnrollment(ctx context.Context, e *store.Enrollment) error {
+func (t *Tx) UpdateEnrollment(ctx context.Context, e *store.Enrollment) error {
 	var caps, groups any // NULL until decided with them
 	if e.Capabilities != nil || e.Status == store.EnrollApproved {
 		caps = jsonList(e.Capabilities)
@@ -94,7 +94,7 @@ func (t *tx) UpdateEnrollment(ctx context.Context, e *store.Enrollment) error {
 	if e.Groups != nil || e.Status == store.EnrollApproved {
 		groups = jsonList(e.Groups)
 	}
-	res, err := t.tx.ExecContext(ctx, `UPDATE enrollments SET status = ?, decided_at = NULLIF(?, ''), decided_by = NULLIF(?, ''),
+	res, err := t.Q.ExecContext(ctx, `UPDATE enrollments SET status = ?, decided_at = NULLIF(?, ''), decided_by = NULLIF(?, ''),
 		agent_id = NULLIF(?, ''), capabilities = ?, groups_json = ?, cert_pem = NULLIF(?, ''), rejection_reason = NULLIF(?, '')
 		WHERE session_id = ?`,
 		e.Status, formatOptTime(e.DecidedAt), e.DecidedBy, e.AgentID, caps, groups, e.CertPEM, e.RejectionReason, e.SessionID)

@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
@@ -9,8 +9,8 @@ import (
 )
 
 // Servers implements store.Reader.
-func (r reader) Servers(ctx context.Context) ([]*store.Server, error) {
-	rows, err := r.q.QueryContext(ctx, `SELECT name, config, created_at, updated_at FROM mcp_servers ORDER BY name`)
+func (r Reader) Servers(ctx context.Context) ([]*store.Server, error) {
+	rows, err := r.Q.QueryContext(ctx, `SELECT name, config, created_at, updated_at FROM mcp_servers ORDER BY name`)
 	if err != nil {
 		return nil, err
 	}
@@ -29,9 +29,9 @@ func (r reader) Servers(ctx context.Context) ([]*store.Server, error) {
 }
 
 // PutServer implements store.Tx.
-func (t *tx) PutServer(ctx context.Context, s *store.Server) error {
+func (t *Tx) PutServer(ctx context.Context, s *store.Server) error {
 	now := formatTime(time.Now())
-	if _, err := t.tx.ExecContext(ctx, `INSERT INTO mcp_servers (name, config, created_at, updated_at) VALUES (?, ?, ?, ?)
+	if _, err := t.Q.ExecContext(ctx, `INSERT INTO mcp_servers (name, config, created_at, updated_at) VALUES (?, ?, ?, ?)
 		ON CONFLICT (name) DO UPDATE SET config = excluded.config, updated_at = excluded.updated_at`,
 		s.Name, string(s.Config), now, now); err != nil {
 		return fmt.Errorf("storing MCP server %s: %w", s.Name, err)
@@ -40,8 +40,8 @@ func (t *tx) PutServer(ctx context.Context, s *store.Server) error {
 }
 
 // DeleteServer implements store.Tx.
-func (t *tx) DeleteServer(ctx context.Context, name string) (bool, error) {
-	res, err := t.tx.ExecContext(ctx, `DELETE FROM mcp_servers WHERE name = ?`, name)
+func (t *Tx) DeleteServer(ctx context.Context, name string) (bool, error) {
+	res, err := t.Q.ExecContext(ctx, `DELETE FROM mcp_servers WHERE name = ?`, name)
 	if err != nil {
 		return false, err
 	}

@@ -1,4 +1,4 @@
-package sqlite
+package sqlstore
 
 import (
 	"context"
@@ -9,9 +9,9 @@ import (
 )
 
 // Config implements store.Reader.
-func (r reader) Config(ctx context.Context, key string) (string, bool, error) {
+func (r Reader) Config(ctx context.Context, key string) (string, bool, error) {
 	var v string
-	err := r.q.QueryRowContext(ctx, `SELECT value FROM config WHERE key = ?`, key).Scan(&v)
+	err := r.Q.QueryRowContext(ctx, `SELECT value FROM config WHERE key = ?`, key).Scan(&v)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", false, nil
 	}
@@ -22,8 +22,8 @@ func (r reader) Config(ctx context.Context, key string) (string, bool, error) {
 }
 
 // SetConfig implements store.Tx.
-func (t *tx) SetConfig(ctx context.Context, key, value string) error {
-	_, err := t.tx.ExecContext(ctx, `INSERT INTO config (key, value, updated_at) VALUES (?, ?, ?)
+func (t *Tx) SetConfig(ctx context.Context, key, value string) error {
+	_, err := t.Q.ExecContext(ctx, `INSERT INTO config (key, value, updated_at) VALUES (?, ?, ?)
 		ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at`,
 		key, value, formatTime(time.Now()))
 	if err != nil {
@@ -33,8 +33,8 @@ func (t *tx) SetConfig(ctx context.Context, key, value string) error {
 }
 
 // InitConfig implements store.Tx.
-func (t *tx) InitConfig(ctx context.Context, key, value string) (string, error) {
-	if _, err := t.tx.ExecContext(ctx, `INSERT INTO config (key, value, updated_at) VALUES (?, ?, ?)
+func (t *Tx) InitConfig(ctx context.Context, key, value string) (string, error) {
+	if _, err := t.Q.ExecContext(ctx, `INSERT INTO config (key, value, updated_at) VALUES (?, ?, ?)
 		ON CONFLICT (key) DO NOTHING`, key, value, formatTime(time.Now())); err != nil {
 		return "", fmt.Errorf("writing config %q: %w", key, err)
 	}
