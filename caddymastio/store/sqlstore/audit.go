@@ -28,8 +28,8 @@ func AuditHeadOn(ctx context.Context, q RowQuerier) (store.AuditHead, error) {
 	var h store.AuditHead
 	// The newest row; when an archive removed every row, the anchor.
 	err := q.QueryRowContext(ctx, `SELECT seq, hash FROM (
-		SELECT seq, hash FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1)
-		UNION ALL SELECT seq, hash FROM audit_anchor) ORDER BY seq DESC LIMIT 1`).Scan(&h.Seq, &h.Hash)
+		SELECT seq, hash FROM (SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1) AS newest
+		UNION ALL SELECT seq, hash FROM audit_anchor) AS heads ORDER BY seq DESC LIMIT 1`).Scan(&h.Seq, &h.Hash)
 	if errors.Is(err, sql.ErrNoRows) {
 		return store.AuditHead{Hash: bytes.Clone(store.GenesisHash)}, nil
 	}

@@ -3,7 +3,6 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 
@@ -16,11 +15,15 @@ func (t *Tx) UseOnce(ctx context.Context, key string, expires time.Time) (bool, 
 		key, formatTime(time.Now())); err != nil {
 		return false, err
 	}
-	_, err := t.Q.ExecContext(ctx, `INSERT INTO used_credentials (key, expires_at) VALUES (?, ?)`, key, formatTime(expires))
-	if errors.Is(t.conflict(err), store.ErrConflict) {
-		return false, nil
+	// ON CONFLICT rather than a failed INSERT: in Postgres a failed
+	// statement aborts the whole transaction.
+	res, err := t.Q.ExecContext(ctx, `INSERT INTO used_credentials (key, expires_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`,
+		key, formatTime(expires))
+	if err != nil {
+		return false, err
 	}
-	return err == nil, err
+	n, err := res.RowsAffected()
+	return n == 1, err
 }
 
 // ForgetUsed implements store.Tx.
