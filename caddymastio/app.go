@@ -74,9 +74,10 @@ type App struct {
 	// working directory of the Caddy process).
 	DataDir string `json:"data_dir,omitempty"`
 
-	// The database: a SQLite file path. Default: <data_dir>/mastio.db.
-	// postgres:// URLs are reserved for the Postgres store, which this build
-	// does not include yet; they are refused with a clear error.
+	// The database: a SQLite file path (default: <data_dir>/mastio.db), or
+	// a postgres:// URL (placeholders such as {env.MASTIO_DATABASE_URL}
+	// keep its password out of the config; logs and the audit log show the
+	// URL without it).
 	Database string `json:"database,omitempty"`
 
 	// The organisation id: the <org> in agent ids (<org>::<name>) and SPIFFE
@@ -228,7 +229,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	val, _, err := locations.LoadOrNew(a.dbPath, func() (caddy.Destructor, error) {
-		s, err := mastio.Prepare(a.dataDir, a.dbPath, a.OrgID, a.logger)
+		s, err := mastio.Prepare(a.dataDir, mastio.Database(a.dbPath), a.OrgID, a.logger)
 		if err != nil {
 			return nil, err
 		}
@@ -240,7 +241,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.shared = val.(location).Shared
 	if a.shared.DataDir() != a.dataDir {
 		return fmt.Errorf("database %s is already in use with data_dir %s; one database belongs to one data_dir",
-			a.dbPath, a.shared.DataDir())
+			mastio.Database(a.dbPath).Location(), a.shared.DataDir())
 	}
 	if a.OrgID != "" && a.OrgID != a.shared.OrgID() {
 		return fmt.Errorf("org_id %q differs from the org id %q this data directory was created with; "+
@@ -281,7 +282,8 @@ func (a *App) resolvePaths(repl *caddy.Replacer) error {
 		dbPath = filepath.Join(a.dataDir, "mastio.db")
 	}
 	if isPostgresURL(dbPath) {
-		return errors.New("database: postgres:// URLs need the Postgres store, which this build does not include yet; use a SQLite file path")
+		a.dbPath = dbPath // the URL, password and all: only its Location is ever shown
+		return nil
 	}
 	if a.dbPath, err = filepath.Abs(dbPath); err != nil {
 		return fmt.Errorf("database %q: %w", dbPath, err)
@@ -435,7 +437,7 @@ func (a *App) Start() error {
 		zap.String("org_id", a.m.OrgID()),
 		zap.String("trust_domain", a.m.Settings().TrustDomain),
 		zap.String("data_dir", a.dataDir),
-		zap.String("database", a.dbPath),
+		zap.String("database", mastio.Database(a.dbPath).Location()),
 		zap.String("org_ca", filepath.Join(a.dataDir, "pki", pki.RootCertFile)),
 		zap.String("admin_secret_source", a.adminSecretSource))
 	return nil

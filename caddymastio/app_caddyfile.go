@@ -277,9 +277,6 @@ func (a *App) checkOption(opt string) error {
 	case "data_dir":
 		return nil // checked where the config runs (Provision), not where it is adapted
 	case "database":
-		if isPostgresURL(a.Database) {
-			return errorString("postgres:// URLs need the Postgres store, which this build does not include yet")
-		}
 		return nil
 	case "org_id":
 		single.OrgID = a.OrgID

@@ -318,11 +318,11 @@ func TestLostDatabaseIsRefused(t *testing.T) {
 		}
 	}
 	os.Remove(db)
-	got, err := mastio.InitDatabase(context.Background(), dir, db)
+	got, err := mastio.InitDatabase(context.Background(), dir, mastio.Database(db))
 	if err != nil || got != org {
 		t.Fatalf("init-database: %q %v (org %q)", got, err, org)
 	}
-	if _, err := mastio.InitDatabase(context.Background(), dir, db); err == nil {
+	if _, err := mastio.InitDatabase(context.Background(), dir, mastio.Database(db)); err == nil {
 		t.Fatal("init-database ran twice over one installation")
 	}
 	c := &App{DataDir: dir, AdminSecret: testSecret}
@@ -351,9 +351,11 @@ func TestDataDirProblemsAreReported(t *testing.T) {
 	if err := provision(t, b); err == nil || !strings.Contains(err.Error(), "not a directory") {
 		t.Fatalf("data_dir is a file: %v", err)
 	}
-	c := &App{DataDir: t.TempDir(), Database: "postgres://x@localhost/db", AdminSecret: testSecret}
-	if err := provision(t, c); err == nil || !strings.Contains(err.Error(), "Postgres") {
-		t.Fatalf("postgres URL: %v", err)
+	// A Postgres server that cannot be reached: refused at provisioning,
+	// naming the database without its password.
+	c := &App{DataDir: t.TempDir(), Database: "postgres://x:hunter2-secret@127.0.0.1:1/db", AdminSecret: testSecret}
+	if err := provision(t, c); err == nil || !strings.Contains(err.Error(), "postgres://x@127.0.0.1:1/db") || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("an unreachable postgres URL: %v", err)
 	}
 }
 

@@ -94,7 +94,6 @@ func TestCaddyfileErrorsNameOptionAndLine(t *testing.T) {
 		{"bad trust domain", "{\n\tmastio {\n\t\ttrust_domain UPPER\n\t}\n}\n", "invalid trust domain"},
 		{"bad public url", "{\n\tmastio {\n\t\tpublic_url https://x/y\n\t}\n}\n", "public_url"},
 		{"literal weak secret", "{\n\tmastio {\n\t\tadmin_secret changeme\n\t}\n}\n", "too short"},
-		{"postgres", "{\n\tmastio {\n\t\tdatabase postgres://u@h/db\n\t}\n}\n", "Postgres store"},
 		{"args on option", "{\n\tmastio x\n}\n", "wrong argument count"},
 		{"bad issuer lifetime", "localhost {\n\ttls {\n\t\tissuer mastio {\n\t\t\tlifetime 3 days\n\t\t}\n\t}\n}\n", "lifetime"},
 		{"unparsable issuer lifetime", "localhost {\n\ttls {\n\t\tissuer mastio {\n\t\t\tlifetime soon\n\t\t}\n\t}\n}\n", `lifetime "soon"`},

@@ -159,7 +159,7 @@ new headers for every request.`,
 func initDatabaseCommand() *cobra.Command {
 	var dataDir, db string
 	c := &cobra.Command{
-		Use:   "init-database --data-dir <dir> [--database <file>]",
+		Use:   "init-database --data-dir <dir> [--database <file>|postgres://...]",
 		Short: "Start over with an empty database that keeps the existing Org CA",
 		Long: `When the database is lost and no backup can be restored, the gateway refuses
 to start beside the Org CA that remains (a silent new database would orphan
@@ -171,11 +171,11 @@ with a system.database_created row. Run it while Caddy is stopped.`,
 			if db == "" {
 				db = filepath.Join(dataDir, "mastio.db")
 			}
-			org, err := mastio.InitDatabase(cmd.Context(), dataDir, db)
+			org, err := mastio.InitDatabase(cmd.Context(), dataDir, mastio.Database(db))
 			if err != nil {
 				return err
 			}
-			fmt.Printf("created %s for the Org CA of org %s: start Caddy, then enroll every agent again\n", db, org)
+			fmt.Printf("created %s for the Org CA of org %s: start Caddy, then enroll every agent again\n", mastio.Database(db).Location(), org)
 			return nil
 		},
 	}

@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-mastio/caddy-mastio/internal/pgtest"
 	"github.com/caddy-mastio/caddy-mastio/internal/testutil"
 )
 
@@ -38,12 +39,14 @@ var repoRoot string
 func TestMain(m *testing.M) {
 	wd, _ := os.Getwd()
 	repoRoot = filepath.Dir(wd)
-	code, err := run(m)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "e2e:", err)
-		os.Exit(1)
-	}
-	os.Exit(code)
+	os.Exit(pgtest.Main(func() int {
+		code, err := run(m)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "e2e:", err)
+			return 1
+		}
+		return code
+	}))
 }
 
 func run(m *testing.M) (int, error) {
@@ -139,6 +142,15 @@ func newServer(t testing.TB, dir, caddyfile string, extraEnv ...string) *server 
 			t.Fatal(err)
 		}
 		caddyfile = string(data)
+	}
+	if onPostgres {
+		// The same gateway on a Postgres database of its own (the data
+		// directory keeps the Org CA and keys, as with SQLite).
+		if !strings.Contains(caddyfile, "\tmastio {\n") {
+			t.Fatal("this test's Caddyfile has no mastio global options to point at Postgres")
+		}
+		caddyfile = strings.Replace(caddyfile, "\tmastio {\n", "\tmastio {\n\t\tdatabase {$MASTIO_DATABASE_URL}\n", 1)
+		extraEnv = append(extraEnv, "MASTIO_DATABASE_URL="+pgtest.Database(t))
 	}
 	writeFile(t, filepath.Join(dir, "Caddyfile"), caddyfile)
 	s := &server{t: t, dir: dir, dataDir: filepath.Join(dir, "data"), httpsPort: freePort(t), httpPort: freePort(t)}

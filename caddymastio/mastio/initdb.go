@@ -10,7 +10,6 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
 )
 
 // InitDatabase creates an empty database for the Org CA already in
@@ -18,7 +17,8 @@ import (
 // start refuses to do it silently). It refuses when the database holds an
 // installation already, and audits what it did as the new chain's first
 // row.
-func InitDatabase(ctx context.Context, dataDir, dbPath string) (orgID string, err error) {
+func InitDatabase(ctx context.Context, dataDir string, db Database) (orgID string, err error) {
+	dbPath := db.Location()
 	pkiDir := filepath.Join(dataDir, "pki")
 	data, err := os.ReadFile(filepath.Join(pkiDir, pki.RootCertFile))
 	var root *x509.Certificate
@@ -37,16 +37,14 @@ func InitDatabase(ctx context.Context, dataDir, dbPath string) (orgID string, er
 		return "", fmt.Errorf("the Org CA in %s names no organisation", pkiDir)
 	}
 	orgID = root.Subject.Organization[0]
-	if hasFile(dbPath) {
-		have, _, err := sqlite.Peek(ctx, dbPath, cfgRootSHA256)
-		if err != nil {
-			return "", fmt.Errorf("database: %w", err)
-		}
-		if have[cfgRootSHA256] != "" {
-			return "", fmt.Errorf("the database %s already belongs to an installation: nothing to do", dbPath)
-		}
+	have, _, err := db.peek(ctx, cfgRootSHA256)
+	if err != nil {
+		return "", fmt.Errorf("database: %w", err)
 	}
-	st, err := sqlite.Open(ctx, dbPath)
+	if have[cfgRootSHA256] != "" {
+		return "", fmt.Errorf("the database %s already belongs to an installation: nothing to do", dbPath)
+	}
+	st, err := db.open(ctx)
 	if err != nil {
 		return "", fmt.Errorf("database: %w", err)
 	}

@@ -23,7 +23,6 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
 )
 
@@ -43,23 +42,21 @@ import (
 // nothing. orgHint is the configured org id (may be empty); it only
 // matters when the CA is created. logger is the data location's (kept for
 // its background work).
-func Prepare(dataDir, dbPath, orgHint string, logger *zap.Logger) (*Shared, error) {
+func Prepare(dataDir string, db Database, orgHint string, logger *zap.Logger) (*Shared, error) {
 	ctx := context.Background()
 	if err := CheckDataDir(dataDir); err != nil {
 		return nil, fmt.Errorf("data_dir %s: %w", dataDir, err)
 	}
 	pkiDir := filepath.Join(dataDir, "pki")
 	rootPath := filepath.Join(pkiDir, pki.RootCertFile)
-	haveCA, haveDB := hasFile(rootPath), hasFile(dbPath)
+	dbPath := db.Location()
+	known, haveDB, err := db.peek(ctx, cfgRootSHA256, cfgOrgID)
+	if err != nil {
+		return nil, fmt.Errorf("database: %w", err)
+	}
+	haveCA := hasFile(rootPath)
 	if haveCA && !haveDB {
 		return nil, lostDatabaseError(dataDir, dbPath)
-	}
-	known := map[string]string{}
-	if haveDB {
-		var err error
-		if known, _, err = sqlite.Peek(ctx, dbPath, cfgRootSHA256, cfgOrgID); err != nil {
-			return nil, fmt.Errorf("database: %w", err)
-		}
 	}
 	knownRoot, haveRoot := known[cfgRootSHA256]
 	switch {
@@ -85,7 +82,7 @@ func Prepare(dataDir, dbPath, orgHint string, logger *zap.Logger) (*Shared, erro
 			orgID = pki.DeriveOrgID(ca.Root())
 		}
 	}
-	s := &Shared{dataDir: dataDir, dbPath: dbPath, ca: ca, caCreated: created, orgID: orgID,
+	s := &Shared{dataDir: dataDir, database: db, dbPath: dbPath, ca: ca, caCreated: created, orgID: orgID,
 		keyStore: pki.FileKeyStore{Dir: filepath.Join(dataDir, "keys")}, limiters: map[string]*ratelimit.Limiter{},
 		lastReady: map[string]string{}}
 	s.logger.Store(logger)
@@ -118,7 +115,7 @@ func (s *Shared) openAll() error {
 		s.log().Warn("no admin_secret configured: generated one; read it from the file (and set admin_secret for production)",
 			zap.String("file", filepath.Join(s.dataDir, "admin-secret")))
 	}
-	st, err := sqlite.Open(ctx, s.dbPath)
+	st, err := s.database.open(ctx)
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}

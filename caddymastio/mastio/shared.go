@@ -33,9 +33,10 @@ const (
 // the Org CA, the signing key ring, the registry and the caches a reload
 // must not reset. Open it once; every configuration's Mastio shares it.
 type Shared struct {
-	dataDir string
-	dbPath  string
-	orgID   string
+	dataDir  string
+	database Database
+	dbPath   string // the database's Location: never a password
+	orgID    string
 	// logger is the logger of the configuration in force (set again when
 	// a configuration starts): background work logs through it.
 	logger atomic.Pointer[zap.Logger]

@@ -34,10 +34,10 @@ type Server struct {
 
 var running *Server
 
-// Main starts the server, runs the tests and stops it: call it from
-// TestMain. Without PostgreSQL installed, the tests that need it fail
-// saying so (the others run).
-func Main(m *testing.M) int {
+// Main starts the server, runs the tests (run: m.Run, or a TestMain's
+// own) and stops it. Without PostgreSQL installed, the tests that need it
+// fail saying so (the others run).
+func Main(run func() int) int {
 	s, err := start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pgtest:", err)
@@ -46,7 +46,7 @@ func Main(m *testing.M) int {
 		defer os.RemoveAll(s.dir)
 		defer s.stop()
 	}
-	return m.Run()
+	return run()
 }
 
 // URL is the admin URL of the running server's "postgres" database.

@@ -193,6 +193,11 @@ BEGIN
 END $fn$;
 CREATE TRIGGER audit_events_no_delete BEFORE DELETE ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_events_no_delete();
 `},
+	{5, "certificate issue order", `
+ALTER TABLE agent_certs ADD COLUMN issued_seq BIGINT NOT NULL DEFAULT 0;
+UPDATE agent_certs SET issued_seq = o.n FROM (SELECT cert_sha256, row_number() OVER (ORDER BY created_at) AS n FROM agent_certs) AS o
+	WHERE agent_certs.cert_sha256 = o.cert_sha256;
+`},
 }
 
 // LatestVersion is the newest schema version this binary knows.

@@ -14,7 +14,7 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m.Run)) }
 
 func open(t *testing.T) *DB {
 	t.Helper()

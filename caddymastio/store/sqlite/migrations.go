@@ -177,6 +177,14 @@ BEGIN
 	SELECT RAISE(ABORT, 'audit_events is append-only: DELETE refused (archive with caddy mastio audit archive)');
 END;
 `},
+	{5, "certificate issue order", `
+-- The order certificates were issued in, so that "newest first" holds for
+-- certificates issued at the same instant, in every database (the shared
+-- statements cannot use SQLite's rowid). Writes run one at a time, so
+-- MAX + 1 at insert time is unique.
+ALTER TABLE agent_certs ADD COLUMN issued_seq INTEGER NOT NULL DEFAULT 0;
+UPDATE agent_certs SET issued_seq = rowid;
+`},
 }
 
 // LatestVersion is the newest schema version this binary knows.

@@ -64,7 +64,7 @@ type DB struct {
 // and brings its schema up to date.
 func Open(ctx context.Context, path string) (*DB, error) {
 	if strings.HasPrefix(path, "postgres://") || strings.HasPrefix(path, "postgresql://") {
-		return nil, errors.New("postgres databases are not supported by this build yet; use a SQLite file path")
+		return nil, errors.New("a postgres:// URL is a Postgres database: open it with store/postgres, not as a SQLite file")
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {

@@ -83,7 +83,7 @@ func (r Reader) Certs(ctx context.Context, f store.CertFilter) ([]*store.Cert, e
 	}
 	rows, err := r.Q.QueryContext(ctx, `SELECT cert_sha256, agent_id, serial, cert_pem, status, not_before, not_after,
 		COALESCE(grace_until, ''), created_at, COALESCE(retired_at, '')
-		FROM agent_certs`+whereClause(where)+` ORDER BY created_at DESC, cert_sha256 DESC`, args...)
+		FROM agent_certs`+whereClause(where)+` ORDER BY created_at DESC, issued_seq DESC`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("listing certificates: %w", err)
 	}
@@ -133,8 +133,8 @@ func (t *Tx) UpdateAgent(ctx context.Context, a *store.Agent) error {
 // InsertCert implements store.Tx.
 func (t *Tx) InsertCert(ctx context.Context, c *store.Cert) error {
 	_, err := t.Q.ExecContext(ctx, `INSERT INTO agent_certs
-		(cert_sha256, agent_id, serial, cert_pem, not_before, not_after, status, grace_until, created_at, retired_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, NULLIF(?, ''))`,
+		(cert_sha256, agent_id, serial, cert_pem, not_before, not_after, status, grace_until, created_at, retired_at, issued_seq)
+		VALUES (?, ?, ?, ?, ?, ?, ?, NULLIF(?, ''), ?, NULLIF(?, ''), (SELECT COALESCE(MAX(issued_seq), 0) + 1 FROM agent_certs))`,
 		c.SHA256, c.AgentID, c.Serial, c.ChainPEM, formatTime(c.NotBefore), formatTime(c.NotAfter), c.Status,
 		formatOptTime(c.GraceUntil), formatTime(c.CreatedAt), formatOptTime(c.RetiredAt))
 	if err != nil {
