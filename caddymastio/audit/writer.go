@@ -393,6 +393,11 @@ func (l *Log) Change(ctx context.Context, fn func(c *Change) error) ([]Record, e
 			return nil
 		}
 		l.headStale.Store(true)
+		for _, ev := range c.events { // other instances sharing the store act on these once committed
+			if err := tx.Announce(ctx, ev.Type, ev.Subject); err != nil {
+				return err
+			}
+		}
 		h, err := tx.AuditHead(ctx)
 		if err != nil {
 			return err

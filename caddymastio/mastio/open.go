@@ -160,9 +160,12 @@ func (s *Shared) openAll() error {
 		s.log().Info("created the first token signing key", zap.String("kid", newKey.Kid))
 	}
 	s.stop = make(chan struct{})
-	s.background.Add(2)
+	feedCtx, stopFeed := context.WithCancel(context.Background())
+	s.stopFeed = stopFeed
+	s.background.Add(3)
 	go func() { defer s.background.Done(); s.maintain() }()
 	go func() { defer s.background.Done(); s.watchChain() }()
+	go func() { defer s.background.Done(); s.followChanges(feedCtx) }()
 	return nil
 }
 

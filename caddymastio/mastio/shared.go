@@ -88,7 +88,8 @@ type Shared struct {
 
 	startOnce  sync.Once
 	stop       chan struct{}
-	background sync.WaitGroup // maintain and watchChain
+	background sync.WaitGroup // maintain, watchChain, followChanges
+	stopFeed   context.CancelFunc
 
 	readyMu   sync.Mutex
 	lastReady map[string]string // check -> last reported value, to log changes only
@@ -180,6 +181,7 @@ func (s *Shared) Close() error {
 	}
 	if s.stop != nil {
 		close(s.stop)
+		s.stopFeed()
 		s.background.Wait()
 		s.stop = nil
 	}

@@ -108,10 +108,32 @@ func (r *Registry) reload(ctx context.Context) error {
 		}
 	}
 	r.mu.Lock()
+	oldPins, oldAgents := r.pins, r.agents
 	r.pins, r.agents = pins, agents
 	r.mu.Unlock()
+	// Whoever's credentials changed behind this process's back (another
+	// instance revoked or rotated them) is told, as a local change is.
+	touched := map[string]bool{}
+	for id, a := range oldAgents {
+		if b, ok := agents[id]; !ok || a.revoked != b.revoked {
+			touched[id] = true
+		}
+	}
+	for key, p := range oldPins {
+		if q, ok := pins[key]; !ok || p != q {
+			touched[p.agentID] = true
+		}
+	}
+	for id := range touched {
+		r.changed(id)
+	}
 	return nil
 }
+
+// Reload reads the pin view again from the store: another process sharing
+// it changed agents or certificates. Agents whose credentials changed are
+// told to the OnChange watchers, so their requests in flight end.
+func (r *Registry) Reload(ctx context.Context) error { return r.reload(ctx) }
 
 // pinFor is the in-memory view of a stored certificate.
 func pinFor(c *store.Cert) pinEntry {

@@ -138,6 +138,11 @@ type Tx interface {
 	// a.Hash. The head's seq and hash stay the AuditHead even when the
 	// head row itself is removed.
 	ArchiveAudit(ctx context.Context, a AuditAnchor) (int64, error)
+
+	// Announce tells the other processes sharing the store, once this
+	// transaction commits (and only then), that kind (an audit event type)
+	// happened to subject. A store that one process owns does nothing.
+	Announce(ctx context.Context, kind, subject string) error
 }
 
 // AuditWriter commits batches of audit rows, one transaction each, on a
@@ -194,3 +199,21 @@ func (e *HealthError) Error() string {
 }
 
 func (e *HealthError) Unwrap() error { return e.Err }
+
+// Feed is a store shared by several processes: it delivers what the others
+// Announce.
+type Feed interface {
+	// Listen calls fn with each change another process announces, until
+	// ctx ends. After (re)connecting — when changes may have been missed —
+	// it calls fn with Kind ResyncAll. fn runs on Listen's goroutine.
+	Listen(ctx context.Context, fn func(Change))
+}
+
+// Change is an announced change (see Tx.Announce).
+type Change struct {
+	Kind    string // the audit event type, or ResyncAll
+	Subject string
+}
+
+// ResyncAll is the Change that asks for every cache to be read again.
+const ResyncAll = "resync"

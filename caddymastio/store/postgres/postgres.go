@@ -12,7 +12,9 @@ package postgres
 
 import (
 	"context"
+	"crypto/rand"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
@@ -36,16 +38,34 @@ func IsURL(s string) bool {
 	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
 }
 
-var dialect = &sqlstore.Dialect{IsUnique: func(err error) bool {
+// changesChannel is the LISTEN/NOTIFY channel of announced changes.
+const changesChannel = "mastio_changes"
+
+func isUnique(err error) bool {
 	var pe *pgconn.PgError
 	return errors.As(err, &pe) && pe.Code == "23505"
-}}
+}
+
+// newDialect is Postgres's dialect for one open DB: its announcements
+// carry origin, so that its own listener skips them. NOTIFY is
+// transactional: delivered when the transaction commits, never before,
+// never for a rollback.
+func newDialect(origin string) *sqlstore.Dialect {
+	return &sqlstore.Dialect{IsUnique: isUnique,
+		Announce: func(ctx context.Context, q sqlstore.Querier, kind, subject string) error {
+			_, err := q.ExecContext(ctx, `SELECT pg_notify(?, ?)`, changesChannel, kind+"\n"+subject+"\n"+origin)
+			return err
+		}}
+}
 
 // DB is an open Mastio database on Postgres.
 type DB struct {
 	sqlstore.Reader
 	db       *sql.DB
+	url      string // with its password: for the feed's own connection, never shown
 	location string
+	origin   string // this DB's id in its announcements
+	dialect  *sqlstore.Dialect
 	writer   *auditWriter
 
 	probeMu  sync.Mutex
@@ -63,7 +83,11 @@ func Open(ctx context.Context, rawURL string) (*DB, error) {
 	}
 	db.SetMaxOpenConns(20)
 	db.SetConnMaxIdleTime(5 * time.Minute)
-	s := &DB{Reader: sqlstore.Reader{Q: sqlstore.Dollars{Q: db}, D: dialect}, db: db, location: loc}
+	origin := make([]byte, 8)
+	rand.Read(origin)
+	s := &DB{db: db, url: rawURL, location: loc, origin: hex.EncodeToString(origin)}
+	s.dialect = newDialect(s.origin)
+	s.Reader = sqlstore.Reader{Q: sqlstore.Dollars{Q: db}, D: s.dialect}
 	s.writer = &auditWriter{db: s}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
@@ -166,7 +190,7 @@ func (s *DB) Update(ctx context.Context, fn func(store.Tx) error) error {
 		return err
 	}
 	defer t.Rollback()
-	if err := fn(&sqlstore.Tx{Reader: sqlstore.Reader{Q: sqlstore.Dollars{Q: t}, D: dialect}}); err != nil {
+	if err := fn(&sqlstore.Tx{Reader: sqlstore.Reader{Q: sqlstore.Dollars{Q: t}, D: s.dialect}}); err != nil {
 		return err
 	}
 	if err := t.Commit(); err != nil {

@@ -2,11 +2,13 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
@@ -131,5 +133,55 @@ func TestTwoInstancesAppendToOneChain(t *testing.T) {
 	res, err := audit.Verify(context.Background(), reader, 1, 0)
 	if err != nil || !res.OK() || res.Checked != 2*perWriter {
 		t.Fatalf("the chain written by two instances: %+v %v", res, err)
+	}
+}
+
+// What one instance announces reaches the others when it commits, not on
+// a rollback, and not itself.
+func TestAnnouncementsReachTheOtherInstances(t *testing.T) {
+	url := pgtest.Database(t)
+	a, err := Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan store.Change, 16)
+	go a.Listen(ctx, func(c store.Change) { got <- c })
+	next := func() store.Change {
+		t.Helper()
+		select {
+		case c := <-got:
+			return c
+		case <-time.After(5 * time.Second):
+			t.Fatal("no announcement within 5s")
+			return store.Change{}
+		}
+	}
+	if c := next(); c.Kind != store.ResyncAll {
+		t.Fatalf("first: %+v, want a resync on connecting", c)
+	}
+	announce := func(db *DB, kind string, fail bool) {
+		db.Update(ctx, func(tx store.Tx) error {
+			if err := tx.Announce(ctx, kind, "orga::bot"); err != nil {
+				t.Fatal(err)
+			}
+			if fail {
+				return errors.New("rolled back")
+			}
+			return nil
+		})
+	}
+	announce(b, "rolled.back", true)
+	announce(a, "own.change", false)
+	announce(b, "agent.revoked", false)
+	if c := next(); c != (store.Change{Kind: "agent.revoked", Subject: "orga::bot"}) {
+		t.Fatalf("got %+v, want only B's committed agent.revoked", c)
 	}
 }

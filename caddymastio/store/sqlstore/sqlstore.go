@@ -38,6 +38,17 @@ type Querier interface {
 type Dialect struct {
 	// IsUnique reports whether err is a uniqueness violation.
 	IsUnique func(err error) bool
+	// Announce sends a change to the other processes when the transaction
+	// commits; nil for a database one process owns.
+	Announce func(ctx context.Context, q Querier, kind, subject string) error
+}
+
+// Announce implements store.Tx.
+func (t *Tx) Announce(ctx context.Context, kind, subject string) error {
+	if t.D.Announce == nil {
+		return nil
+	}
+	return t.D.Announce(ctx, t.Q, kind, subject)
 }
 
 // Reader implements store.Reader with the shared statements on Q.

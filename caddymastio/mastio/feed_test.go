@@ -1,0 +1,111 @@
+package mastio
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
+	"github.com/caddy-mastio/caddy-mastio/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m.Run)) }
+
+// instance starts a Mastio on db with data directory dir, as a Caddy
+// instance would.
+func instance(t *testing.T, dir string, db Database) *Mastio {
+	t.Helper()
+	s, err := Prepare(dir, db, "", zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	secret, _ := NewSecret("3f9c2a7d41b8e6054c1d9a2f7e8b3c61")
+	m, err := s.With(Settings{AdminSecret: secret}, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// within waits (at most 5 s from start) for cond and returns how long
+// after start it held.
+func within(t *testing.T, what string, start time.Time, cond func() bool) time.Duration {
+	t.Helper()
+	for !cond() {
+		if time.Since(start) > 5*time.Second {
+			t.Fatalf("%s: not within 5s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// TestChangesReachTheOtherInstance: two instances on one Postgres
+// database. An agent created on A is known on B; a revocation on B is in
+// force on A — its open requests told — within the feed's delay; a
+// policy change and a signing key rotation on A apply on B.
+func TestChangesReachTheOtherInstance(t *testing.T) {
+	db := Database(pgtest.Database(t))
+	dir := t.TempDir()
+	a := instance(t, dir, db)
+	b := instance(t, dir, db)
+	ctx := context.Background()
+
+	t0 := time.Now()
+	iss, err := a.CreateAgent(ctx, registry.NewAgent{Name: "bot", Method: "admin", Actor: "admin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := iss.Agent.AgentID
+	known := within(t, "the agent on B", t0, func() bool { _, ok := b.Registry().Lookup(id); return ok })
+
+	told := make(chan string, 4)
+	a.OnAgentChange(func(agent string) { told <- agent })
+	t0 = time.Now()
+	if _, err := b.Registry().Revoke(ctx, id, "stolen", "admin", nil); err != nil {
+		t.Fatal(err)
+	}
+	revoked := within(t, "the revocation on A", t0, func() bool { _, ok := a.Registry().Lookup(id); return !ok })
+	select {
+	case got := <-told:
+		if got != id {
+			t.Fatalf("A told of %s, want %s", got, id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("A's open requests of the agent were not told")
+	}
+	if revoked > time.Second {
+		t.Errorf("the revocation took %s to reach A, more than 1s", revoked)
+	}
+
+	t0 = time.Now()
+	if _, err := a.SetPolicy(ctx, "allow * tools/call weather/get_forecast\n", nil); err != nil {
+		t.Fatal(err)
+	}
+	policy := within(t, "the policy on B", t0, func() bool {
+		rules := b.PolicyRules()
+		return len(rules) > 0 && strings.Contains(rules[len(rules)-1].Resource, "weather/get_forecast")
+	})
+	t0 = time.Now()
+	rot, err := a.RotateSigningKey(ctx, time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := within(t, "the new signing key on B", t0, func() bool {
+		for _, k := range b.SigningKeys() {
+			if k.Kid == rot.NewKid && k.Status == "active" {
+				return true
+			}
+		}
+		return false
+	})
+	t.Logf("from the call on one instance to the change in force on the other: agent created %s, revoked %s, policy %s, signing key %s", known, revoked, policy, keys)
+}
