@@ -80,6 +80,15 @@ type App struct {
 	// URL without it).
 	Database string `json:"database,omitempty"`
 
+	// A file holding the key-encryption key (32 random bytes, base64 or
+	// hex; mode 0600) of a Postgres database several instances share:
+	// with it, the Org CA's and intermediate's keys, the signing keys and
+	// upstream credentials live in the database sealed under this key
+	// (AES-256-GCM), the first instance creates them and the others use
+	// them. Give every instance the same key. Requires admin_secret (or
+	// MCP_PROXY_ADMIN_SECRET): a generated one would differ per instance.
+	KeyEncryptionKeyFile string `json:"key_encryption_key_file,omitempty"`
+
 	// The organisation id: the <org> in agent ids (<org>::<name>) and SPIFFE
 	// IDs. 1-64 characters of [a-zA-Z0-9._-]. Default: the first 16 hex
 	// digits of the SHA-256 of the Org root's public key. It is fixed at
@@ -229,7 +238,17 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	val, _, err := locations.LoadOrNew(a.dbPath, func() (caddy.Destructor, error) {
-		s, err := mastio.Prepare(a.dataDir, mastio.Database(a.dbPath), a.OrgID, a.logger)
+		loc := mastio.Location{DataDir: a.dataDir, Database: mastio.Database(a.dbPath)}
+		if a.KeyEncryptionKeyFile != "" {
+			kekPath, err := repl.ReplaceOrErr(a.KeyEncryptionKeyFile, true, true)
+			if err != nil {
+				return nil, fmt.Errorf("key_encryption_key_file: %w", err)
+			}
+			if loc.KEK, err = mastio.ReadKEK(kekPath); err != nil {
+				return nil, err
+			}
+		}
+		s, err := mastio.Prepare(loc, a.OrgID, a.logger)
 		if err != nil {
 			return nil, err
 		}

@@ -23,7 +23,8 @@ func init() {
 //
 //	mastio {
 //	    data_dir     <path>
-//	    database     <sqlite-path>
+//	    database     <sqlite-path>|postgres://...
+//	    key_encryption_key_file <path>
 //	    org_id       <id>
 //	    trust_domain <domain>
 //	    public_url   <https://host[:port]>
@@ -98,6 +99,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			target = &a.DataDir
 		case "database":
 			target = &a.Database
+		case "key_encryption_key_file":
+			target = &a.KeyEncryptionKeyFile
 		case "org_id":
 			target = &a.OrgID
 		case "trust_domain":
@@ -219,8 +222,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.AllowBearerTokens = true
 			continue
 		default:
-			return d.Errf("unrecognized mastio option %q (known: data_dir, database, org_id, trust_domain, public_url, "+
-				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_clock_skew, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay, audit_checkpoint_interval, audit_verify_interval, audit_timestamp_url)", opt)
+			return d.Errf("unrecognized mastio option %q (known: data_dir, database, key_encryption_key_file, org_id, trust_domain, public_url, "+
+				"key_encryption_key_file, admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_clock_skew, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay, audit_checkpoint_interval, audit_verify_interval, audit_timestamp_url)", opt)
 		}
 		if durTarget != nil {
 			if *durTarget != 0 {
@@ -276,7 +279,7 @@ func (a *App) checkOption(opt string) error {
 	switch opt {
 	case "data_dir":
 		return nil // checked where the config runs (Provision), not where it is adapted
-	case "database":
+	case "database", "key_encryption_key_file":
 		return nil
 	case "org_id":
 		single.OrgID = a.OrgID

@@ -149,6 +149,8 @@ func (a *App) resolveAdminSecret(repl *caddy.Replacer) (string, error) {
 		secret, a.adminSecretSource = v, "config"
 	case os.Getenv(AdminSecretEnv) != "":
 		secret, a.adminSecretSource = os.Getenv(AdminSecretEnv), "env "+AdminSecretEnv
+	case a.KeyEncryptionKeyFile != "":
+		return "", fmt.Errorf("instances sharing a database need the same admin secret: set admin_secret (or %s)", AdminSecretEnv)
 	default:
 		var err error
 		if secret, _, err = a.shared.AdminSecretFromFile(); err != nil { // written when the state opens

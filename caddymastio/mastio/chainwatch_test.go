@@ -18,7 +18,7 @@ func started(t *testing.T) (*Mastio, *sql.DB) {
 	t.Helper()
 	dir := t.TempDir()
 	db := filepath.Join(dir, "mastio.db")
-	s, err := Prepare(dir, Database(db), "", zap.NewNop())
+	s, err := Prepare(Location{DataDir: dir, Database: Database(db)}, "", zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}

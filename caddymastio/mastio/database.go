@@ -21,6 +21,9 @@ func (d Database) Location() string {
 	return string(d)
 }
 
+// sharable reports a database several instances can share.
+func (d Database) sharable() bool { return postgres.IsURL(string(d)) }
+
 // open opens (creating the schema as needed) the store.
 func (d Database) open(ctx context.Context) (store.Store, error) {
 	if postgres.IsURL(string(d)) {

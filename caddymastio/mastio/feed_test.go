@@ -2,14 +2,19 @@ package mastio
 
 import (
 	"context"
+	"crypto/rand"
+	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
 	"github.com/caddy-mastio/caddy-mastio/internal/pgtest"
 )
 
@@ -19,7 +24,7 @@ func TestMain(m *testing.M) { os.Exit(pgtest.Main(m.Run)) }
 // instance would.
 func instance(t *testing.T, dir string, db Database) *Mastio {
 	t.Helper()
-	s, err := Prepare(dir, db, "", zap.NewNop())
+	s, err := Prepare(Location{DataDir: dir, Database: db}, "", zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,4 +113,72 @@ func TestChangesReachTheOtherInstance(t *testing.T) {
 		return false
 	})
 	t.Logf("from the call on one instance to the change in force on the other: agent created %s, revoked %s, policy %s, signing key %s", known, revoked, policy, keys)
+}
+
+// sharedInstance starts an instance of a shared deployment: its own data
+// directory, the shared database and key-encryption key.
+func sharedInstance(t *testing.T, db Database, kek []byte) (*Mastio, string, error) {
+	dir := t.TempDir()
+	s, err := Prepare(Location{DataDir: dir, Database: db, KEK: kek}, "", zap.NewNop())
+	if err != nil {
+		return nil, dir, err
+	}
+	t.Cleanup(func() { s.Close() })
+	secret, _ := NewSecret("3f9c2a7d41b8e6054c1d9a2f7e8b3c61")
+	m, err := s.With(Settings{AdminSecret: secret}, zap.NewNop())
+	if err == nil {
+		err = m.Start(context.Background(), nil)
+	}
+	return m, dir, err
+}
+
+// TestSharedDeploymentOneCAKeysSealed: two instances with data
+// directories of their own start at once on one database: they make one
+// Org CA, no private key lands on either disk, a signing key one rotates
+// the other signs with, and an instance with another key-encryption key
+// is refused.
+func TestSharedDeploymentOneCAKeysSealed(t *testing.T) {
+	db := Database(pgtest.Database(t))
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	type started struct {
+		m   *Mastio
+		dir string
+		err error
+	}
+	results := make(chan started, 2)
+	for range 2 {
+		go func() { m, dir, err := sharedInstance(t, db, kek); results <- started{m, dir, err} }()
+	}
+	a, b := <-results, <-results
+	if a.err != nil || b.err != nil {
+		t.Fatalf("start: %v / %v", a.err, b.err)
+	}
+	if pki.Fingerprint(a.m.CA().Root()) != pki.Fingerprint(b.m.CA().Root()) || a.m.OrgID() != b.m.OrgID() {
+		t.Fatal("two instances starting at once made two Org CAs")
+	}
+	for _, dir := range []string{a.dir, b.dir} {
+		filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && (strings.HasSuffix(p, ".key") || strings.Contains(p, "signing-")) {
+				t.Errorf("a private key on disk: %s", p)
+			}
+			return nil
+		})
+	}
+	rot, err := a.m.RotateSigningKey(context.Background(), time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	within(t, "B signing with A's new key", time.Now(), func() bool {
+		k := b.m.keys.Active()
+		return k != nil && k.Kid == rot.NewKid
+	})
+	if _, err := b.m.keys.Mint(token.Claims{Subject: "x", Expiry: time.Now().Add(time.Minute).Unix()}); err != nil {
+		t.Fatalf("B cannot sign with the shared key: %v", err)
+	}
+	other := make([]byte, 32)
+	rand.Read(other)
+	if _, _, err := sharedInstance(t, db, other); err == nil || !strings.Contains(err.Error(), "cannot be opened with this key_encryption_key_file") {
+		t.Fatalf("an instance with another key: %v", err)
+	}
 }

@@ -14,7 +14,7 @@ import (
 func TestTheStartedConfigurationLogsTheLocationsWork(t *testing.T) {
 	dir := t.TempDir()
 	first, firstLogs := observer.New(zap.InfoLevel)
-	s, err := Prepare(dir, Database(filepath.Join(dir, "mastio.db")), "", zap.New(first))
+	s, err := Prepare(Location{DataDir: dir, Database: Database(filepath.Join(dir, "mastio.db"))}, "", zap.New(first))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -42,10 +42,14 @@ import (
 // nothing. orgHint is the configured org id (may be empty); it only
 // matters when the CA is created. logger is the data location's (kept for
 // its background work).
-func Prepare(dataDir string, db Database, orgHint string, logger *zap.Logger) (*Shared, error) {
+func Prepare(loc Location, orgHint string, logger *zap.Logger) (*Shared, error) {
 	ctx := context.Background()
+	dataDir, db := loc.DataDir, loc.Database
 	if err := CheckDataDir(dataDir); err != nil {
 		return nil, fmt.Errorf("data_dir %s: %w", dataDir, err)
+	}
+	if loc.KEK != nil {
+		return prepareShared(ctx, loc, orgHint, logger)
 	}
 	pkiDir := filepath.Join(dataDir, "pki")
 	rootPath := filepath.Join(pkiDir, pki.RootCertFile)
@@ -115,11 +119,14 @@ func (s *Shared) openAll() error {
 		s.log().Warn("no admin_secret configured: generated one; read it from the file (and set admin_secret for production)",
 			zap.String("file", filepath.Join(s.dataDir, "admin-secret")))
 	}
-	st, err := s.database.open(ctx)
-	if err != nil {
-		return fmt.Errorf("database: %w", err)
+	st := s.store // opened already by a shared location's Prepare
+	if st == nil {
+		var err error
+		if st, err = s.database.open(ctx); err != nil {
+			return fmt.Errorf("database: %w", err)
+		}
+		s.store = st
 	}
-	s.store = st
 	s.audit = audit.Open(st, audit.Options{Observe: observeCommit})
 	ca := s.ca
 	rootSum := pki.Fingerprint(ca.Root())

@@ -35,6 +35,7 @@ const (
 type Shared struct {
 	dataDir  string
 	database Database
+	shared   bool // several instances share the database (sealed material)
 	dbPath   string // the database's Location: never a password
 	orgID    string
 	// logger is the logger of the configuration in force (set again when

@@ -77,6 +77,14 @@ type Reader interface {
 	// AuditAnchor returns the anchor of the last archive (Seq 0 when
 	// nothing was archived).
 	AuditAnchor(ctx context.Context) (AuditAnchor, error)
+
+	// SealedFile returns the sealed content stored under name
+	// (ErrNotFound if none); SealedFiles those whose names start with
+	// prefix. Contents are sealed by the caller (encrypted under a key the
+	// store never sees): the Org CA, signing and credential keys that
+	// several instances share.
+	SealedFile(ctx context.Context, name string) ([]byte, error)
+	SealedFiles(ctx context.Context, prefix string) (map[string][]byte, error)
 }
 
 // Tx is a write transaction (see Store.Update).
@@ -138,6 +146,11 @@ type Tx interface {
 	// a.Hash. The head's seq and hash stay the AuditHead even when the
 	// head row itself is removed.
 	ArchiveAudit(ctx context.Context, a AuditAnchor) (int64, error)
+
+	// PutSealedFile stores sealed content under name, replacing any;
+	// DeleteSealedFile removes it (false if there was none).
+	PutSealedFile(ctx context.Context, name string, sealed []byte) error
+	DeleteSealedFile(ctx context.Context, name string) (bool, error)
 
 	// Announce tells the other processes sharing the store, once this
 	// transaction commits (and only then), that kind (an audit event type)
@@ -217,3 +230,10 @@ type Change struct {
 
 // ResyncAll is the Change that asks for every cache to be read again.
 const ResyncAll = "resync"
+
+// Exclusive is a store several processes share that can run something
+// with every other process of it kept out of Exclusive meanwhile (their
+// Updates still run): a first start that creates shared material.
+type Exclusive interface {
+	Exclusive(ctx context.Context, fn func() error) error
+}

@@ -37,7 +37,7 @@ func New(t testing.TB, s mastio.Settings, log *zap.Logger) *mastio.Mastio {
 		log = zap.NewNop()
 	}
 	dir := t.TempDir()
-	shared, err := mastio.Prepare(dir, mastio.Database(filepath.Join(dir, "mastio.db")), "", log)
+	shared, err := mastio.Prepare(mastio.Location{DataDir: dir, Database: mastio.Database(filepath.Join(dir, "mastio.db"))}, "", log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -198,6 +198,13 @@ ALTER TABLE agent_certs ADD COLUMN issued_seq BIGINT NOT NULL DEFAULT 0;
 UPDATE agent_certs SET issued_seq = o.n FROM (SELECT cert_sha256, row_number() OVER (ORDER BY created_at) AS n FROM agent_certs) AS o
 	WHERE agent_certs.cert_sha256 = o.cert_sha256;
 `},
+	{6, "sealed files", `
+CREATE TABLE sealed_files (
+	name       TEXT PRIMARY KEY,
+	sealed     BYTEA NOT NULL,
+	updated_at TEXT NOT NULL
+);
+`},
 }
 
 // LatestVersion is the newest schema version this binary knows.

@@ -230,3 +230,23 @@ func (s *DB) Check(ctx context.Context) error {
 
 // Interface guards
 var _ store.Store = (*DB)(nil)
+
+// exclusiveLock is the session advisory lock of Exclusive ("mastioX").
+const exclusiveLock = 0x6d617374696f58
+
+// Exclusive implements store.Exclusive with a session advisory lock on a
+// connection of its own (Updates, which take the write lock, still run).
+func (s *DB) Exclusive(ctx context.Context, fn func() error) error {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("database: %w", unavailable(err))
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, `SELECT pg_advisory_lock($1)`, exclusiveLock); err != nil {
+		return fmt.Errorf("database: taking the exclusive lock: %w", unavailable(err))
+	}
+	defer conn.ExecContext(context.Background(), `SELECT pg_advisory_unlock($1)`, exclusiveLock)
+	return fn()
+}
+
+var _ store.Exclusive = (*DB)(nil)

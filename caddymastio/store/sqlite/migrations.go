@@ -185,6 +185,16 @@ END;
 ALTER TABLE agent_certs ADD COLUMN issued_seq INTEGER NOT NULL DEFAULT 0;
 UPDATE agent_certs SET issued_seq = rowid;
 `},
+	{6, "sealed files", `
+-- Material several instances share (the Org CA, signing and credential
+-- keys), sealed by the Mastio under a key-encryption key the database
+-- never sees. A SQLite database has one instance: the table stays empty.
+CREATE TABLE sealed_files (
+	name       TEXT PRIMARY KEY,
+	sealed     BLOB NOT NULL,
+	updated_at TEXT NOT NULL
+);
+`},
 }
 
 // LatestVersion is the newest schema version this binary knows.

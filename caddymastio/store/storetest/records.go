@@ -210,3 +210,35 @@ func testAuditWriter(t *testing.T, st store.Store) {
 		t.Fatalf("head after interleaving: %+v", h)
 	}
 }
+
+func testSealedFiles(t *testing.T, st store.Store) {
+	if _, err := st.SealedFile(ctx, "pki/org-ca.key"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a missing sealed file: %v", err)
+	}
+	update(t, st, func(tx store.Tx) error {
+		for name, v := range map[string]string{"pki/org-ca.key": "one", "pki/org-ca.crt": "two", "keys/signing-x": "three"} {
+			if err := tx.PutSealedFile(ctx, name, []byte(v)); err != nil {
+				return err
+			}
+		}
+		return tx.PutSealedFile(ctx, "pki/org-ca.key", []byte{0, 1, 255}) // replaced, binary
+	})
+	if b, err := st.SealedFile(ctx, "pki/org-ca.key"); err != nil || string(b) != "\x00\x01\xff" {
+		t.Fatalf("read back: %q %v", b, err)
+	}
+	all, err := st.SealedFiles(ctx, "pki/")
+	if err != nil || len(all) != 2 || string(all["pki/org-ca.crt"]) != "two" {
+		t.Fatalf("by prefix: %v %v", all, err)
+	}
+	var removed, again bool
+	update(t, st, func(tx store.Tx) (err error) {
+		if removed, err = tx.DeleteSealedFile(ctx, "keys/signing-x"); err != nil {
+			return err
+		}
+		again, err = tx.DeleteSealedFile(ctx, "keys/signing-x")
+		return err
+	})
+	if !removed || again {
+		t.Fatalf("delete: %v, again: %v", removed, again)
+	}
+}

@@ -41,6 +41,7 @@ func Run(t *testing.T, open Open) {
 		{"AuditWriter", testAuditWriter},
 		{"AuditFilter", testAuditFilter},
 		{"AuditArchive", testAuditArchive},
+		{"SealedFiles", testSealedFiles},
 		{"Check", testCheck},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, open(t)) })
