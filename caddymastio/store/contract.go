@@ -213,6 +213,14 @@ func (e *HealthError) Error() string {
 
 func (e *HealthError) Unwrap() error { return e.Err }
 
+// Unavailable reports whether err is the database being unreachable or
+// unusable (a *HealthError): the request is refused with 503, not 500,
+// and nothing was changed.
+func Unavailable(err error) bool {
+	var he *HealthError
+	return errors.As(err, &he)
+}
+
 // Feed is a store shared by several processes: it delivers what the others
 // Announce.
 type Feed interface {

@@ -170,3 +170,10 @@ func jsonType(goType string) string {
 	}
 	return goType
 }
+
+// DatabaseUnavailable answers 503 database_unavailable with Retry-After:
+// the database cannot be reached or written, and nothing was changed.
+func DatabaseUnavailable(w http.ResponseWriter) {
+	SetRetryAfter(w, 5*time.Second)
+	Error(w, http.StatusServiceUnavailable, "database_unavailable", "the database is unavailable; nothing was changed: retry later")
+}

@@ -199,12 +199,22 @@ func (s *DB) Update(ctx context.Context, fn func(store.Tx) error) error {
 	return nil
 }
 
-// unavailable marks errors of a database that cannot be reached as a
-// HealthError, so that callers answer 503.
+// unavailable marks errors of a database that cannot be reached or used
+// as a HealthError, so that callers answer 503: errors that are not the
+// server's answer (no connection), and the server's own of the classes
+// connection exception (08), insufficient resources (53), operator
+// intervention (57: shutting down) and system error (58).
 func unavailable(err error) error {
+	if err == nil {
+		return nil
+	}
 	var pe *pgconn.PgError
-	if err == nil || errors.As(err, &pe) {
-		return err
+	if errors.As(err, &pe) {
+		switch pe.Code[:2] {
+		case "08", "53", "57", "58":
+		default:
+			return err
+		}
 	}
 	return &store.HealthError{Reason: "unavailable", Err: err}
 }
