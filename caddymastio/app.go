@@ -89,6 +89,18 @@ type App struct {
 	// MCP_PROXY_ADMIN_SECRET): a generated one would differ per instance.
 	KeyEncryptionKeyFile string `json:"key_encryption_key_file,omitempty"`
 
+	// The Redis the instances of a deployment share (redis://...;
+	// placeholders allowed): DPoP proofs and client assertions used on one
+	// instance are refused on all, and DPoP nonces and login challenges are
+	// good on all. Default: none, this process's memory.
+	Redis string `json:"redis,omitempty"`
+
+	// What happens while Redis cannot be reached: "closed" (default:
+	// requests that need a replay check are refused with 503) or "degrade"
+	// (each instance checks alone, with a warning and
+	// caddy_mastio_redis_degraded_total).
+	RedisUnavailable string `json:"redis_unavailable,omitempty"`
+
 	// The organisation id: the <org> in agent ids (<org>::<name>) and SPIFFE
 	// IDs. 1-64 characters of [a-zA-Z0-9._-]. Default: the first 16 hex
 	// digits of the SHA-256 of the Org root's public key. It is fixed at
@@ -238,7 +250,13 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	val, _, err := locations.LoadOrNew(a.dbPath, func() (caddy.Destructor, error) {
-		loc := mastio.Location{DataDir: a.dataDir, Database: mastio.Database(a.dbPath)}
+		loc := mastio.Location{DataDir: a.dataDir, Database: mastio.Database(a.dbPath), RedisDegrade: a.RedisUnavailable == "degrade"}
+		if a.Redis != "" {
+			var err error
+			if loc.Redis, err = repl.ReplaceOrErr(a.Redis, true, true); err != nil {
+				return nil, fmt.Errorf("redis: %w", err)
+			}
+		}
 		if a.KeyEncryptionKeyFile != "" {
 			kekPath, err := repl.ReplaceOrErr(a.KeyEncryptionKeyFile, true, true)
 			if err != nil {

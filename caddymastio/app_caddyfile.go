@@ -25,6 +25,8 @@ func init() {
 //	    data_dir     <path>
 //	    database     <sqlite-path>|postgres://...
 //	    key_encryption_key_file <path>
+//	    redis <redis://...>
+//	    redis_unavailable closed|degrade
 //	    org_id       <id>
 //	    trust_domain <domain>
 //	    public_url   <https://host[:port]>
@@ -101,6 +103,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			target = &a.Database
 		case "key_encryption_key_file":
 			target = &a.KeyEncryptionKeyFile
+		case "redis":
+			target = &a.Redis
+		case "redis_unavailable":
+			target = &a.RedisUnavailable
 		case "org_id":
 			target = &a.OrgID
 		case "trust_domain":
@@ -222,7 +228,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.AllowBearerTokens = true
 			continue
 		default:
-			return d.Errf("unrecognized mastio option %q (known: data_dir, database, key_encryption_key_file, org_id, trust_domain, public_url, "+
+			return d.Errf("unrecognized mastio option %q (known: data_dir, database, key_encryption_key_file, redis, redis_unavailable, org_id, trust_domain, public_url, "+
 				"key_encryption_key_file, admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_clock_skew, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay, audit_checkpoint_interval, audit_verify_interval, audit_timestamp_url)", opt)
 		}
 		if durTarget != nil {
@@ -279,8 +285,10 @@ func (a *App) checkOption(opt string) error {
 	switch opt {
 	case "data_dir":
 		return nil // checked where the config runs (Provision), not where it is adapted
-	case "database", "key_encryption_key_file":
+	case "database", "key_encryption_key_file", "redis":
 		return nil
+	case "redis_unavailable":
+		single.RedisUnavailable = a.RedisUnavailable
 	case "org_id":
 		single.OrgID = a.OrgID
 	case "trust_domain":

@@ -62,6 +62,12 @@ func (a *App) Validate() error {
 	if a.AuditCheckpointInterval != 0 && time.Duration(a.AuditCheckpointInterval) < time.Minute {
 		return errors.New("audit_checkpoint_interval must be at least 1m")
 	}
+	if a.RedisUnavailable != "" && a.RedisUnavailable != "closed" && a.RedisUnavailable != "degrade" {
+		return fmt.Errorf("redis_unavailable %q: want closed or degrade", a.RedisUnavailable)
+	}
+	if a.Redis != "" && !strings.HasPrefix(a.Redis, "redis://") && !strings.HasPrefix(a.Redis, "rediss://") && !strings.HasPrefix(a.Redis, "{") {
+		return fmt.Errorf("redis %q: want a redis:// or rediss:// URL", a.Redis)
+	}
 	if a.AuditVerifyInterval != 0 && time.Duration(a.AuditVerifyInterval) < time.Second {
 		return errors.New("audit_verify_interval must be at least 1s")
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/client"
 	"github.com/caddy-mastio/caddy-mastio/internal/pgtest"
+	"github.com/caddy-mastio/caddy-mastio/internal/redistest"
 	"github.com/caddy-mastio/caddy-mastio/internal/testutil"
 )
 
@@ -188,4 +190,96 @@ func connectMCPSession(t *testing.T, s *server, sess *client.Session) *mcp.Clien
 	}
 	t.Cleanup(func() { cs.Close() })
 	return cs
+}
+
+// via sends the requests of a client to one instance of a deployment
+// reached at its public URL: the URL's host becomes the instance's.
+type via struct {
+	instance string // localhost:port
+	base     http.RoundTripper
+}
+
+func (v via) RoundTrip(r *http.Request) (*http.Response, error) {
+	out := r.Clone(r.Context())
+	out.URL.Host, out.Host = v.instance, v.instance
+	resp, err := v.base.RoundTrip(out)
+	if resp != nil {
+		resp.Request = r // the client sees the answer to the request it made (nonces are kept by host)
+	}
+	return resp, err
+}
+
+// TestReplayRefusedAcrossInstances: two instances behind one public URL
+// share Redis: a proof used on A is refused when replayed on B, a nonce A
+// handed out is good on B, and with Redis down requests that need a replay
+// check get 503 (fail closed) until it is back.
+func TestReplayRefusedAcrossInstances(t *testing.T) {
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	kekFile := filepath.Join(workDir(t), "kek")
+	os.WriteFile(kekFile, []byte(base64.StdEncoding.EncodeToString(kek)), 0o600)
+	if asRoot() {
+		os.Chown(kekFile, testutil.NobodyUID, testutil.NobodyUID)
+	}
+	const public = "https://mastio.test:9443"
+	env := []string{"MASTIO_DATABASE_URL=" + pgtest.Database(t), "MASTIO_KEK_FILE=" + kekFile, "MASTIO_REDIS_URL=" + redistest.URL(t)}
+	global := `
+		database {$MASTIO_DATABASE_URL}
+		key_encryption_key_file {$MASTIO_KEK_FILE}
+		redis {$MASTIO_REDIS_URL}
+		public_url ` + public
+	a := exampleServer(t, global, "", env...)
+	b := exampleServer(t, global, "", env...)
+	id := makeIdentity(t, a, "roamer", "api:read")
+	transport := func(s *server) http.RoundTripper {
+		tlsConf := id.TLSConfig()
+		tlsConf.RootCAs, tlsConf.ServerName = s.rootPool(), "localhost"
+		return via{instance: strings.TrimPrefix(s.url(""), "https://"), base: &http.Transport{TLSClientConfig: tlsConf}}
+	}
+	onA, err := id.NewSession(public, transport(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := onA.Token(context.Background())
+	if err != nil {
+		t.Fatalf("a token from A: %v", err)
+	}
+	var lastBody string
+	send := func(s *server, proof string) int {
+		req, _ := http.NewRequest("GET", public+"/whoami", nil)
+		req.Header.Set("Authorization", "DPoP "+tok)
+		req.Header.Set("DPoP", proof)
+		resp, err := (&http.Client{Transport: transport(s), Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		lastBody = string(b)
+		return resp.StatusCode
+	}
+	proof, _ := onA.Proof("GET", public+"/whoami", tok)
+	if code := send(a, proof); code != 200 {
+		t.Fatalf("the proof on A: %d", code)
+	}
+	if code := send(b, proof); code != 401 || !strings.Contains(lastBody, "already used") {
+		t.Fatalf("the same proof replayed on B: %d %s, want 401 naming the replay", code, lastBody)
+	}
+	// A fresh proof, with the nonce A handed out, is good on B.
+	fresh, _ := onA.Proof("GET", public+"/whoami", tok)
+	if code := send(b, fresh); code != 200 {
+		t.Fatalf("a fresh proof with A's nonce on B: %d", code)
+	}
+
+	redistest.Stop(t)
+	t.Cleanup(func() { redistest.Restart(t) })
+	down, _ := onA.Proof("GET", public+"/whoami", tok)
+	if code := send(b, down); code != 503 {
+		t.Fatalf("with Redis down: %d, want 503", code)
+	}
+	redistest.Restart(t)
+	waitFor(t, "B to use Redis again", 15*time.Second, func() bool {
+		p, _ := onA.Proof("GET", public+"/whoami", tok)
+		return send(b, p) == 200
+	})
 }

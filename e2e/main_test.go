@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/caddy-mastio/caddy-mastio/internal/pgtest"
+	"github.com/caddy-mastio/caddy-mastio/internal/redistest"
 	"github.com/caddy-mastio/caddy-mastio/internal/testutil"
 )
 
@@ -40,12 +41,14 @@ func TestMain(m *testing.M) {
 	wd, _ := os.Getwd()
 	repoRoot = filepath.Dir(wd)
 	os.Exit(pgtest.Main(func() int {
-		code, err := run(m)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "e2e:", err)
-			return 1
-		}
-		return code
+		return redistest.Main(func() int {
+			code, err := run(m)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "e2e:", err)
+				return 1
+			}
+			return code
+		})
 	}))
 }
 

@@ -54,6 +54,15 @@ func (n *Nonces) forStep(step int64) string {
 	return base64.RawURLEncoding.EncodeToString(buf[:])
 }
 
+// SetEpoch binds the nonces to a new epoch of the replay cache (a shared
+// cache lost what it remembered): those issued before are refused from
+// now on.
+func (n *Nonces) SetEpoch(epoch []byte) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.epoch, n.cur = append([]byte(nil), epoch...), ""
+}
+
 // Current returns the nonce to hand out at now.
 func (n *Nonces) Current(now time.Time) string {
 	step := now.UnixNano() / int64(n.step)
@@ -76,5 +85,8 @@ func (n *Nonces) Valid(s string, now time.Time) bool {
 	if step != cur && step != cur-1 {
 		return false
 	}
-	return hmac.Equal([]byte(s), []byte(n.forStep(step)))
+	n.mu.Lock()
+	want := n.forStep(step)
+	n.mu.Unlock()
+	return hmac.Equal([]byte(s), []byte(want))
 }

@@ -41,6 +41,10 @@ type Error struct {
 
 func (e *Error) Error() string { return e.Code + ": " + e.Description }
 
+// CodeReplayUnavailable: the replay cache could not be asked (a shared
+// cache unreachable); the request is refused with 503, not as a bad proof.
+const CodeReplayUnavailable = "replay_cache_unavailable"
+
 func invalid(format string, args ...any) *Error {
 	return &Error{Code: CodeInvalidProof, Description: fmt.Sprintf(format, args...)}
 }
@@ -275,8 +279,8 @@ func Verify(ctx context.Context, values []string, c Checks) (*Proof, *Error) {
 				c.Replay.Since().UTC().Format(time.RFC3339))
 		}
 		fresh, err := c.Replay.Use(ctx, ReplayKey(p.JKT, p.JTI), p.IAT.Add(maxAge+maxSkew))
-		if err != nil {
-			return nil, invalid("the replay cache is unavailable: %v", err)
+		if err != nil { // fail closed: unchecked is refused
+			return nil, &Error{Code: CodeReplayUnavailable, Description: "the replay cache is unavailable, so the proof cannot be checked: retry later"}
 		}
 		if !fresh {
 			return nil, invalid("the proof was already used (replayed jti)")

@@ -205,6 +205,10 @@ func (m *Mastio) ProofChecks(r *http.Request, accessToken string) dpop.Checks {
 // logged with both values (the runbook promises them) and carries the
 // hint the original SDK reads.
 func (m *Mastio) ProofRefusal(r *http.Request, perr *dpop.Error) *Refusal {
+	if perr.Code == dpop.CodeReplayUnavailable {
+		return &Refusal{Status: http.StatusServiceUnavailable, Code: "temporarily_unavailable", Description: perr.Description,
+			Reason: perr.Code, NoChallenge: true}
+	}
 	reason, hint := perr.Code, ""
 	if strings.HasPrefix(perr.Description, "htu mismatch") {
 		reason, hint = "htu_mismatch", "htu_mismatch_check_proxy_public_url"

@@ -48,6 +48,10 @@ var (
 		Help: "Commits of audit rows that failed (the requests that needed them were refused).",
 	})
 
+	redisDegraded = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "caddy", Subsystem: "mastio", Name: "redis_degraded_total",
+		Help: "Replay checks this instance made alone because Redis could not be reached (redis_unavailable degrade).",
+	})
 	mcpCalls = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mastio", Name: "mcp_calls_total",
 		Help: "MCP calls (tools/call, resources/read, prompts/get) by server and policy decision (rate-limited calls are in mcp_rate_limited_total).",
@@ -84,7 +88,7 @@ var (
 func Collectors() []prometheus.Collector {
 	return []prometheus.Collector{authCounter, rateLimited, refusalsUnaudited, mcpSessions,
 		auditChainBreaks, auditChainBroken, auditVerifiedSeq, auditVerifiedRows,
-		auditEvents, auditCommitSeconds, auditCommitErrors, mcpCalls, mcpUpstreamSeconds, mcpUpstreamErrors, stateCollector{}}
+		auditEvents, auditCommitSeconds, auditCommitErrors, mcpCalls, redisDegraded, mcpUpstreamSeconds, mcpUpstreamErrors, stateCollector{}}
 }
 
 // observeUpstream counts a forwarded MCP call's upstream outcome.

@@ -2,9 +2,7 @@ package mastio
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -18,7 +16,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
@@ -86,7 +83,7 @@ func Prepare(loc Location, orgHint string, logger *zap.Logger) (*Shared, error) 
 			orgID = pki.DeriveOrgID(ca.Root())
 		}
 	}
-	s := &Shared{dataDir: dataDir, database: db, dbPath: dbPath, ca: ca, caCreated: created, orgID: orgID,
+	s := &Shared{redisURL: loc.Redis, redisDegrade: loc.RedisDegrade, dataDir: dataDir, database: db, dbPath: dbPath, ca: ca, caCreated: created, orgID: orgID,
 		keyStore: pki.FileKeyStore{Dir: filepath.Join(dataDir, "keys")}, limiters: map[string]*ratelimit.Limiter{},
 		lastReady: map[string]string{}}
 	s.logger.Store(logger)
@@ -209,7 +206,10 @@ func (s *Shared) auditCreatedCA(ctx context.Context, rootSum string) error {
 // epoch: after a restart those issued before are refused, and with them
 // every proof and challenge the old cache remembered.
 func (s *Shared) openReplayProtection(ctx context.Context) error {
-	s.replay = dpop.NewMemoryCache(dpop.DefaultReplayCapacity)
+	var err error
+	if s.replay, err = s.openReplayCache(ctx); err != nil {
+		return err
+	}
 	fresh := make([]byte, 32)
 	if _, err := rand.Read(fresh); err != nil {
 		return err
@@ -222,11 +222,13 @@ func (s *Shared) openReplayProtection(ctx context.Context) error {
 	if err != nil || len(nonceKey) < 32 {
 		return fmt.Errorf("config dpop_nonce_key is damaged")
 	}
-	s.nonces = dpop.NewNonces(nonceKey, dpop.DefaultNonceStep, s.replay.Epoch())
-	mac := hmac.New(sha256.New, nonceKey)
-	mac.Write([]byte("login-challenge key|"))
-	mac.Write(s.replay.Epoch())
-	s.challengeKey = mac.Sum(nil)
+	s.bindEpoch(nonceKey, s.replay.Epoch())
+	if s.redis != nil {
+		s.redis.OnEpoch(func(epoch []byte) {
+			s.log().Warn("redis lost the replay cache: a new epoch; nonces and challenges issued before are refused")
+			s.bindEpoch(nonceKey, epoch)
+		})
+	}
 	return nil
 }
 

@@ -3,6 +3,7 @@ package mastio
 import (
 	"context"
 	"errors"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -43,6 +44,11 @@ func (m *Mastio) Readiness(ctx context.Context) Readiness {
 	record("database", dbErr, reason)
 	record("pki", m.ca.Check(), "ca_unavailable")
 	record("signing_keys", m.keys.Check(), "no_usable_key")
+	if m.redis != nil && !m.redisDegrade {
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		record("redis", m.redis.Ping(pctx), "unavailable")
+		cancel()
+	}
 	chainReason, chainErr := m.chainReadiness()
 	record("audit_chain", chainErr, chainReason)
 	if len(res.Reasons) == 0 {

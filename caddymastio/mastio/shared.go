@@ -11,6 +11,7 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop/redisreplay"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
@@ -35,7 +36,7 @@ const (
 type Shared struct {
 	dataDir  string
 	database Database
-	shared   bool // several instances share the database (sealed material)
+	shared   bool   // several instances share the database (sealed material)
 	dbPath   string // the database's Location: never a password
 	orgID    string
 	// logger is the logger of the configuration in force (set again when
@@ -66,7 +67,11 @@ type Shared struct {
 	replay   dpop.ReplayCache
 	// challengeKey signs login challenges (stateless; single use through
 	// the replay cache).
-	challengeKey []byte
+	challengeKey atomic.Pointer[[]byte]
+	// redis is the shared replay cache, when the deployment has one.
+	redisURL     string
+	redisDegrade bool
+	redis        *redisreplay.Cache
 
 	// Per-address limits on anonymous and failing requests. They live here
 	// so that a reload does not reset them.
@@ -192,6 +197,9 @@ func (s *Shared) Close() error {
 	s.onCloseMu.Unlock()
 	for _, fn := range fns {
 		fn()
+	}
+	if s.redis != nil {
+		s.redis.Close()
 	}
 	if s.audit != nil {
 		s.audit.Close()

@@ -23,6 +23,11 @@ type Location struct {
 	DataDir  string
 	Database Database
 	KEK      []byte // nil: nothing shared, keys stay in DataDir
+	// Redis is the URL of the Redis the instances share for replay
+	// protection ("" for this process's memory); RedisDegrade says what
+	// to do while it cannot be reached (false: refuse, 503).
+	Redis        string
+	RedisDegrade bool
 }
 
 // prepareShared prepares an instance of a shared deployment: under the
@@ -119,7 +124,7 @@ func prepareShared(ctx context.Context, loc Location, orgHint string, logger *za
 	}
 	s := &Shared{dataDir: loc.DataDir, database: loc.Database, dbPath: loc.Database.Location(), store: st, ca: ca, caCreated: created,
 		orgID: orgID, keyStore: sealedKeyStore{st: st, sealer: sealer, prefix: "keys/"}, limiters: map[string]*ratelimit.Limiter{},
-		lastReady: map[string]string{}, shared: true}
+		lastReady: map[string]string{}, shared: true, redisURL: loc.Redis, redisDegrade: loc.RedisDegrade}
 	s.logger.Store(logger)
 	return s, nil
 }

@@ -167,7 +167,7 @@ func (m *Mastio) NewChallenge(agentID string) string {
 	buf := make([]byte, 16+8, 16+8+16)
 	rand.Read(buf[:16])
 	binary.BigEndian.PutUint64(buf[16:], uint64(time.Now().Add(ChallengeTTL).Unix()))
-	mac := hmac.New(sha256.New, m.challengeKey)
+	mac := hmac.New(sha256.New, *m.challengeKey.Load())
 	mac.Write([]byte("login-challenge|" + agentID + "|"))
 	mac.Write(buf)
 	return base64.RawURLEncoding.EncodeToString(append(buf, mac.Sum(nil)[:16]...))
@@ -178,7 +178,7 @@ func (m *Mastio) checkChallenge(agentID, nonce string, now time.Time) (time.Time
 	if err != nil || len(raw) != 40 {
 		return time.Time{}, errors.New("the nonce is not a login challenge of this Mastio")
 	}
-	mac := hmac.New(sha256.New, m.challengeKey)
+	mac := hmac.New(sha256.New, *m.challengeKey.Load())
 	mac.Write([]byte("login-challenge|" + agentID + "|"))
 	mac.Write(raw[:24])
 	if !hmac.Equal(mac.Sum(nil)[:16], raw[24:]) {
