@@ -31,10 +31,11 @@ func (w *auditWriter) Append(ctx context.Context, d store.Durability, head *stor
 	}
 	q := sqlstore.Dollars{Q: t}
 	// The write lock is held from here: the head read now is the chain's.
-	h := store.AuditHead{}
-	if head != nil {
-		h = *head
-	} else if h, err = sqlstore.AuditHeadOn(ctx, q); err != nil {
+	// It is always read, never taken from the caller: other instances
+	// append too, so a cached head is often stale, and a failed insert
+	// costs more than the indexed read.
+	h, err := sqlstore.AuditHeadOn(ctx, q)
+	if err != nil {
 		return err
 	}
 	rows, err := build(h)
