@@ -164,7 +164,8 @@ type AuditWriter interface {
 	// Append runs one write transaction: it calls rows with the chain head
 	// (read in the transaction; or head, when the caller knows it — a
 	// stale head makes the insert fail and the caller try again without
-	// one), inserts what rows returns, and commits with durability d.
+	// one; a store whose head several processes move may always read it),
+	// inserts what rows returns, and commits with durability d.
 	Append(ctx context.Context, d Durability, head *AuditHead, rows func(AuditHead) ([]AuditRow, error)) error
 	// Close releases the writer's connection.
 	Close() error
