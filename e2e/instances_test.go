@@ -211,8 +211,9 @@ func (v via) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // TestReplayRefusedAcrossInstances: two instances behind one public URL
 // share Redis: a proof used on A is refused when replayed on B, a nonce A
-// handed out is good on B, and with Redis down requests that need a replay
-// check get 503 (fail closed) until it is back.
+// handed out is good on B, rate limits count once across both, and with
+// Redis down requests that need a replay check get 503 (fail closed)
+// until it is back.
 func TestReplayRefusedAcrossInstances(t *testing.T) {
 	kek := make([]byte, 32)
 	rand.Read(kek)
@@ -269,6 +270,20 @@ func TestReplayRefusedAcrossInstances(t *testing.T) {
 	fresh, _ := onA.Proof("GET", public+"/whoami", tok)
 	if code := send(b, fresh); code != 200 {
 		t.Fatalf("a fresh proof with A's nonce on B: %d", code)
+	}
+
+	// Rate limits count once across instances: 5 enrollment starts a
+	// minute per address, spread over A and B, the sixth refused.
+	for i := range 6 {
+		s := []*server{a, b}[i%2]
+		resp, err := s.client().Post(s.url("/v1/enrollment/start"), "application/json", strings.NewReader(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if limited := resp.StatusCode == 429; limited != (i == 5) {
+			t.Fatalf("enrollment start %d (on %s): %d", i+1, []string{"A", "B"}[i%2], resp.StatusCode)
+		}
 	}
 
 	redistest.Stop(t)

@@ -24,7 +24,6 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mcp"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
 )
 
 // RouteSettings configure a Route; a zero field takes its default.
@@ -56,11 +55,9 @@ const (
 // 2026-07-28 revision whose Mcp-Method and Mcp-Name headers must agree
 // with the body.
 type Route struct {
-	cfg        RouteSettings
-	m          *mastio.Mastio
-	log        *zap.Logger
-	agentLimit *ratelimit.Limiter
-	itemLimit  *ratelimit.Limiter
+	cfg RouteSettings
+	m   *mastio.Mastio
+	log *zap.Logger
 }
 
 // NewRoute builds the filter for one server.
@@ -70,14 +67,7 @@ func NewRoute(m *mastio.Mastio, log *zap.Logger, cfg RouteSettings) *Route {
 	cfg.Timeout = orDefault(cfg.Timeout, DefaultRouteTimeout)
 	cfg.AgentRate = mastio.CallLimit(cfg.AgentRate, mastio.DefaultAgentRate)
 	cfg.ItemRate = mastio.CallLimit(cfg.ItemRate, mastio.DefaultItemRate)
-	g := &Route{cfg: cfg, m: m, log: log}
-	if cfg.AgentRate > 0 {
-		g.agentLimit = m.Limiter("mcp|"+cfg.Server+"|agent", cfg.AgentRate, time.Minute, cfg.AgentRate)
-	}
-	if cfg.ItemRate > 0 {
-		g.itemLimit = m.Limiter("mcp|"+cfg.Server+"|item", cfg.ItemRate, time.Minute, cfg.ItemRate)
-	}
-	return g
+	return &Route{cfg: cfg, m: m, log: log}
 }
 
 // orDefault is v, or def when v is zero.
@@ -347,14 +337,20 @@ func checkHeaders(r *http.Request, msgs []*mcp.Message, batch bool) *mcp.Error {
 	return nil
 }
 
+// rateLimit applies the route's limits. The limiters are asked for at
+// request time, once the location is open: in a deployment with Redis they
+// are Redis's, shared by every instance.
 func (x *exchange) rateLimit(name string) (time.Duration, bool) {
-	if l := x.g.agentLimit; l != nil {
+	cfg := x.g.cfg
+	if cfg.AgentRate > 0 {
+		l := x.g.m.Limiter("mcp|"+cfg.Server+"|agent", cfg.AgentRate, time.Minute, cfg.AgentRate)
 		if ok, wait := l.Allow(x.p.AgentID); !ok {
 			mcpRateLimited.WithLabelValues(x.g.cfg.Server, "agent").Inc()
 			return wait, false
 		}
 	}
-	if l := x.g.itemLimit; l != nil {
+	if cfg.ItemRate > 0 {
+		l := x.g.m.Limiter("mcp|"+cfg.Server+"|item", cfg.ItemRate, time.Minute, cfg.ItemRate)
 		if ok, wait := l.Allow(x.p.AgentID + "|" + name); !ok {
 			mcpRateLimited.WithLabelValues(x.g.cfg.Server, "item").Inc()
 			return wait, false

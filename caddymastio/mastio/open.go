@@ -84,7 +84,7 @@ func Prepare(loc Location, orgHint string, logger *zap.Logger) (*Shared, error) 
 		}
 	}
 	s := &Shared{redisURL: loc.Redis, redisDegrade: loc.RedisDegrade, dataDir: dataDir, database: db, dbPath: dbPath, ca: ca, caCreated: created, orgID: orgID,
-		keyStore: pki.FileKeyStore{Dir: filepath.Join(dataDir, "keys")}, limiters: map[string]*ratelimit.Limiter{},
+		keyStore: pki.FileKeyStore{Dir: filepath.Join(dataDir, "keys")}, limiters: map[string]ratelimit.Allower{},
 		lastReady: map[string]string{}}
 	s.logger.Store(logger)
 	return s, nil

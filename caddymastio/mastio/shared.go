@@ -14,6 +14,7 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop/redisreplay"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit/redislimit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
@@ -56,7 +57,7 @@ type Shared struct {
 	policyMu sync.Mutex
 	// limiters are the MCP rate limiters, by route and scope.
 	limitersMu sync.Mutex
-	limiters   map[string]*ratelimit.Limiter
+	limiters   map[string]ratelimit.Allower
 	// The MCP servers registered through the admin API, once read.
 	storedMu sync.Mutex
 	stored   map[string]*Server
@@ -165,15 +166,28 @@ func (s *Shared) maintain() {
 	}
 }
 
-// Limiter returns the shared limiter for key, creating it (n events per
-// period, burst) on first use. Limiters outlive config reloads.
-func (s *Shared) Limiter(key string, n int, period time.Duration, burst int) *ratelimit.Limiter {
+// Limiter returns the limiter for key, creating it (n events per period,
+// burst) on first use: in Redis, shared by every instance, when the
+// deployment has one, else in memory. Limiters outlive config reloads.
+func (s *Shared) Limiter(key string, n int, period time.Duration, burst int) ratelimit.Allower {
 	s.limitersMu.Lock()
 	defer s.limitersMu.Unlock()
 	k := fmt.Sprintf("%s|%d|%s|%d", key, n, period, burst)
 	l, ok := s.limiters[k]
 	if !ok {
-		l = ratelimit.New(n, period, burst, 100_000)
+		local := ratelimit.New(n, period, burst, 100_000)
+		l = local
+		if s.redis != nil {
+			rl := redislimit.New(s.redis.Client(), "mastio:"+s.orgID+":rl:"+k+":", n, period, burst)
+			rl.Unavailable = func(key string, err error) (bool, time.Duration) {
+				if s.redisDegrade {
+					redisDegraded.Inc()
+					return local.Allow(key)
+				}
+				return false, 5 * time.Second // closed: nothing unchecked passes
+			}
+			l = rl
+		}
 		s.limiters[k] = l
 	}
 	return l

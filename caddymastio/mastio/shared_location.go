@@ -123,7 +123,7 @@ func prepareShared(ctx context.Context, loc Location, orgHint string, logger *za
 		}
 	}
 	s := &Shared{dataDir: loc.DataDir, database: loc.Database, dbPath: loc.Database.Location(), store: st, ca: ca, caCreated: created,
-		orgID: orgID, keyStore: sealedKeyStore{st: st, sealer: sealer, prefix: "keys/"}, limiters: map[string]*ratelimit.Limiter{},
+		orgID: orgID, keyStore: sealedKeyStore{st: st, sealer: sealer, prefix: "keys/"}, limiters: map[string]ratelimit.Allower{},
 		lastReady: map[string]string{}, shared: true, redisURL: loc.Redis, redisDegrade: loc.RedisDegrade}
 	s.logger.Store(logger)
 	return s, nil

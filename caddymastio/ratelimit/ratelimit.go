@@ -9,6 +9,14 @@ import (
 	"github.com/hashicorp/golang-lru/v2/simplelru"
 )
 
+// Allower decides, per key, whether one more event is allowed now, and if
+// not how long to wait: a Limiter in memory, or one shared by instances.
+type Allower interface {
+	Allow(key string) (bool, time.Duration)
+}
+
+var _ Allower = (*Limiter)(nil)
+
 // Limiter allows, per key, Rate events per Per with bursts up to Burst.
 // It keeps at most MaxKeys buckets in least-recently-used order: when the
 // table is full, a new key takes the place of the least recently used one

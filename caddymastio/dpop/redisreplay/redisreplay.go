@@ -65,6 +65,10 @@ func Open(ctx context.Context, url, prefix string) (*Cache, error) {
 	return c, nil
 }
 
+// Client is the Redis client, for the deployment's other shared state
+// (rate limits).
+func (c *Cache) Client() *redis.Client { return c.rdb }
+
 // Close closes the connections.
 func (c *Cache) Close() error { return c.rdb.Close() }
 
