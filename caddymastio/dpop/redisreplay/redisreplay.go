@@ -56,7 +56,10 @@ func Open(ctx context.Context, url, prefix string) (*Cache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redis URL: %w", err)
 	}
-	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = 2*time.Second, time.Second, time.Second
+	// Fail fast while Redis is down: the caller answers 503 (or degrades)
+	// rather than holding the request through retries.
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout, opts.MaxRetries = time.Second, time.Second, time.Second, 1
+	opts.DialerRetries = 1
 	c := &Cache{rdb: redis.NewClient(opts), prefix: prefix}
 	if err := c.loadEpoch(ctx); err != nil {
 		c.rdb.Close()
