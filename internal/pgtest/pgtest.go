@@ -91,9 +91,13 @@ func Stop(t testing.TB) {
 	}
 }
 
-// Restart starts the server again after Stop.
+// Restart starts the server again after Stop; it does nothing while the
+// server runs (a test's cleanup may restart what the test restarted).
 func Restart(t testing.TB) {
 	t.Helper()
+	if running.cmd != nil {
+		return
+	}
 	if err := running.launch(); err != nil {
 		t.Fatal(err)
 	}

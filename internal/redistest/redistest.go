@@ -65,9 +65,13 @@ func Stop(t testing.TB) {
 	running.stop()
 }
 
-// Restart starts the server again after Stop.
+// Restart starts the server again after Stop; it does nothing while the
+// server runs.
 func Restart(t testing.TB) {
 	t.Helper()
+	if running.cmd != nil {
+		return
+	}
 	if err := running.launch(); err != nil {
 		t.Fatal(err)
 	}
