@@ -47,7 +47,6 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/endpoints"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
 
@@ -125,7 +124,7 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 		httpjson.WriteProblem(w, &httpjson.Problem{Status: re.Status, Code: re.Code, Message: re.Message, Field: re.Field})
 	case errors.As(err, &p):
 		httpjson.WriteProblem(w, p)
-	case store.Unavailable(err):
+	case mastio.Unavailable(err):
 		a.log.Error("admin request failed", zap.String("path", r.URL.Path), zap.Error(err))
 		httpjson.DatabaseUnavailable(w)
 	default:

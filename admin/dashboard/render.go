@@ -14,7 +14,6 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
 
@@ -135,7 +134,7 @@ func (p *page) fail(c *Console, title string, err error) {
 	status, msg := http.StatusInternalServerError, "the operation could not be completed; nothing was changed unless the audit log says so"
 	if pr := problem(err); pr != nil {
 		status, msg = pr.Status, pr.Message
-	} else if store.Unavailable(err) {
+	} else if mastio.Unavailable(err) {
 		status, msg = http.StatusServiceUnavailable, "The database is unavailable, so nothing was changed. Retry in a moment."
 		c.log.Error("dashboard action failed", zap.String("path", p.r.URL.Path), zap.Error(err))
 	} else {

@@ -18,7 +18,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
 )
 
@@ -246,7 +245,7 @@ func NotFound(w http.ResponseWriter, path string) {
 // internalError answers 500; the cause goes to the log only.
 func (h *Handler) internalError(w http.ResponseWriter, r *http.Request, err error) {
 	h.log.Error("request failed", zap.String("path", r.URL.Path), zap.Error(err))
-	if store.Unavailable(err) {
+	if mastio.Unavailable(err) {
 		httpjson.DatabaseUnavailable(w)
 		return
 	}

@@ -21,6 +21,11 @@ func (d Database) Location() string {
 	return string(d)
 }
 
+// Unavailable reports whether err is the database being unreachable or
+// unusable: the request is answered 503 database_unavailable, nothing
+// changed.
+func Unavailable(err error) bool { return store.Unavailable(err) || postgres.IsUnavailable(err) }
+
 // sharable reports a database several instances can share.
 func (d Database) sharable() bool { return postgres.IsURL(string(d)) }
 

@@ -14,9 +14,12 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -205,18 +208,28 @@ func (s *DB) Update(ctx context.Context, fn func(store.Tx) error) error {
 // connection exception (08), insufficient resources (53), operator
 // intervention (57: shutting down) and system error (58).
 func unavailable(err error) error {
-	if err == nil {
-		return nil
+	if err == nil || !IsUnavailable(err) {
+		return err
 	}
+	return &store.HealthError{Reason: "unavailable", Err: err}
+}
+
+// IsUnavailable reports an error of a database that cannot be reached or
+// used — on any statement, reads included — as opposed to one about the
+// statement itself.
+func IsUnavailable(err error) bool {
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		switch pe.Code[:2] {
 		case "08", "53", "57", "58":
-		default:
-			return err
+			return true
 		}
+		return false
 	}
-	return &store.HealthError{Reason: "unavailable", Err: err}
+	var ce *pgconn.ConnectError
+	var ne net.Error
+	return errors.As(err, &ce) || errors.As(err, &ne) || pgconn.Timeout(err) || errors.Is(err, driver.ErrBadConn) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || errors.As(err, new(*store.HealthError))
 }
 
 // Check is the readiness probe: a committed write to health_probe, at most
