@@ -272,6 +272,29 @@ func TestReplayRefusedAcrossInstances(t *testing.T) {
 		t.Fatalf("a fresh proof with A's nonce on B: %d", code)
 	}
 
+	// A client assertion used on A is refused on B (its id is kept in the
+	// shared database).
+	assertion, _ := onA.Assertion("")
+	tokenRequest := func(s *server) (int, string) {
+		proof, _ := onA.Proof("POST", public+"/v1/auth/token", "")
+		req, _ := http.NewRequest("POST", public+"/v1/auth/token", strings.NewReader(`{"client_assertion":"`+assertion+`"}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("DPoP", proof)
+		resp, err := (&http.Client{Transport: transport(s), Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, string(b)
+	}
+	if code, body := tokenRequest(a); code != 200 {
+		t.Fatalf("the assertion on A: %d %s", code, body)
+	}
+	if code, body := tokenRequest(b); code != 401 || !strings.Contains(body, "already used") {
+		t.Fatalf("the same assertion on B: %d %s, want 401 naming the replay", code, body)
+	}
+
 	// Rate limits count once across instances: 5 enrollment starts a
 	// minute per address, spread over A and B, the sixth refused.
 	for i := range 6 {
