@@ -357,7 +357,7 @@ func (a *App) settings(repl *caddy.Replacer) (mastio.Settings, error) {
 	if err != nil {
 		return s, err
 	}
-	s.AdminSecret, err = mastio.NewSecret(secret)
+	s.AdminSecret, err = a.shared.AdminSecretOf(secret)
 	return s, err
 }
 

@@ -93,7 +93,7 @@ func (m *Mastio) CheckAdminSecret(ctx context.Context, ip, method, path, present
 		return AdminCheck{Status: 429, Code: "too_many_failed_attempts", RetryAfter: wait,
 			Message: "too many failed admin secret attempts from this address; retry later"}
 	}
-	if m.cfg.AdminSecret.Match(presented) {
+	if m.currentAdminSecret().Match(presented) {
 		m.LogDecisionContext(ctx, "admin secret accepted", Decision{Kind: KindAdminAuth, Allow: true, Reason: "match", RemoteIP: ip,
 			Fields: []zap.Field{zap.String("method", method), zap.String("path", path)}})
 		return AdminCheck{OK: true}

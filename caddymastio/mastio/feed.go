@@ -56,6 +56,9 @@ func (s *Shared) applyChange(ctx context.Context, c store.Change) {
 			s.policyWatch.Notify(struct{}{})
 		}
 	}
+	if all || c.Kind == "admin.secret_changed" {
+		errs = append(errs, s.reloadAdminSecret(ctx))
+	}
 	if all || strings.HasPrefix(c.Kind, "mcp_server.") {
 		s.forgetStoredServers()
 		if c.Subject != "" {

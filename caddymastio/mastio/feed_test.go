@@ -12,6 +12,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
@@ -117,14 +118,20 @@ func TestChangesReachTheOtherInstance(t *testing.T) {
 
 // sharedInstance starts an instance of a shared deployment: its own data
 // directory, the shared database and key-encryption key.
-func sharedInstance(t *testing.T, db Database, kek []byte) (*Mastio, string, error) {
+func sharedInstance(t *testing.T, db Database, kek []byte, plain ...string) (*Mastio, string, error) {
 	dir := t.TempDir()
 	s, err := Prepare(Location{DataDir: dir, Database: db, KEK: kek}, "", zap.NewNop())
 	if err != nil {
 		return nil, dir, err
 	}
 	t.Cleanup(func() { s.Close() })
-	secret, _ := NewSecret("3f9c2a7d41b8e6054c1d9a2f7e8b3c61")
+	if len(plain) == 0 {
+		plain = []string{"3f9c2a7d41b8e6054c1d9a2f7e8b3c61"}
+	}
+	secret, err := s.AdminSecretOf(plain[0])
+	if err != nil {
+		return nil, dir, err
+	}
 	m, err := s.With(Settings{AdminSecret: secret}, zap.NewNop())
 	if err == nil {
 		err = m.Start(context.Background(), nil)
@@ -180,5 +187,45 @@ func TestSharedDeploymentOneCAKeysSealed(t *testing.T) {
 	rand.Read(other)
 	if _, _, err := sharedInstance(t, db, other); err == nil || !strings.Contains(err.Error(), "cannot be opened with this key_encryption_key_file") {
 		t.Fatalf("an instance with another key: %v", err)
+	}
+}
+
+// The admin secret is the deployment's: an instance started with a new
+// one (a rotation) makes every instance accept it and refuse the old.
+func TestSharedAdminSecretRotates(t *testing.T) {
+	db := Database(pgtest.Database(t))
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	const old, rotated = "old-secret-0123456789abcdef0123456789", "new-secret-0123456789abcdef0123456789"
+	a, _, err := sharedInstance(t, db, kek, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := sharedInstance(t, db, kek, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok := func(m *Mastio, secret string) bool {
+		return m.CheckAdminSecret(context.Background(), "127.0.0.1", "GET", "/v1/admin/agents", secret).OK
+	}
+	if !ok(a, old) || !ok(b, old) {
+		t.Fatal("the deployment's secret is refused")
+	}
+	if _, _, err := sharedInstance(t, db, kek, rotated); err != nil {
+		t.Fatal(err)
+	}
+	within(t, "the rotated secret on A and B", time.Now(), func() bool { return ok(a, rotated) && ok(b, rotated) })
+	if ok(a, old) || ok(b, old) {
+		t.Fatal("the old secret still works after the rotation")
+	}
+	n := 0
+	audit.Read(context.Background(), a.store, 1, 0, func(r audit.Record) error {
+		if r.Type == "admin.secret_changed" {
+			n++
+		}
+		return nil
+	})
+	if n != 2 {
+		t.Fatalf("%d admin.secret_changed rows, want 2 (first start, rotation)", n)
 	}
 }

@@ -19,6 +19,9 @@ func (m *Mastio) Start(ctx context.Context, details map[string]any) error {
 		return err
 	}
 	m.logger.Store(m.log) // the location's background work logs as the config in force
+	if err := m.adoptAdminSecret(ctx); err != nil {
+		return err
+	}
 	m.inForce.Store(m)
 	reported.Store(m)
 	m.audit.SetCommitDelay(m.cfg.AuditCommitDelay)

@@ -37,9 +37,11 @@ const (
 type Shared struct {
 	dataDir  string
 	database Database
-	shared   bool   // several instances share the database (sealed material)
-	dbPath   string // the database's Location: never a password
-	orgID    string
+	shared   bool // several instances share the database (sealed material)
+	// adminSecret is a shared deployment's admin secret (sharedsecret.go).
+	adminSecret atomic.Pointer[Secret]
+	dbPath      string // the database's Location: never a password
+	orgID       string
 	// logger is the logger of the configuration in force (set again when
 	// a configuration starts): background work logs through it.
 	logger atomic.Pointer[zap.Logger]
