@@ -50,7 +50,10 @@ func (s *Shared) applyChange(ctx context.Context, c store.Change) {
 		errs = append(errs, s.keys.Reload(ctx))
 	}
 	if all || strings.HasPrefix(c.Kind, "policy.") {
-		if err := s.loadPolicy(ctx); err != nil {
+		s.policyMu.Lock() // not over a change this instance is making
+		err := s.loadPolicy(ctx)
+		s.policyMu.Unlock()
+		if err != nil {
 			errs = append(errs, err)
 		} else {
 			s.policyWatch.Notify(struct{}{})

@@ -193,6 +193,7 @@ func (r *Registry) createAgent(ctx context.Context, p Issuance, na NewAgent, wit
 		return nil, err
 	}
 	r.mu.Lock()
+	r.gen++
 	r.agents[id] = agentEntry{spiffeID: spiffe, caps: caps, groups: groups}
 	r.pins[sha256.Sum256(cert.Raw)] = pinEntry{agentID: id, state: certActive}
 	r.mu.Unlock()
@@ -293,6 +294,7 @@ func (r *Registry) Revoke(ctx context.Context, id, reason, actor string, details
 		return nil, err
 	}
 	r.mu.Lock()
+	r.gen++
 	e := r.agents[id]
 	e.revoked = true
 	r.agents[id] = e
@@ -405,6 +407,7 @@ func (r *Registry) RotateCert(ctx context.Context, p Issuance, id string, rot Ro
 		return nil, err
 	}
 	r.mu.Lock()
+	r.gen++
 	for _, s := range old {
 		if k, err := parsePin(s); err == nil {
 			e := r.pins[k]

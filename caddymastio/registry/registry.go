@@ -46,6 +46,7 @@ type Registry struct {
 	cfg Config
 
 	mu     sync.RWMutex
+	gen    uint64 // bumped by every change this process makes to the view, so a reload does not undo one
 	pins   map[[32]byte]pinEntry
 	agents map[string]agentEntry
 
@@ -90,9 +91,27 @@ func Open(ctx context.Context, cfg Config) (*Registry, error) {
 }
 
 func (r *Registry) reload(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		r.mu.RLock()
+		gen := r.gen
+		r.mu.RUnlock()
+		done, err := r.reloadAt(ctx, gen)
+		if err != nil || done {
+			return err
+		}
+		if attempt == 10 {
+			return fmt.Errorf("loading agents: changed under every reload")
+		}
+	}
+}
+
+// reloadAt reads the view from the store and installs it, unless this
+// process changed the view since gen (that change may be missing from the
+// read: read again).
+func (r *Registry) reloadAt(ctx context.Context, gen uint64) (bool, error) {
 	list, err := r.cfg.Store.Agents(ctx, store.AgentFilter{})
 	if err != nil {
-		return fmt.Errorf("loading agents: %w", err)
+		return false, fmt.Errorf("loading agents: %w", err)
 	}
 	agents := map[string]agentEntry{}
 	pins := map[[32]byte]pinEntry{}
@@ -102,12 +121,16 @@ func (r *Registry) reload(ctx context.Context) error {
 		for _, c := range a.Certificates {
 			key, err := parsePin(c.SHA256)
 			if err != nil {
-				return fmt.Errorf("certificate pin %q: %w", c.SHA256, err)
+				return false, fmt.Errorf("certificate pin %q: %w", c.SHA256, err)
 			}
 			pins[key] = pinFor(c)
 		}
 	}
 	r.mu.Lock()
+	if r.gen != gen {
+		r.mu.Unlock()
+		return false, nil
+	}
 	oldPins, oldAgents := r.pins, r.agents
 	r.pins, r.agents = pins, agents
 	r.mu.Unlock()
@@ -127,7 +150,7 @@ func (r *Registry) reload(ctx context.Context) error {
 	for id := range touched {
 		r.changed(id)
 	}
-	return nil
+	return true, nil
 }
 
 // Reload reads the pin view again from the store: another process sharing

@@ -476,3 +476,34 @@ func BenchmarkCheckDER(b *testing.B) {
 		}
 	}
 }
+
+// A reload that read the store before a local revocation must not install
+// its stale view over the revocation (another instance's change arriving
+// at the same moment would otherwise un-revoke the agent until the next
+// reload).
+func TestReloadDoesNotUndoALocalChange(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	iss, err := f.r.CreateAgent(ctx, f.p, NewAgent{Name: "bot", Method: "admin", Actor: "admin"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.r.mu.RLock()
+	before := f.r.gen
+	f.r.mu.RUnlock()
+	if _, err := f.r.Revoke(ctx, iss.Agent.AgentID, "stolen", "admin", nil); err != nil {
+		t.Fatal(err)
+	}
+	if done, err := f.r.reloadAt(ctx, before); err != nil || done {
+		t.Fatalf("a reload begun before the revocation was installed: %v %v", done, err)
+	}
+	if _, ok := f.r.Lookup(iss.Agent.AgentID); ok {
+		t.Fatal("the revoked agent is active again")
+	}
+	if err := f.r.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.r.Lookup(iss.Agent.AgentID); ok {
+		t.Fatal("the revoked agent is active after a fresh reload")
+	}
+}
