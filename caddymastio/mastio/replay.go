@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -55,7 +56,7 @@ type degradingCache struct {
 	dpop.ReplayCache
 	local *dpop.MemoryCache
 	s     *Shared
-	warn  time.Time
+	warn  atomic.Int64 // unix ns of the last warning
 }
 
 func (d *degradingCache) Use(ctx context.Context, key string, exp time.Time) (bool, error) {
@@ -64,8 +65,7 @@ func (d *degradingCache) Use(ctx context.Context, key string, exp time.Time) (bo
 		return fresh, nil
 	}
 	redisDegraded.Inc()
-	if time.Since(d.warn) > time.Minute { // at most a line a minute
-		d.warn = time.Now()
+	if last := d.warn.Load(); time.Since(time.Unix(0, last)) > time.Minute && d.warn.CompareAndSwap(last, time.Now().UnixNano()) { // a line a minute
 		d.s.log().Warn("redis unavailable: replay protection is this instance's alone (redis_unavailable degrade)", zap.Error(err))
 	}
 	return d.local.Use(ctx, key, exp)
