@@ -8,6 +8,7 @@ package caddymastio
 
 import (
 	_ "github.com/caddy-mastio/caddy-mastio/admin"
+	_ "github.com/caddy-mastio/caddy-mastio/admin/admincmd"
 	_ "github.com/caddy-mastio/caddy-mastio/admin/caddyadmin"
 	_ "github.com/caddy-mastio/caddy-mastio/admin/dashboard"
 	_ "github.com/caddy-mastio/caddy-mastio/caddymastio"

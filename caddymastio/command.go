@@ -39,11 +39,21 @@ with $MASTIO_ADMIN_SECRET or ./data/admin-secret; --json for the raw answer):
   caddy mastio audit export --db ./data/mastio.db [--format csv] [--event-type T] [--after-seq N] ...
   caddy mastio init-database --data-dir ./data`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(enrollCommand(), tokenCommand(), connectCommand(), auditCommand(), initDatabaseCommand(),
-				agentsCommand(), enrollmentsCommand(), keysCommand(), policyCommand())
+			cmd.AddCommand(enrollCommand(), tokenCommand(), connectCommand(), auditCommand(), initDatabaseCommand())
+			for _, c := range subcommands {
+				cmd.AddCommand(c())
+			}
 		},
 	})
 }
+
+// subcommands are the caddy mastio subcommands other packages add (the
+// operator CLI of package admin/admincmd).
+var subcommands []func() *cobra.Command
+
+// RegisterCommand adds caddy mastio subcommands; call it from an init
+// function, as package admin/admincmd does.
+func RegisterCommand(cmds ...func() *cobra.Command) { subcommands = append(subcommands, cmds...) }
 
 func enrollCommand() *cobra.Command {
 	var url, dir, ca, name, email, reason string

@@ -1,4 +1,9 @@
-package caddymastio
+// Package admincmd is the operator CLI: caddy mastio agents, enrollments,
+// keys and policy, talking to a running gateway's admin API. It adds
+// itself to the caddy mastio command when linked in (the root package of
+// this module imports it), so that the Caddy modules do not depend on
+// package admin.
+package admincmd
 
 import (
 	"bytes"
@@ -21,6 +26,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/caddy-mastio/caddy-mastio/admin"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/token"
 	"github.com/caddy-mastio/caddy-mastio/internal/adminclient"
@@ -40,7 +46,7 @@ func operatorCommand(c *cobra.Command, run func(cmd *cobra.Command, op *operator
 	c.Flags().StringVar(&op.opts.URL, "url", "", "base URL of the Mastio (default $MASTIO_URL, else https://localhost:9443)")
 	c.Flags().StringVar(&op.opts.CAFile, "ca", "", "the Org CA (PEM) to trust (default <data-dir>/pki/org-ca.crt)")
 	c.Flags().StringVar(&op.opts.SecretFile, "admin-secret-file", "", "file holding the admin secret (default $MASTIO_ADMIN_SECRET, else <data-dir>/admin-secret)")
-	c.Flags().StringVar(&op.opts.DataDir, "data-dir", DefaultDataDir, "the local data directory the defaults are read from")
+	c.Flags().StringVar(&op.opts.DataDir, "data-dir", caddymastio.DefaultDataDir, "the local data directory the defaults are read from")
 	c.Flags().BoolVar(&op.jsonOut, "json", false, "print the admin API's JSON answer")
 	c.RunE = func(cmd *cobra.Command, args []string) error {
 		cl, err := adminclient.New(op.opts)
@@ -91,6 +97,10 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func init() {
+	caddymastio.RegisterCommand(agentsCommand, enrollmentsCommand, keysCommand, policyCommand)
 }
 
 func agentPath(id string) string { return "/v1/admin/agents/" + url.PathEscape(id) }

@@ -1,4 +1,4 @@
-package caddymastio
+package admincmd
 
 import (
 	"errors"
