@@ -82,13 +82,13 @@ func (r *Registry) StartEnrollment(ctx context.Context, p Issuance, req Enrollme
 	if ttl <= 0 {
 		ttl = DefaultEnrollmentTTL
 	}
-	sidBytes := make([]byte, 24)
-	if _, err := rand.Read(sidBytes); err != nil {
+	sid, err := newSessionID()
+	if err != nil {
 		return nil, err
 	}
 	now := r.now()
 	e := &Enrollment{
-		SessionID:       base64.RawURLEncoding.EncodeToString(sidBytes),
+		SessionID:       sid,
 		Status:          EnrollPending,
 		PublicKeySHA256: SPKISHA256(spki),
 		RequesterName:   strings.TrimSpace(req.RequesterName),
@@ -308,4 +308,19 @@ func (r *Registry) ExpireEnrollments(ctx context.Context) (int, error) {
 		}
 	}
 	return len(overdue), nil
+}
+
+// newSessionID is a random session id (24 bytes, base64url) that does not
+// start with "-", which command lines would take for a flag (caddy mastio
+// enrollments approve <session>).
+func newSessionID() (string, error) {
+	b := make([]byte, 24)
+	for {
+		if _, err := rand.Read(b); err != nil {
+			return "", err
+		}
+		if sid := base64.RawURLEncoding.EncodeToString(b); sid[0] != '-' {
+			return sid, nil
+		}
+	}
 }

@@ -507,3 +507,14 @@ func TestReloadDoesNotUndoALocalChange(t *testing.T) {
 		t.Fatal("the revoked agent is active after a fresh reload")
 	}
 }
+
+// A session id never starts with "-": the operator types it on a command
+// line.
+func TestSessionIDsAreCommandLineSafe(t *testing.T) {
+	for range 2000 {
+		sid, err := newSessionID()
+		if err != nil || len(sid) != 32 || sid[0] == '-' {
+			t.Fatalf("session id %q %v", sid, err)
+		}
+	}
+}
