@@ -6,6 +6,7 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/postgres"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
+	"github.com/caddy-mastio/caddy-mastio/internal/secreturl"
 )
 
 // Database names where the store lives: a SQLite file path, or a
@@ -16,7 +17,7 @@ type Database string
 // path, or the URL without its password.
 func (d Database) Location() string {
 	if postgres.IsURL(string(d)) {
-		return postgres.Redact(string(d))
+		return secreturl.Redact(string(d))
 	}
 	return string(d)
 }

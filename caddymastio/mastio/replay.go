@@ -5,7 +5,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"fmt"
-	"net/url"
 	"sync/atomic"
 	"time"
 
@@ -13,6 +12,7 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop/redisreplay"
+	"github.com/caddy-mastio/caddy-mastio/internal/secreturl"
 )
 
 // openReplayCache is the DPoP and assertion replay cache: in memory, or in
@@ -26,7 +26,7 @@ func (s *Shared) openReplayCache(ctx context.Context) (dpop.ReplayCache, error) 
 	}
 	rc, err := redisreplay.Open(ctx, s.redisURL, "mastio:"+s.orgID+":")
 	if err != nil {
-		return nil, fmt.Errorf("redis %s: %w", redactURL(s.redisURL), err)
+		return nil, fmt.Errorf("redis %s: %w", secreturl.Redact(s.redisURL), err)
 	}
 	s.redis = rc
 	if s.redisDegrade {
@@ -69,16 +69,4 @@ func (d *degradingCache) Use(ctx context.Context, key string, exp time.Time) (bo
 		d.s.log().Warn("redis unavailable: replay protection is this instance's alone (redis_unavailable degrade)", zap.Error(err))
 	}
 	return d.local.Use(ctx, key, exp)
-}
-
-// redactURL is a URL without its password, for logs.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparseable URL)"
-	}
-	if u.User != nil {
-		u.User = url.User(u.User.Username())
-	}
-	return u.String()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+	"github.com/caddy-mastio/caddy-mastio/internal/secreturl"
 )
 
 // Peek reads, changing nothing, the config values named by keys (absent
@@ -14,7 +15,7 @@ import (
 // no values for a database the Mastio never used. A schema newer than
 // this binary's is ErrSchemaTooNew.
 func Peek(ctx context.Context, rawURL string, keys ...string) (map[string]string, int, error) {
-	loc := Redact(rawURL)
+	loc := secreturl.Redact(rawURL)
 	db, err := sql.Open("pgx", rawURL)
 	if err != nil {
 		return nil, 0, fmt.Errorf("database %s: %w", loc, err)

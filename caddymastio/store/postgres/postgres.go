@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +29,7 @@ import (
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlstore"
+	"github.com/caddy-mastio/caddy-mastio/internal/secreturl"
 )
 
 // writeLock is the advisory lock every write transaction takes ("mastio"
@@ -79,7 +79,7 @@ type DB struct {
 // Open connects to the database at rawURL and brings its schema up to
 // date (several instances starting at once migrate one after the other).
 func Open(ctx context.Context, rawURL string) (*DB, error) {
-	loc := Redact(rawURL)
+	loc := secreturl.Redact(rawURL)
 	db, err := sql.Open("pgx", rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("database %s: %w", loc, err)
@@ -97,19 +97,6 @@ func Open(ctx context.Context, rawURL string) (*DB, error) {
 		return nil, err
 	}
 	return s, nil
-}
-
-// Redact is the URL without its password, fit for logs.
-func Redact(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "postgres (unparseable URL)"
-	}
-	if u.User != nil {
-		u.User = url.User(u.User.Username())
-	}
-	u.RawQuery = ""
-	return u.String()
 }
 
 // Location is the database's URL without its password.
