@@ -25,7 +25,23 @@ func (s *Shared) followChanges(ctx context.Context) {
 		return
 	}
 	listening := make(chan struct{})
-	go func() { defer close(listening); feed.Listen(ctx, func(c store.Change) { s.applyChange(ctx, c) }) }()
+	following := true // logged once when lost, once when back
+	go func() {
+		defer close(listening)
+		feed.Listen(ctx, func(c store.Change) {
+			if c.Kind == store.ResyncAll && !following {
+				following = true
+				s.log().Info("following other instances' changes again")
+			}
+			s.applyChange(ctx, c)
+		}, func(err error) {
+			if following {
+				following = false
+				s.log().Warn("lost the feed of other instances' changes: revocations and other changes made elsewhere apply here "+
+					"at the next successful resync (every 30 s) or when the feed is back", zap.Error(err))
+			}
+		})
+	}()
 	defer func() { <-listening }() // Close waits for the listener too
 	t := time.NewTicker(fullResyncEvery)
 	defer t.Stop()

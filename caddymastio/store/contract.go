@@ -227,8 +227,10 @@ func Unavailable(err error) bool {
 type Feed interface {
 	// Listen calls fn with each change another process announces, until
 	// ctx ends. After (re)connecting — when changes may have been missed —
-	// it calls fn with Kind ResyncAll. fn runs on Listen's goroutine.
-	Listen(ctx context.Context, fn func(Change))
+	// it calls fn with Kind ResyncAll. It calls lost with the cause each
+	// time the feed is lost or cannot be had. Both run on Listen's
+	// goroutine.
+	Listen(ctx context.Context, fn func(Change), lost func(error))
 }
 
 // Change is an announced change (see Tx.Announce).

@@ -13,10 +13,13 @@ import (
 // Listen implements store.Feed with LISTEN on its own connection. A lost
 // connection is made again (every second until it works); each
 // (re)connection is announced as store.ResyncAll, since changes may have
-// been missed meanwhile.
-func (s *DB) Listen(ctx context.Context, fn func(store.Change)) {
+// been missed meanwhile. Why the connection was lost, or could not be
+// made, goes to lost.
+func (s *DB) Listen(ctx context.Context, fn func(store.Change), lost func(error)) {
 	for ctx.Err() == nil {
-		s.listenOnce(ctx, fn)
+		if err := s.listenOnce(ctx, fn); err != nil && ctx.Err() == nil {
+			lost(unavailable(err))
+		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(time.Second):
@@ -24,20 +27,20 @@ func (s *DB) Listen(ctx context.Context, fn func(store.Change)) {
 	}
 }
 
-func (s *DB) listenOnce(ctx context.Context, fn func(store.Change)) {
+func (s *DB) listenOnce(ctx context.Context, fn func(store.Change)) error {
 	conn, err := pgx.Connect(ctx, s.url)
 	if err != nil {
-		return
+		return err
 	}
 	defer conn.Close(context.Background())
 	if _, err := conn.Exec(ctx, "LISTEN "+changesChannel); err != nil {
-		return
+		return err
 	}
 	fn(store.Change{Kind: store.ResyncAll})
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
-			return
+			return err
 		}
 		parts := strings.SplitN(n.Payload, "\n", 3)
 		if len(parts) != 3 || parts[2] == s.origin {

@@ -153,7 +153,7 @@ func TestAnnouncementsReachTheOtherInstances(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	got := make(chan store.Change, 16)
-	go a.Listen(ctx, func(c store.Change) { got <- c })
+	go a.Listen(ctx, func(c store.Change) { got <- c }, func(err error) { t.Errorf("feed lost: %v", err) })
 	next := func() store.Change {
 		t.Helper()
 		select {
