@@ -113,8 +113,8 @@ func (c *Console) headers(h http.Handler) http.Handler {
 
 func (c *Console) staticFiles(h http.Handler) http.Handler {
 	return c.headers(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "public, max-age=3600") // the style sheet alone may be cached
 		h.ServeHTTP(w, r)
-		w.Header().Set("Cache-Control", "public, max-age=3600") // only the style sheet
 	}))
 }
 

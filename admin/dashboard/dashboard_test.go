@@ -259,7 +259,8 @@ func TestEveryPageAndForm(t *testing.T) {
 	if a := b.get("/proxy/agents/nobody"); a.status != 404 {
 		t.Errorf("an unknown agent: %d", a.status)
 	}
-	if a := b.get("/proxy/static/mastio.css"); a.status != 200 || !strings.HasPrefix(a.header.Get("Content-Type"), "text/css") {
+	if a := b.get("/proxy/static/mastio.css"); a.status != 200 || !strings.HasPrefix(a.header.Get("Content-Type"), "text/css") ||
+		a.header.Get("Cache-Control") != "public, max-age=3600" {
 		t.Errorf("the style sheet: %d %s", a.status, a.header.Get("Content-Type"))
 	}
 
