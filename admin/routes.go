@@ -77,6 +77,7 @@ func buildOperations() map[string]operation {
 			return a.Approve(r.Context(), c, r.PathValue("sid"), req)
 		}),
 		"GET /v1/admin/audit/export":  (*API).exportAudit,
+		"POST /v1/admin/backup":       (*API).backup,
 		"POST /v1/admin/audit/bundle": (*API).bundle,
 		"POST /v1/admin/audit/archive": serve(200, false, func(a *API, r *http.Request, c Caller, req ArchiveRequest) (*mastio.Archived, error) {
 			return a.Archive(r.Context(), c, req)

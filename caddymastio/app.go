@@ -10,9 +10,11 @@ package caddymastio
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -327,6 +329,20 @@ func (a *App) resolvePaths(repl *caddy.Replacer) error {
 	return nil
 }
 
+// backupConfig is the configuration a backup holds: this app's JSON and
+// Caddy's autosaved configuration (the whole config last loaded), when
+// Caddy keeps one.
+func (a *App) backupConfig() map[string][]byte {
+	out := map[string][]byte{}
+	if b, err := json.MarshalIndent(a, "", "  "); err == nil {
+		out["mastio-app.json"] = b
+	}
+	if b, err := os.ReadFile(caddy.ConfigAutosavePath); err == nil {
+		out["caddy-autosave.json"] = b
+	}
+	return out
+}
+
 // settings are the core's settings of this configuration.
 func (a *App) settings(repl *caddy.Replacer) (mastio.Settings, error) {
 	s := mastio.Settings{TrustDomain: a.TrustDomain, AgentCertLifetime: time.Duration(a.AgentCertLifetime),
@@ -336,7 +352,7 @@ func (a *App) settings(repl *caddy.Replacer) (mastio.Settings, error) {
 		AuditSync: a.auditSync(), AuditCheckpointInterval: time.Duration(a.AuditCheckpointInterval),
 		AuditVerifyInterval: time.Duration(a.AuditVerifyInterval),
 		TimestampURL:        a.AuditTimestampURL, ClientIP: clientIP,
-		RequestPath: originalPath, RequestID: requestID}
+		RequestPath: originalPath, RequestID: requestID, BackupConfig: a.backupConfig}
 	for route, r := range a.AnonymousRates {
 		s.AnonymousRates[route] = *r
 	}

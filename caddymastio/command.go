@@ -37,9 +37,13 @@ with $MASTIO_ADMIN_SECRET or ./data/admin-secret; --json for the raw answer):
   caddy mastio audit verify BUNDLE [--ca org-ca.crt]
   caddy mastio audit verify --db ./data/mastio.db
   caddy mastio audit export --db ./data/mastio.db [--format csv] [--event-type T] [--after-seq N] ...
+  caddy mastio backup --out FILE (--recipient age1... | --passphrase-file FILE)
+  caddy mastio restore FILE --data-dir DIR (--identity FILE | --passphrase-file FILE) [--force]
+  caddy mastio migrate --check [--data-dir ./data]
   caddy mastio init-database --data-dir ./data`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(enrollCommand(), tokenCommand(), connectCommand(), auditCommand(), initDatabaseCommand())
+			cmd.AddCommand(enrollCommand(), tokenCommand(), connectCommand(), auditCommand(), initDatabaseCommand(),
+				restoreCommand(), migrateCommand())
 			for _, c := range subcommands {
 				cmd.AddCommand(c())
 			}

@@ -100,7 +100,7 @@ func orDash(s string) string {
 }
 
 func init() {
-	caddymastio.RegisterCommand(agentsCommand, enrollmentsCommand, keysCommand, policyCommand)
+	caddymastio.RegisterCommand(agentsCommand, enrollmentsCommand, keysCommand, policyCommand, backupCommand)
 }
 
 func agentPath(id string) string { return "/v1/admin/agents/" + url.PathEscape(id) }

@@ -2,6 +2,7 @@ package mastio
 
 import (
 	"context"
+	"errors"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/postgres"
@@ -51,4 +52,57 @@ func (d Database) peek(ctx context.Context, keys ...string) (values map[string]s
 	}
 	values, _, err = sqlite.Peek(ctx, string(d), keys...)
 	return values, true, err
+}
+
+// MigrationPlan is what opening a database with this binary would do to
+// its schema.
+type MigrationPlan struct {
+	// Database names it (never a password).
+	Database string `json:"database"`
+	// Exists is false for a database the Mastio never used.
+	Exists bool `json:"exists"`
+	// Current is its schema version; Latest this binary's.
+	Current int `json:"current"`
+	Latest  int `json:"latest"`
+	// Pending are the steps Open would apply, in order.
+	Pending []store.Migration `json:"pending"`
+	// TooNew: a newer binary wrote it; this one refuses to open it.
+	TooNew bool `json:"too_new"`
+}
+
+// Plan reads, changing nothing, what opening d would do to its schema.
+func (d Database) Plan(ctx context.Context) (MigrationPlan, error) {
+	p := MigrationPlan{Database: d.Location()}
+	var err error
+	if postgres.IsURL(string(d)) {
+		_, p.Current, err = postgres.Peek(ctx, string(d))
+		p.Latest, p.Pending = postgres.LatestVersion(), postgres.Pending(p.Current)
+	} else {
+		if !hasFile(string(d)) {
+			p.Latest, p.Pending = sqlite.LatestVersion(), sqlite.Pending(0)
+			return p, nil
+		}
+		_, p.Current, err = sqlite.Peek(ctx, string(d))
+		p.Latest, p.Pending = sqlite.LatestVersion(), sqlite.Pending(p.Current)
+	}
+	p.Exists = p.Current > 0
+	if errors.Is(err, store.ErrSchemaTooNew) {
+		p.TooNew, p.Pending = true, nil
+		return p, nil
+	}
+	return p, err
+}
+
+// Migrate brings d's schema up to date (what a start does first), for an
+// upgrade done while the Mastio is stopped.
+func (d Database) Migrate(ctx context.Context) (MigrationPlan, error) {
+	p, err := d.Plan(ctx)
+	if err != nil || p.TooNew || !p.Exists {
+		return p, err
+	}
+	st, err := d.open(ctx)
+	if err != nil {
+		return p, err
+	}
+	return p, st.Close()
 }

@@ -83,6 +83,9 @@ type Settings struct {
 	// RequestID names the request a context belongs to in the logs (in
 	// Caddy: {http.request.uuid}); nil or "" for none.
 	RequestID func(context.Context) string
+	// BackupConfig returns the configuration documents a backup holds, by
+	// name (in Caddy: the mastio app's JSON and Caddy's autosaved config).
+	BackupConfig func() map[string][]byte
 }
 
 // Default settings.

@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/backup"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/ratelimit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
@@ -106,6 +107,11 @@ func (s *Shared) openAll() error {
 	if err := ensureDataDir(s.dataDir, s.log()); err != nil {
 		return err
 	}
+	release, err := backup.MarkInUse(s.dataDir)
+	if err != nil {
+		return err
+	}
+	s.OnClose(release)
 	if err := s.ca.Persist(); err != nil {
 		return fmt.Errorf("org CA: %w", err)
 	}

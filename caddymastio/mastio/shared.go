@@ -37,7 +37,8 @@ const (
 type Shared struct {
 	dataDir  string
 	database Database
-	shared   bool // several instances share the database (sealed material)
+	shared   bool   // several instances share the database (sealed material)
+	kek      []byte // a shared deployment's key-encryption key (for backups)
 	// adminSecret is a shared deployment's admin secret (sharedsecret.go).
 	adminSecret atomic.Pointer[Secret]
 	dbPath      string // the database's Location: never a password

@@ -124,7 +124,7 @@ func prepareShared(ctx context.Context, loc Location, orgHint string, logger *za
 	}
 	s := &Shared{dataDir: loc.DataDir, database: loc.Database, dbPath: loc.Database.Location(), store: st, ca: ca, caCreated: created,
 		orgID: orgID, keyStore: sealedKeyStore{st: st, sealer: sealer, prefix: "keys/"}, limiters: map[string]ratelimit.Allower{},
-		lastReady: map[string]string{}, shared: true, redisURL: loc.Redis, redisDegrade: loc.RedisDegrade}
+		lastReady: map[string]string{}, shared: true, redisURL: loc.Redis, redisDegrade: loc.RedisDegrade, kek: loc.KEK}
 	s.logger.Store(logger)
 	return s, nil
 }

@@ -441,6 +441,15 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	return ok && e.Equal(b)
 }
 
+// ReadRoot reads the root certificate in dir.
+func ReadRoot(dir string) (*x509.Certificate, error) {
+	data, err := os.ReadFile(filepath.Join(dir, RootCertFile))
+	if err != nil {
+		return nil, err
+	}
+	return parseCertPEM(data)
+}
+
 func parseCertPEM(data []byte) (*x509.Certificate, error) {
 	block, _ := pem.Decode(data)
 	if block == nil || block.Type != "CERTIFICATE" {

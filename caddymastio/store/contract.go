@@ -248,3 +248,20 @@ const ResyncAll = "resync"
 type Exclusive interface {
 	Exclusive(ctx context.Context, fn func() error) error
 }
+
+// Snapshotter is a store that can copy itself, consistently and while it
+// serves, into a new file (the embedded SQLite database). A store without
+// it is backed up with its own tools (Postgres: pg_dump).
+type Snapshotter interface {
+	// SnapshotTo writes a copy of the database as of one instant to a new
+	// file at path, mode 0600.
+	SnapshotTo(ctx context.Context, path string) error
+	// SchemaVersion is the version of the database's schema.
+	SchemaVersion(ctx context.Context) (int, error)
+}
+
+// Migration names one step of a store's schema.
+type Migration struct {
+	Version int    `json:"version"`
+	Name    string `json:"name"`
+}

@@ -1,5 +1,7 @@
 package postgres
 
+import "github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+
 // migration is one step of the schema, applied in one transaction with the
 // row that records it.
 type migration struct {
@@ -209,3 +211,15 @@ CREATE TABLE sealed_files (
 
 // LatestVersion is the newest schema version this binary knows.
 func LatestVersion() int { return migrations[len(migrations)-1].version }
+
+// Pending returns the steps a database at schema version would have
+// applied by Open, in order.
+func Pending(version int) []store.Migration {
+	var out []store.Migration
+	for _, m := range migrations {
+		if m.version > version {
+			out = append(out, store.Migration{Version: m.version, Name: m.name})
+		}
+	}
+	return out
+}

@@ -1,5 +1,7 @@
 package sqlite
 
+import "github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+
 // migration is one step of the schema. Steps are applied in order, each in
 // the same transaction as the row that records it in schema_migrations, so
 // a failed step leaves the database exactly as it was.
@@ -199,3 +201,15 @@ CREATE TABLE sealed_files (
 
 // LatestVersion is the newest schema version this binary knows.
 func LatestVersion() int { return migrations[len(migrations)-1].version }
+
+// Pending returns the steps a database at schema version would have
+// applied by Open, in order.
+func Pending(version int) []store.Migration {
+	var out []store.Migration
+	for _, m := range migrations {
+		if m.version > version {
+			out = append(out, store.Migration{Version: m.version, Name: m.name})
+		}
+	}
+	return out
+}

@@ -220,6 +220,23 @@ func (s *DB) SchemaVersion(ctx context.Context) (int, error) {
 	return v, err
 }
 
+// SnapshotTo implements store.Snapshotter with VACUUM INTO: one read
+// transaction, so a copy of one instant, taken while writers go on. The
+// file is created empty with mode 0600 first (SQLite would create it with
+// the process umask, and it holds every record).
+func (s *DB) SnapshotTo(ctx context.Context, path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	f.Close()
+	if _, err := s.db.ExecContext(ctx, `VACUUM INTO ?`, path); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("snapshot of %s: %w", s.path, err)
+	}
+	return nil
+}
+
 // Update runs fn in one write transaction (BEGIN IMMEDIATE: one writer at
 // a time) and commits it if fn returns nil and the file is still the one
 // opened.
@@ -242,7 +259,10 @@ func (s *DB) Update(ctx context.Context, fn func(store.Tx) error) error {
 }
 
 // Interface guards
-var _ store.Store = (*DB)(nil)
+var (
+	_ store.Store       = (*DB)(nil)
+	_ store.Snapshotter = (*DB)(nil)
+)
 
 // ReadOnlyDB is a database opened only to be read (a live one or a backup
 // copy), for offline tools such as audit verification.
