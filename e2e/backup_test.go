@@ -250,7 +250,6 @@ func kidsOf(jwks string) string {
 	return jwks[i : i+7+j+1]
 }
 
-
 // TestMigrateCheckSaysWhatAStartWouldDo: the upgrade guide's first step.
 func TestMigrateCheckSaysWhatAStartWouldDo(t *testing.T) {
 	s := exampleServer(t, "", "")
