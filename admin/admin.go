@@ -127,6 +127,9 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case mastio.Unavailable(err):
 		a.log.Error("admin request failed", zap.String("path", r.URL.Path), zap.Error(err))
 		httpjson.DatabaseUnavailable(w)
+	case keyStoreDown(err):
+		a.log.Error("admin request failed", zap.String("path", r.URL.Path), zap.Error(err))
+		httpjson.KeyStoreUnavailable(w, keyStoreReason(err))
 	default:
 		a.log.Error("admin request failed", zap.String("path", r.URL.Path), zap.Error(err))
 		httpjson.Error(w, 500, "internal_error", "the request could not be completed; nothing was changed unless the audit log says so")
@@ -169,3 +172,7 @@ func (a *API) agentID(raw string) (string, error) {
 	}
 	return reg.AgentID(name), nil
 }
+
+func keyStoreDown(err error) bool { _, ok := mastio.KeyStoreUnavailable(err); return ok }
+
+func keyStoreReason(err error) string { r, _ := mastio.KeyStoreUnavailable(err); return r }

@@ -25,6 +25,7 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/dpop"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/gateway"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/keystores"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/internal/httpjson"
@@ -89,6 +90,14 @@ type App struct {
 	// them. Give every instance the same key. Requires admin_secret (or
 	// MCP_PROXY_ADMIN_SECRET): a generated one would differ per instance.
 	KeyEncryptionKeyFile string `json:"key_encryption_key_file,omitempty"`
+
+	// Where the Org CA's and intermediate's private keys live, when not in
+	// data_dir/pki: a module of the mastio.ca_key_stores family, "vault"
+	// (a HashiCorp Vault KV v2 secret) or, in a build with the pkcs11 tag,
+	// "pkcs11" (an HSM the keys never leave). The certificates stay in
+	// data_dir/pki. Default: files in data_dir/pki (or, with
+	// key_encryption_key_file, sealed in the database).
+	CAKeyStoreRaw json.RawMessage `json:"ca_key_store,omitempty" caddy:"namespace=mastio.ca_key_stores inline_key=store"`
 
 	// The Redis the instances of a deployment share (redis://...;
 	// placeholders allowed): DPoP proofs and client assertions used on one
@@ -250,8 +259,22 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.resolvePaths(repl); err != nil {
 		return err
 	}
+	var caKeys keystores.CAKeyStore
+	if a.CAKeyStoreRaw != nil {
+		mod, err := ctx.LoadModule(a, "CAKeyStoreRaw")
+		if err != nil {
+			return fmt.Errorf("ca_key_store: %w", err)
+		}
+		caKeys = mod.(keystores.CAKeyStore)
+	}
 	val, _, err := locations.LoadOrNew(a.dbPath, func() (caddy.Destructor, error) {
 		loc := mastio.Location{DataDir: a.dataDir, Database: mastio.Database(a.dbPath), RedisDegrade: a.RedisUnavailable == "degrade"}
+		if caKeys != nil {
+			var err error
+			if loc.CAKeys, err = caKeys.CAKeys(); err != nil {
+				return nil, fmt.Errorf("ca_key_store: %w", err)
+			}
+		}
 		if a.Redis != "" {
 			var err error
 			if loc.Redis, err = repl.ReplaceOrErr(a.Redis, true, true); err != nil {

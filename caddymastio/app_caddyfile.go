@@ -25,6 +25,9 @@ func init() {
 //	    data_dir     <path>
 //	    database     <sqlite-path>|postgres://...
 //	    key_encryption_key_file <path>
+//	    ca_key_store <vault|pkcs11> {
+//	        <the store's options>
+//	    }
 //	    redis <redis://...>
 //	    redis_unavailable closed|degrade
 //	    org_id       <id>
@@ -218,6 +221,20 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				d.Prev() // a duration: parsed below like the other durations
 			}
 			durTarget = &a.AuditCommitDelay
+		case "ca_key_store":
+			if a.CAKeyStoreRaw != nil {
+				return d.Errf("mastio option %s specified more than once", opt)
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			name := d.Val()
+			mod, err := caddyfile.UnmarshalModule(d, "mastio.ca_key_stores."+name)
+			if err != nil {
+				return err
+			}
+			a.CAKeyStoreRaw = caddyconfig.JSONModuleObject(mod, "store", name, nil)
+			continue
 		case "allow_bearer_tokens":
 			if d.NextArg() {
 				return d.ArgErr()
@@ -228,8 +245,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.AllowBearerTokens = true
 			continue
 		default:
-			return d.Errf("unrecognized mastio option %q (known: data_dir, database, key_encryption_key_file, redis, redis_unavailable, org_id, trust_domain, public_url, "+
-				"key_encryption_key_file, admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_clock_skew, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay, audit_checkpoint_interval, audit_verify_interval, audit_timestamp_url)", opt)
+			return d.Errf("unrecognized mastio option %q (known: data_dir, database, key_encryption_key_file, ca_key_store, redis, redis_unavailable, org_id, trust_domain, public_url, "+
+				"admin_secret, agent_cert_lifetime, enrollment_ttl, token_ttl, dpop_iat_window, dpop_clock_skew, dpop_nonce, allow_bearer_tokens, policy, mcp_server, anonymous_rate, audit_sync, audit_commit_delay, audit_checkpoint_interval, audit_verify_interval, audit_timestamp_url)", opt)
 		}
 		if durTarget != nil {
 			if *durTarget != 0 {

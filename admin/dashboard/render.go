@@ -137,6 +137,9 @@ func (p *page) fail(c *Console, title string, err error) {
 	} else if mastio.Unavailable(err) {
 		status, msg = http.StatusServiceUnavailable, "The database is unavailable, so nothing was changed. Retry in a moment."
 		c.log.Error("dashboard action failed", zap.String("path", p.r.URL.Path), zap.Error(err))
+	} else if reason, ok := mastio.KeyStoreUnavailable(err); ok {
+		status, msg = http.StatusServiceUnavailable, "The Org CA's key store is unavailable ("+reason+"), so nothing was issued. Retry once it is back."
+		c.log.Error("dashboard action failed", zap.String("path", p.r.URL.Path), zap.Error(err))
 	} else {
 		c.log.Error("dashboard action failed", zap.String("path", p.r.URL.Path), zap.Error(err))
 	}

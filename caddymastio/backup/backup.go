@@ -62,6 +62,10 @@ type Manifest struct {
 	// Database is "sqlite" (the snapshot is database/mastio.db) or
 	// "postgres" (no snapshot: back the database up with pg_dump).
 	Database string `json:"database"`
+	// CAKeys says where the Org CA's keys are: "file" (in the backup,
+	// data/pki), "sealed" (in the database, under the key-encryption key),
+	// "vault" or "pkcs11" (not in the backup: they stay where they are).
+	CAKeys string `json:"ca_keys"`
 	// SchemaVersion is the database's schema version.
 	SchemaVersion int `json:"schema_version"`
 	// AuditLastSeq and AuditLastHash are the newest audit row in the

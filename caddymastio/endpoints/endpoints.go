@@ -249,6 +249,10 @@ func (h *Handler) internalError(w http.ResponseWriter, r *http.Request, err erro
 		httpjson.DatabaseUnavailable(w)
 		return
 	}
+	if reason, ok := mastio.KeyStoreUnavailable(err); ok {
+		httpjson.KeyStoreUnavailable(w, reason)
+		return
+	}
 	httpjson.Error(w, 500, "internal_error", "the request could not be completed")
 }
 

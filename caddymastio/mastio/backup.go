@@ -82,7 +82,7 @@ func (m *Mastio) notBackedUp() func(string) bool {
 // facts from the copy; a Postgres database is backed up with pg_dump, and
 // the facts come from it as it is now.
 func (m *Mastio) snapshot(ctx context.Context, dst string) (backup.Manifest, bool, error) {
-	man := backup.Manifest{OrgID: m.orgID, RootSHA256: pki.Fingerprint(m.ca.Root())}
+	man := backup.Manifest{OrgID: m.orgID, RootSHA256: pki.Fingerprint(m.ca.Root()), CAKeys: strings.SplitN(m.ca.KeyStore(), ":", 2)[0]}
 	snap, ok := m.store.(store.Snapshotter)
 	if !ok {
 		man.Database = "postgres"

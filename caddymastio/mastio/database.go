@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/postgres"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
@@ -27,6 +28,16 @@ func (d Database) Location() string {
 // unusable: the request is answered 503 database_unavailable, nothing
 // changed.
 func Unavailable(err error) bool { return store.Unavailable(err) || postgres.IsUnavailable(err) }
+
+// KeyStoreUnavailable reports err as the Org CA's key store not answering
+// (a sealed Vault, say), with the reason to show: the request is answered
+// 503 key_store_unavailable and nothing was issued.
+func KeyStoreUnavailable(err error) (reason string, ok bool) {
+	if ue := pki.Unavailable(err); ue != nil {
+		return ue.Reason, true
+	}
+	return "", false
+}
 
 // sharable reports a database several instances can share.
 func (d Database) sharable() bool { return postgres.IsURL(string(d)) }

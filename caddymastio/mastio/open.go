@@ -69,7 +69,7 @@ func Prepare(loc Location, orgHint string, logger *zap.Logger) (*Shared, error) 
 	case !haveRoot && haveCA:
 		return nil, lostDatabaseError(dataDir, dbPath) // a database file, but not this installation's
 	}
-	ca, created, err := pki.Prepare(pki.Config{Dir: pkiDir, Keys: pki.FileKeyStore{Dir: pkiDir}, Org: orgHint})
+	ca, created, err := pki.Prepare(pki.Config{Dir: pkiDir, Keys: loc.caKeys(pki.FileKeyStore{Dir: pkiDir}), Org: orgHint})
 	if err != nil {
 		return nil, fmt.Errorf("org CA: %w", err)
 	}
@@ -84,7 +84,7 @@ func Prepare(loc Location, orgHint string, logger *zap.Logger) (*Shared, error) 
 			orgID = pki.DeriveOrgID(ca.Root())
 		}
 	}
-	s := &Shared{redisURL: loc.Redis, redisDegrade: loc.RedisDegrade, dataDir: dataDir, database: db, dbPath: dbPath, ca: ca, caCreated: created, orgID: orgID,
+	s := &Shared{caKeys: loc.CAKeys, redisURL: loc.Redis, redisDegrade: loc.RedisDegrade, dataDir: dataDir, database: db, dbPath: dbPath, ca: ca, caCreated: created, orgID: orgID,
 		keyStore: pki.FileKeyStore{Dir: filepath.Join(dataDir, "keys")}, limiters: map[string]ratelimit.Allower{},
 		lastReady: map[string]string{}}
 	s.logger.Store(logger)
@@ -114,6 +114,10 @@ func (s *Shared) openAll() error {
 	s.OnClose(release)
 	if err := s.ca.Persist(); err != nil {
 		return fmt.Errorf("org CA: %w", err)
+	}
+	if err := s.ca.KeysErr(); err != nil {
+		s.log().Error("the Org CA's key store is unavailable: serving enrolled agents, issuing nothing until it answers",
+			zap.String("key_store", s.ca.KeyStore()), zap.Error(err))
 	}
 	if s.pendingSecret != "" {
 		if err := writeAdminSecret(s.dataDir, s.pendingSecret); err != nil {
@@ -191,7 +195,7 @@ func (s *Shared) auditCreatedCA(ctx context.Context, rootSum string) error {
 				"root_sha256":         rootSum,
 				"root_not_after":      ca.Root().NotAfter.UTC().Format("2006-01-02T15:04:05Z"),
 				"intermediate_sha256": pki.Fingerprint(ca.Intermediate()),
-				"key_store":           "file",
+				"key_store":           strings.SplitN(s.ca.KeyStore(), ":", 2)[0],
 			}})
 		return err
 	case s.caCreated.Intermediate:

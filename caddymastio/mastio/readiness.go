@@ -42,7 +42,11 @@ func (m *Mastio) Readiness(ctx context.Context) Readiness {
 		reason = he.Reason
 	}
 	record("database", dbErr, reason)
-	record("pki", m.ca.Check(), "ca_unavailable")
+	pkiErr, pkiReason := m.ca.Check(), "ca_unavailable"
+	if reason, ok := KeyStoreUnavailable(pkiErr); ok {
+		pkiReason = reason // the key store's own words: "Vault is sealed"
+	}
+	record("pki", pkiErr, pkiReason)
 	record("signing_keys", m.keys.Check(), "no_usable_key")
 	if m.redis != nil && !m.redisDegrade {
 		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)

@@ -2,6 +2,7 @@ package mastio
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -194,28 +195,33 @@ func checkRestored(ctx context.Context, staging string, man *backup.Manifest) (a
 			"restore it with the release that took it (%s) or a newer one", man.SchemaVersion, latest, man.Version)}
 	}
 	pkiDir := filepath.Join(staging, "data", "pki")
-	if man.Database == "postgres" {
-		// The CA's keys are sealed in the database, which pg_dump backs
-		// up; the certificate must still be the manifest's.
-		root, err := pki.ReadRoot(pkiDir)
-		if err != nil {
+	var root *x509.Certificate
+	if man.CAKeys == "file" {
+		// The keys are in the backup: the CA must load whole.
+		ca, created, err := pki.Prepare(pki.Config{Dir: pkiDir, Keys: pki.FileKeyStore{Dir: pkiDir}})
+		switch {
+		case err != nil:
+			return none, &backup.Error{Msg: "the backup's Org CA cannot be loaded: " + err.Error()}
+		case created.Root:
+			return none, &backup.Error{Msg: "the backup holds no Org CA"}
+		}
+		root = ca.Root()
+	} else {
+		// The keys stay in their store (sealed in the database, Vault, an
+		// HSM): the certificate must still be the manifest's.
+		var err error
+		if root, err = pki.ReadRoot(pkiDir); err != nil {
 			return none, &backup.Error{Msg: "the backup holds no Org CA certificate: " + err.Error()}
 		}
-		if sum := pki.Fingerprint(root); sum != man.RootSHA256 {
-			return none, &backup.Error{Msg: fmt.Sprintf("the backup's Org CA is %s, its manifest says %s", sum, man.RootSHA256)}
-		}
-		return none, nil
 	}
-	ca, created, err := pki.Prepare(pki.Config{Dir: pkiDir, Keys: pki.FileKeyStore{Dir: pkiDir}})
-	switch {
-	case err != nil:
-		return none, &backup.Error{Msg: "the backup's Org CA cannot be loaded: " + err.Error()}
-	case created.Root:
-		return none, &backup.Error{Msg: "the backup holds no Org CA"}
-	}
-	if sum := pki.Fingerprint(ca.Root()); sum != man.RootSHA256 {
+	if sum := pki.Fingerprint(root); sum != man.RootSHA256 {
 		return none, &backup.Error{Msg: fmt.Sprintf("the backup's Org CA is %s, its manifest says %s", sum, man.RootSHA256)}
 	}
+	if man.Database == "postgres" {
+		return none, nil // pg_dump holds the database
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
 	db := filepath.Join(staging, filepath.FromSlash(backup.DatabaseName))
 	facts, version, err := sqlite.Peek(ctx, db, cfgOrgID, cfgRootSHA256)
 	if err != nil {
@@ -242,7 +248,7 @@ func checkRestored(ctx context.Context, staging string, man *backup.Manifest) (a
 			res.To, res.HeadHash, man.AuditLastSeq, man.AuditLastHash)}
 	}
 	if res.Anchor.Seq > 0 {
-		if err := audit.VerifyAnchor(res.Anchor, ca.RootPool()); err != nil {
+		if err := audit.VerifyAnchor(res.Anchor, roots); err != nil {
 			return res, &backup.Error{Msg: fmt.Sprintf("the backup's archive anchor at seq %d does not verify: %v", res.Anchor.Seq, err)}
 		}
 	}

@@ -3,6 +3,7 @@ package mastio
 import (
 	"context"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,8 +38,9 @@ const (
 type Shared struct {
 	dataDir  string
 	database Database
-	shared   bool   // several instances share the database (sealed material)
-	kek      []byte // a shared deployment's key-encryption key (for backups)
+	shared   bool         // several instances share the database (sealed material)
+	kek      []byte       // a shared deployment's key-encryption key (for backups)
+	caKeys   pki.KeyStore // a configured CA key store (Location.CAKeys), closed with the Shared
 	// adminSecret is a shared deployment's admin secret (sharedsecret.go).
 	adminSecret atomic.Pointer[Secret]
 	dbPath      string // the database's Location: never a password
@@ -217,6 +219,9 @@ func (s *Shared) Close() error {
 	}
 	if s.redis != nil {
 		s.redis.Close()
+	}
+	if c, ok := s.caKeys.(io.Closer); ok {
+		c.Close()
 	}
 	if s.audit != nil {
 		s.audit.Close()

@@ -23,6 +23,10 @@ type Location struct {
 	DataDir  string
 	Database Database
 	KEK      []byte // nil: nothing shared, keys stay in DataDir
+	// CAKeys keeps the Org CA's keys (a Vault, an HSM); nil: files in
+	// DataDir/pki, or sealed in the database with a KEK. The Shared closes
+	// it (if it is an io.Closer) when it closes.
+	CAKeys pki.KeyStore
 	// Redis is the URL of the Redis the instances share for replay
 	// protection ("" for this process's memory); RedisDegrade says what
 	// to do while it cannot be reached (false: refuse, 503).
@@ -85,7 +89,7 @@ func prepareShared(ctx context.Context, loc Location, orgHint string, logger *za
 			return fmt.Errorf("the database %s holds an installation (Org CA sha256 %s) but no sealed Org CA: it was not made "+
 				"by instances sharing it; run it without key_encryption_key_file", loc.Database.Location(), known[cfgRootSHA256])
 		}
-		if ca, created, err = pki.Prepare(pki.Config{Dir: pkiDir, Keys: sealedKeyStore{st: st, sealer: sealer, prefix: "pki/"},
+		if ca, created, err = pki.Prepare(pki.Config{Dir: pkiDir, Keys: loc.caKeys(sealedKeyStore{st: st, sealer: sealer, prefix: "pki/"}),
 			Org: orgHint}); err != nil {
 			return fmt.Errorf("org CA: %w", err)
 		}
@@ -124,7 +128,15 @@ func prepareShared(ctx context.Context, loc Location, orgHint string, logger *za
 	}
 	s := &Shared{dataDir: loc.DataDir, database: loc.Database, dbPath: loc.Database.Location(), store: st, ca: ca, caCreated: created,
 		orgID: orgID, keyStore: sealedKeyStore{st: st, sealer: sealer, prefix: "keys/"}, limiters: map[string]ratelimit.Allower{},
-		lastReady: map[string]string{}, shared: true, redisURL: loc.Redis, redisDegrade: loc.RedisDegrade, kek: loc.KEK}
+		lastReady: map[string]string{}, shared: true, redisURL: loc.Redis, redisDegrade: loc.RedisDegrade, kek: loc.KEK, caKeys: loc.CAKeys}
 	s.logger.Store(logger)
 	return s, nil
+}
+
+// caKeys is the configured CA key store, or def.
+func (loc Location) caKeys(def pki.KeyStore) pki.KeyStore {
+	if loc.CAKeys != nil {
+		return loc.CAKeys
+	}
+	return def
 }

@@ -78,7 +78,15 @@ type CA struct {
 	// pending holds what Prepare generated and Persist has not written yet.
 	pending []pendingWrite
 	created Created
+
+	// keysErr is why the key store could not give the CA its keys (an
+	// UnavailableError); retried at most every keysRetryEvery.
+	keysErr   error
+	keysTried time.Time
 }
+
+// keysRetryEvery bounds how often an unavailable key store is asked again.
+const keysRetryEvery = 2 * time.Second
 
 // pendingWrite is a key for the key store or a certificate file.
 type pendingWrite struct {
@@ -145,12 +153,18 @@ func Prepare(cfg Config) (*CA, Created, error) {
 			return nil, created, fmt.Errorf("root certificate %s: %w", rootPath, err)
 		}
 		ca.rootPEM = rootPEM
-		if _, err := cfg.Keys.Load(RootKeyName); err != nil {
+		if _, err := cfg.Keys.Load(RootKeyName); Unavailable(err) != nil {
+			ca.keysErr, ca.keysTried = err, cfg.Now()
+		} else if err != nil {
 			return nil, created, fmt.Errorf("root certificate %s exists but its private key %q cannot be loaded from %s: %w; "+
 				"restore both from the same backup", rootPath, RootKeyName, cfg.Keys, err)
 		}
 	case errors.Is(err, os.ErrNotExist):
-		if _, kerr := cfg.Keys.Load(RootKeyName); kerr == nil {
+		if _, kerr := cfg.Keys.Load(RootKeyName); Unavailable(kerr) != nil && !IsNotExist(kerr) {
+			// It may hold an Org CA: making a new one could replace it.
+			return nil, created, fmt.Errorf("no Org CA certificate in %s, and the key store %s cannot say whether it holds an Org CA key: %w",
+				cfg.Dir, cfg.Keys, kerr)
+		} else if kerr == nil {
 			return nil, created, fmt.Errorf("root private key %q exists in %s but the certificate %s is missing; "+
 				"restore both from the same backup", RootKeyName, cfg.Keys, rootPath)
 		}
@@ -166,6 +180,12 @@ func Prepare(cfg Config) (*CA, Created, error) {
 		return nil, created, err
 	}
 	now := cfg.Now()
+	if ca.keysErr != nil && !created.Root {
+		if ca.inter == nil {
+			return nil, created, fmt.Errorf("no intermediate certificate, and the key store cannot make one: %w", ca.keysErr)
+		}
+		return ca, created, nil // verifies now; issues once the key store answers (RetryKeys)
+	}
 	if created.Root || ca.inter == nil || ca.interKey == nil || now.Add(IntermediateRenewBefore).After(ca.inter.NotAfter) {
 		if err := ca.createIntermediate(); err != nil {
 			return nil, created, err
@@ -277,6 +297,9 @@ func (ca *CA) loadIntermediates() error {
 			return fmt.Errorf("intermediate certificate %s is not signed by the root %s: %w", path, RootCertFile, err)
 		}
 		key, err := LoadSigner(ca.cfg.Keys, IntermediateKeyName)
+		if Unavailable(err) != nil {
+			ca.keysErr, ca.keysTried, key, err = err, ca.cfg.Now(), nil, nil
+		}
 		if err != nil && !IsNotExist(err) {
 			return fmt.Errorf("intermediate key: %w", err)
 		}
@@ -369,6 +392,48 @@ func (ca *CA) createIntermediate() error {
 	return nil
 }
 
+// KeyStore describes where the CA's keys are (never key material).
+func (ca *CA) KeyStore() string { return ca.cfg.Keys.String() }
+
+// KeysErr is why the CA has not its keys (its key store is unavailable),
+// or nil.
+func (ca *CA) KeysErr() error {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	return ca.keysErr
+}
+
+// RetryKeys asks an unavailable key store for the CA's keys again (at
+// most every keysRetryEvery) and returns why they are still missing, or
+// nil once the CA has them.
+func (ca *CA) RetryKeys() error {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	if ca.keysErr == nil {
+		return nil
+	}
+	now := ca.cfg.Now()
+	if now.Sub(ca.keysTried) < keysRetryEvery {
+		return ca.keysErr
+	}
+	ca.keysTried = now
+	if _, err := ca.cfg.Keys.Load(RootKeyName); err != nil {
+		ca.keysErr = err
+		return err
+	}
+	key, err := LoadSigner(ca.cfg.Keys, IntermediateKeyName)
+	if err != nil {
+		ca.keysErr = err
+		return err
+	}
+	if !publicKeysEqual(key.Public(), ca.inter.PublicKey) {
+		ca.keysErr = fmt.Errorf("the key store's intermediate key %q does not match %s", IntermediateKeyName, IntermediateCertFile)
+		return ca.keysErr
+	}
+	ca.interKey, ca.keysErr = key, nil
+	return nil
+}
+
 // Root returns the root certificate.
 func (ca *CA) Root() *x509.Certificate { return ca.root }
 
@@ -404,6 +469,9 @@ func (ca *CA) Check() error {
 		if _, err := os.Stat(filepath.Join(ca.cfg.Dir, f)); err != nil {
 			return fmt.Errorf("CA file %s: %w", filepath.Join(ca.cfg.Dir, f), err)
 		}
+	}
+	if err := ca.RetryKeys(); err != nil {
+		return fmt.Errorf("CA keys: %w", err)
 	}
 	for _, k := range []string{RootKeyName, IntermediateKeyName} {
 		if _, err := ca.cfg.Keys.Load(k); err != nil {

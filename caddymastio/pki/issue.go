@@ -108,6 +108,9 @@ func (ca *CA) sign(tmpl *x509.Certificate, pub crypto.PublicKey, lifetime time.D
 	if lifetime <= 0 {
 		lifetime = DefaultLeafLifetime
 	}
+	if err := ca.RetryKeys(); err != nil {
+		return nil, fmt.Errorf("the CA cannot sign: %w", err)
+	}
 	ca.mu.RLock()
 	inter, key := ca.inter, ca.interKey
 	ca.mu.RUnlock()

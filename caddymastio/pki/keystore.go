@@ -171,5 +171,34 @@ func LoadSigner(ks KeyStore, name string) (crypto.Signer, error) {
 	return s, nil
 }
 
+// UnavailableError is a key store that cannot answer now: a sealed or
+// unreachable Vault, a token it refuses, a secret without the field. The
+// CA then runs without its keys (it verifies, it issues nothing) and
+// tries again, so that it recovers by itself once the store answers.
+type UnavailableError struct {
+	// Reason is short and names no secret (for /readyz): "Vault is sealed".
+	Reason string
+	// Err is the whole cause, for the log.
+	Err error
+}
+
+func (e *UnavailableError) Error() string {
+	if e.Err == nil {
+		return e.Reason
+	}
+	return e.Reason + ": " + e.Err.Error()
+}
+
+func (e *UnavailableError) Unwrap() error { return e.Err }
+
+// Unavailable returns the UnavailableError in err's chain, or nil.
+func Unavailable(err error) *UnavailableError {
+	var ue *UnavailableError
+	if errors.As(err, &ue) {
+		return ue
+	}
+	return nil
+}
+
 // IsNotExist reports whether err means a key or file is absent.
 func IsNotExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }

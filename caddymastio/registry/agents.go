@@ -101,6 +101,9 @@ func (r *Registry) issue(p Issuance, name string, pub crypto.PublicKey) (*x509.C
 		Identity:  pki.AgentIdentity{TrustDomain: p.TrustDomain, Org: r.cfg.Org, Name: name},
 		Lifetime:  p.AgentCertLifetime,
 	})
+	if pki.Unavailable(err) != nil {
+		return nil, "", "", fmt.Errorf("issuing the agent certificate: %w", err) // the key store's trouble, not the request's
+	}
 	if err != nil {
 		return nil, "", "", &Error{Status: 400, Code: "invalid_request", Field: "public_key_pem", Message: err.Error()}
 	}

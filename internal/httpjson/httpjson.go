@@ -177,3 +177,11 @@ func DatabaseUnavailable(w http.ResponseWriter) {
 	SetRetryAfter(w, 5*time.Second)
 	Error(w, http.StatusServiceUnavailable, "database_unavailable", "the database is unavailable; nothing was changed: retry later")
 }
+
+// KeyStoreUnavailable answers 503 key_store_unavailable: the Org CA's key
+// store (a Vault, an HSM) does not answer, so nothing was issued; reason
+// is the store's short reason ("Vault is sealed").
+func KeyStoreUnavailable(w http.ResponseWriter, reason string) {
+	SetRetryAfter(w, 5*time.Second)
+	Error(w, http.StatusServiceUnavailable, "key_store_unavailable", "the Org CA's key store is unavailable ("+reason+"); nothing was issued: retry later")
+}
