@@ -65,8 +65,14 @@ func run(m *testing.M) (int, error) {
 	os.Chmod(dir, 0o755)
 	caddyBin = filepath.Join(dir, "caddy")
 	start := time.Now()
-	cmd := exec.Command("go", "build", "-o", caddyBin, "./cmd/caddy")
+	// The default build is pure Go (CGO_ENABLED=0 proves it); the tests
+	// of the pkcs11 key store build with its tag, and cgo.
+	cmd := exec.Command("go", "build", "-tags", buildTags, "-o", caddyBin, "./cmd/caddy")
 	cmd.Dir = repoRoot
+	cmd.Env = os.Environ()
+	if buildTags == "" {
+		cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
+	}
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		return 0, fmt.Errorf("building cmd/caddy: %w", err)
@@ -74,6 +80,10 @@ func run(m *testing.M) (int, error) {
 	fmt.Fprintf(os.Stderr, "e2e: built %s in %s\n", caddyBin, time.Since(start).Round(time.Second))
 	return m.Run(), nil
 }
+
+// buildTags are the build tags of the binary under test: those of this
+// test binary (pkcs11_test.go adds "pkcs11").
+var buildTags = ""
 
 // asRoot reports whether servers are dropped to nobody.
 func asRoot() bool { return os.Geteuid() == 0 }

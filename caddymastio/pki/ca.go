@@ -10,8 +10,6 @@ package pki
 
 import (
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -153,20 +151,27 @@ func Prepare(cfg Config) (*CA, Created, error) {
 			return nil, created, fmt.Errorf("root certificate %s: %w", rootPath, err)
 		}
 		ca.rootPEM = rootPEM
-		if _, err := cfg.Keys.Load(RootKeyName); Unavailable(err) != nil {
+		if _, err := ca.signer(RootKeyName, ca.root.PublicKey); Unavailable(err) != nil {
 			ca.keysErr, ca.keysTried = err, cfg.Now()
 		} else if err != nil {
 			return nil, created, fmt.Errorf("root certificate %s exists but its private key %q cannot be loaded from %s: %w; "+
 				"restore both from the same backup", rootPath, RootKeyName, cfg.Keys, err)
 		}
 	case errors.Is(err, os.ErrNotExist):
-		if _, kerr := cfg.Keys.Load(RootKeyName); Unavailable(kerr) != nil && !IsNotExist(kerr) {
-			// It may hold an Org CA: making a new one could replace it.
-			return nil, created, fmt.Errorf("no Org CA certificate in %s, and the key store %s cannot say whether it holds an Org CA key: %w",
-				cfg.Dir, cfg.Keys, kerr)
-		} else if kerr == nil {
-			return nil, created, fmt.Errorf("root private key %q exists in %s but the certificate %s is missing; "+
-				"restore both from the same backup", RootKeyName, cfg.Keys, rootPath)
+		// In an HSM, a key without a certificate is one a first start (or
+		// caddy validate) made and never wrote a certificate for: keys are
+		// found by a certificate's public key, so it is never used. (A CA
+		// the database knows never gets here.)
+		if _, hsm := cfg.Keys.(SignerStore); !hsm {
+			switch _, kerr := ca.signer(RootKeyName, nil); {
+			case Unavailable(kerr) != nil && !IsNotExist(kerr):
+				// It may hold an Org CA: making a new one could replace it.
+				return nil, created, fmt.Errorf("no Org CA certificate in %s, and the key store %s cannot say whether it holds an Org CA key: %w",
+					cfg.Dir, cfg.Keys, kerr)
+			case kerr == nil:
+				return nil, created, fmt.Errorf("root private key %q exists in %s but the certificate %s is missing; "+
+					"restore both from the same backup", RootKeyName, cfg.Keys, rootPath)
+			}
 		}
 		if err := ca.createRoot(); err != nil {
 			return nil, created, err
@@ -245,9 +250,9 @@ func (ca *CA) writeLocked() error {
 }
 
 func (ca *CA) createRoot() error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := ca.generate(RootKeyName)
 	if err != nil {
-		return fmt.Errorf("generating root key: %w", err)
+		return err
 	}
 	org := ca.cfg.Org
 	if org == "" {
@@ -273,13 +278,8 @@ func (ca *CA) createRoot() error {
 	if err != nil {
 		return fmt.Errorf("creating root certificate: %w", err)
 	}
-	keyPEM, err := MarshalPrivateKey(key)
-	if err != nil {
-		return err
-	}
 	ca.rootPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	ca.pending = append(ca.pending, pendingWrite{key: RootKeyName, data: keyPEM},
-		pendingWrite{file: filepath.Join(ca.cfg.Dir, RootCertFile), data: ca.rootPEM})
+	ca.pending = append(ca.pending, pendingWrite{file: filepath.Join(ca.cfg.Dir, RootCertFile), data: ca.rootPEM})
 	ca.root, _ = x509.ParseCertificate(der)
 	ca.rootKey = key
 	return nil
@@ -296,7 +296,7 @@ func (ca *CA) loadIntermediates() error {
 		if err := cert.CheckSignatureFrom(ca.root); err != nil {
 			return fmt.Errorf("intermediate certificate %s is not signed by the root %s: %w", path, RootCertFile, err)
 		}
-		key, err := LoadSigner(ca.cfg.Keys, IntermediateKeyName)
+		key, err := ca.signer(IntermediateKeyName, cert.PublicKey)
 		if Unavailable(err) != nil {
 			ca.keysErr, ca.keysTried, key, err = err, ca.cfg.Now(), nil, nil
 		}
@@ -332,13 +332,13 @@ func (ca *CA) createIntermediate() error {
 	rootKey := ca.rootKey
 	if rootKey == nil {
 		var err error
-		if rootKey, err = LoadSigner(ca.cfg.Keys, RootKeyName); err != nil {
+		if rootKey, err = ca.signer(RootKeyName, ca.rootPublic()); err != nil {
 			return fmt.Errorf("loading root key to sign a new intermediate: %w", err)
 		}
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, err := ca.generate(IntermediateKeyName)
 	if err != nil {
-		return fmt.Errorf("generating intermediate key: %w", err)
+		return err
 	}
 	now := ca.cfg.Now()
 	org := ca.root.Subject.Organization
@@ -366,10 +366,6 @@ func (ca *CA) createIntermediate() error {
 		return fmt.Errorf("creating intermediate certificate: %w", err)
 	}
 	cert, _ := x509.ParseCertificate(der)
-	keyPEM, err := MarshalPrivateKey(key)
-	if err != nil {
-		return err
-	}
 	// Keep the outgoing intermediate as a retired one: certificates it
 	// signed stay valid until it expires.
 	ca.mu.RLock()
@@ -381,8 +377,7 @@ func (ca *CA) createIntermediate() error {
 	} else {
 		outgoing = nil
 	}
-	ca.pending = append(ca.pending, pendingWrite{key: IntermediateKeyName, data: keyPEM},
-		pendingWrite{file: filepath.Join(ca.cfg.Dir, IntermediateCertFile), data: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})})
+	ca.pending = append(ca.pending, pendingWrite{file: filepath.Join(ca.cfg.Dir, IntermediateCertFile), data: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})})
 	ca.mu.Lock()
 	ca.inter, ca.interKey = cert, key
 	if outgoing != nil {
@@ -417,18 +412,14 @@ func (ca *CA) RetryKeys() error {
 		return ca.keysErr
 	}
 	ca.keysTried = now
-	if _, err := ca.cfg.Keys.Load(RootKeyName); err != nil {
+	if _, err := ca.signer(RootKeyName, ca.root.PublicKey); err != nil {
 		ca.keysErr = err
 		return err
 	}
-	key, err := LoadSigner(ca.cfg.Keys, IntermediateKeyName)
+	key, err := ca.signer(IntermediateKeyName, ca.inter.PublicKey)
 	if err != nil {
 		ca.keysErr = err
 		return err
-	}
-	if !publicKeysEqual(key.Public(), ca.inter.PublicKey) {
-		ca.keysErr = fmt.Errorf("the key store's intermediate key %q does not match %s", IntermediateKeyName, IntermediateCertFile)
-		return ca.keysErr
 	}
 	ca.interKey, ca.keysErr = key, nil
 	return nil
@@ -473,8 +464,8 @@ func (ca *CA) Check() error {
 	if err := ca.RetryKeys(); err != nil {
 		return fmt.Errorf("CA keys: %w", err)
 	}
-	for _, k := range []string{RootKeyName, IntermediateKeyName} {
-		if _, err := ca.cfg.Keys.Load(k); err != nil {
+	for k, pub := range map[string]crypto.PublicKey{RootKeyName: ca.Root().PublicKey, IntermediateKeyName: ca.Intermediate().PublicKey} {
+		if _, err := ca.signer(k, pub); err != nil {
 			return fmt.Errorf("CA key %q: %w", k, err)
 		}
 	}
