@@ -5,6 +5,8 @@
 package keystores
 
 import (
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
 )
 
@@ -14,4 +16,25 @@ type CAKeyStore interface {
 	// data location lives (across reloads) and closes it if it is an
 	// io.Closer.
 	CAKeys() (pki.KeyStore, error)
+}
+
+// unmarshalOptions reads a store's block of one-value options into opts
+// (option name to field); the store name was read already, and takes no
+// arguments.
+func unmarshalOptions(d *caddyfile.Dispenser, store string, opts map[string]*string) error {
+	d.Next() // the store name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		target, ok := opts[opt]
+		if !ok {
+			return d.Errf("unknown %s option %q", store, opt)
+		}
+		if !d.Args(target) || d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	return nil
 }

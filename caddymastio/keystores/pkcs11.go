@@ -74,28 +74,7 @@ func (p *PKCS11) CAKeys() (pki.KeyStore, error) {
 //		pin_file    <file>
 //	}
 func (p *PKCS11) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the store name
-	if d.NextArg() {
-		return d.ArgErr()
-	}
-	for d.NextBlock(0) {
-		opt := d.Val()
-		var val string
-		if !d.Args(&val) || d.NextArg() {
-			return d.ArgErr()
-		}
-		switch opt {
-		case "module":
-			p.Module = val
-		case "token_label":
-			p.TokenLabel = val
-		case "pin_file":
-			p.PINFile = val
-		default:
-			return d.Errf("unknown pkcs11 option %q", opt)
-		}
-	}
-	return nil
+	return unmarshalOptions(d, "pkcs11", map[string]*string{"module": &p.Module, "token_label": &p.TokenLabel, "pin_file": &p.PINFile})
 }
 
 // Interface guards

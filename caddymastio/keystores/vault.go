@@ -93,36 +93,17 @@ func (v *Vault) CAKeys() (pki.KeyStore, error) {
 //		timeout    <duration>
 //	}
 func (v *Vault) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the store name
-	if d.NextArg() {
-		return d.ArgErr()
+	var timeout string
+	if err := unmarshalOptions(d, "vault", map[string]*string{"address": &v.Address, "mount": &v.Mount, "path": &v.Path,
+		"token_file": &v.TokenFile, "ca_cert": &v.CACert, "timeout": &timeout}); err != nil {
+		return err
 	}
-	for d.NextBlock(0) {
-		opt := d.Val()
-		var val string
-		if !d.Args(&val) || d.NextArg() {
-			return d.ArgErr()
+	if timeout != "" {
+		dur, err := caddy.ParseDuration(timeout)
+		if err != nil {
+			return d.Errf("vault timeout: %v", err)
 		}
-		switch opt {
-		case "address":
-			v.Address = val
-		case "mount":
-			v.Mount = val
-		case "path":
-			v.Path = val
-		case "token_file":
-			v.TokenFile = val
-		case "ca_cert":
-			v.CACert = val
-		case "timeout":
-			dur, err := caddy.ParseDuration(val)
-			if err != nil {
-				return d.Errf("timeout: %v", err)
-			}
-			v.Timeout = caddy.Duration(dur)
-		default:
-			return d.Errf("unknown vault option %q", opt)
-		}
+		v.Timeout = caddy.Duration(dur)
 	}
 	return nil
 }
