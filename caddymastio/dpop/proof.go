@@ -168,7 +168,7 @@ func parse(s string) (*Proof, *claims, *Error) {
 		return nil, nil, invalid("signature: %v", err)
 	}
 	var c claims
-	if err := json.Unmarshal(tok.Payload, &c); err != nil {
+	if err := jwt.Decode(tok.Payload, &c); err != nil {
 		return nil, nil, invalid("claims are not a JSON object with the expected types: %v", err)
 	}
 	p := &Proof{JKT: jkt, Alg: tok.Alg, Key: key}

@@ -88,7 +88,7 @@ var jwkCache struct {
 
 func parseJWK(raw []byte) (crypto.PublicKey, string, error) {
 	var j jwkJSON
-	if err := json.Unmarshal(raw, &j); err != nil {
+	if err := Decode(raw, &j); err != nil {
 		return nil, "", fmt.Errorf("JWK is not a JSON object: %w", err)
 	}
 	if j.D != nil || j.P != nil || j.Q != nil || j.DP != nil || j.DQ != nil || j.QI != nil || j.K != nil {

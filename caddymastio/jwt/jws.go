@@ -17,6 +17,8 @@ import (
 	"math/big"
 	"strconv"
 	"strings"
+
+	jsonv2 "github.com/go-json-experiment/json"
 )
 
 // Algorithms this package implements. MAC algorithms and "none" are not
@@ -67,7 +69,7 @@ func Parse(s string) (*Token, error) {
 	if t.Signature, err = b64(s[last+1:]); err != nil {
 		return nil, errors.New("signature is not unpadded base64url")
 	}
-	if err := json.Unmarshal(hdr, &t.Header); err != nil || t.Header == nil {
+	if err := Decode(hdr, &t.Header); err != nil || t.Header == nil {
 		return nil, errors.New("header is not a JSON object")
 	}
 	var ok bool
@@ -307,4 +309,13 @@ func isJSONNumber(b []byte) bool {
 		}
 	}
 	return i == len(b)
+}
+
+// Decode reads a JOSE JSON object (a header, claims, a JWK) strictly: a
+// member name given twice, a name matching a field only in another case,
+// or invalid UTF-8 is an error. RFC 7515 §4 lets a parser take the last of
+// duplicate names; refusing them leaves no reading for another parser to
+// differ from.
+func Decode(data []byte, v any) error {
+	return jsonv2.Unmarshal(data, v)
 }

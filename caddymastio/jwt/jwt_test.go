@@ -143,6 +143,11 @@ func TestRefusals(t *testing.T) {
 		"crit":              hdr(`{"alg":"ES256","crit":["exp"]}`) + "." + parts[1] + "." + parts[2],
 		"empty signature":   parts[0] + "." + parts[1] + ".",
 		"huge":              strings.Repeat("a", MaxTokenSize+1),
+		// Two readings of one header: refused, not "the last one wins".
+		"duplicate alg":      hdr(`{"alg":"ES256","alg":"none"}`) + "." + parts[1] + "." + parts[2],
+		"duplicate kid":      hdr(`{"alg":"ES256","kid":"a","kid":"b"}`) + "." + parts[1] + "." + parts[2],
+		"escaped duplicate":  hdr(`{"alg":"ES256","\u0061lg":"ES256"}`) + "." + parts[1] + "." + parts[2],
+		"invalid utf-8 name": hdr("{\"alg\":\"ES256\",\"\xff\":1}") + "." + parts[1] + "." + parts[2],
 	}
 	for name, tok := range cases {
 		if _, err := Parse(tok); err == nil {
@@ -161,6 +166,27 @@ func TestRefusals(t *testing.T) {
 	}
 	if tok.Verify(keys[ES256].Public(), PS256) == nil {
 		t.Error("verified under an algorithm other than the token's")
+	}
+}
+
+// Claims are read as strictly as headers: a duplicate member is an error,
+// not a second reading, and a differently cased name is another name.
+func TestDecodeRefusesAmbiguousObjects(t *testing.T) {
+	type claims struct {
+		Sub string `json:"sub"`
+	}
+	for _, in := range []string{`{"sub":"a","sub":"b"}`, `{"sub":"a","\u0073ub":"b"}`} {
+		var c claims
+		if err := Decode([]byte(in), &c); err == nil {
+			t.Errorf("%s decoded as %+v", in, c)
+		}
+	}
+	var c claims
+	if err := Decode([]byte(`{"SUB":"a"}`), &c); err != nil || c.Sub != "" {
+		t.Fatalf(`{"SUB":"a"} read as sub: %v %+v`, err, c)
+	}
+	if err := Decode([]byte(`{"sub":"a","other":1}`), &c); err != nil || c.Sub != "a" {
+		t.Fatalf("a plain object: %v %+v", err, c)
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -144,7 +143,7 @@ func Parse(token string) (*jwt.Token, *Claims, *VerifyError) {
 		return nil, nil, verr("not an access token of this Mastio (typ %q)", t.Typ)
 	}
 	var c Claims
-	if err := json.Unmarshal(t.Payload, &c); err != nil {
+	if err := jwt.Decode(t.Payload, &c); err != nil {
 		return nil, nil, verr("claims: %v", err)
 	}
 	return t, &c, nil

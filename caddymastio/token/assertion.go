@@ -94,7 +94,7 @@ func VerifyAssertion(raw string, c AssertionChecks) (*Assertion, error) {
 		return nil, fmt.Errorf("client_assertion signature: %v", err)
 	}
 	var cl assertionClaims
-	if err := json.Unmarshal(t.Payload, &cl); err != nil {
+	if err := jwt.Decode(t.Payload, &cl); err != nil {
 		return nil, fmt.Errorf("client_assertion claims: %v", err)
 	}
 	if cl.Sub == "" || cl.Iss != cl.Sub {
