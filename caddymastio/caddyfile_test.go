@@ -13,7 +13,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
 
-func adapt(t *testing.T, src string) ([]byte, error) {
+func adapt(t testing.TB, src string) ([]byte, error) {
 	t.Helper()
 	adapter := caddyconfig.GetAdapter("caddyfile")
 	out, _, err := adapter.Adapt([]byte(src), map[string]any{"filename": "Caddyfile"})

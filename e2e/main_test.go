@@ -252,7 +252,7 @@ func (s *server) start() {
 	s.t.Cleanup(func() {
 		s.kill()
 		if s.t.Failed() {
-			s.t.Logf("caddy's errors:\n%s", grepLines(s.out.String(), `"level":"error"`))
+			s.t.Logf("caddy's errors:\n%s\n%s", grepLines(s.out.String(), `"level":"error"`), grepLines(s.out.String(), `"decision":"deny"`))
 		}
 	})
 	deadline := time.Now().Add(60 * time.Second)

@@ -155,7 +155,7 @@ func (s *Shared) openAll() error {
 		return fmt.Errorf("signing keys: %w", err)
 	}
 	s.keys = ring
-	if s.registry, err = registry.Open(ctx, registry.Config{Store: st, Audit: s.audit, CA: ca, Org: s.orgID}); err != nil {
+	if s.registry, err = registry.Open(ctx, registry.Config{Store: st, Audit: s.audit, CA: ca, Org: s.orgID, Shared: s.shared}); err != nil {
 		return fmt.Errorf("agent registry: %w", err)
 	}
 	s.tokens = token.NewVerifier(ring, 100_000)

@@ -9,6 +9,7 @@ package registry
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"regexp"
@@ -31,6 +32,11 @@ type Config struct {
 	Org string
 	// Now returns the time; default time.Now.
 	Now func() time.Time
+	// Shared: other instances change the store too. A certificate this
+	// view does not know is then looked up in the store before it is
+	// refused: another instance may have issued it a moment ago, before
+	// its announcement arrived.
+	Shared bool
 }
 
 // Issuance is what the certificates issued under the configuration in
@@ -234,14 +240,70 @@ func (r *Registry) Lookup(agentID string) (Identity, bool) {
 	r.mu.RLock()
 	a, ok := r.agents[agentID]
 	r.mu.RUnlock()
+	if !ok && r.cfg.Shared {
+		// Another instance may have registered it a moment ago.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if r.refreshAgent(ctx, agentID) {
+			r.mu.RLock()
+			a, ok = r.agents[agentID]
+			r.mu.RUnlock()
+		}
+		cancel()
+	}
 	if !ok || a.revoked {
 		return Identity{}, false
 	}
 	return Identity{AgentID: agentID, SPIFFEID: a.spiffeID, Capabilities: a.caps, Groups: a.groups}, true
 }
 
-// CheckDER hashes der and calls Check.
-func (r *Registry) CheckDER(der []byte) (Identity, *CheckError) { return r.Check(sha256.Sum256(der)) }
+// CheckDER hashes der and calls Check; in a shared registry, a
+// certificate it does not know is read from the store first.
+func (r *Registry) CheckDER(der []byte) (Identity, *CheckError) {
+	sum := sha256.Sum256(der)
+	id, cerr := r.Check(sum)
+	if cerr != nil && cerr.Code == DenyNotPinned && cerr.AgentID == "" && r.cfg.Shared && r.refreshPin(sum) {
+		return r.Check(sum)
+	}
+	return id, cerr
+}
+
+// refreshPin reads the agent holding the certificate sum from the store
+// into the view (see refreshAgent). It reports whether it found one.
+func (r *Registry) refreshPin(sum [32]byte) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	certs, err := r.cfg.Store.Certs(ctx, store.CertFilter{SHA256: hex.EncodeToString(sum[:])})
+	if err != nil || len(certs) == 0 {
+		return false
+	}
+	return r.refreshAgent(ctx, certs[0].AgentID)
+}
+
+// refreshAgent reads one agent from the store into the view, unless this
+// process changed the view meanwhile (then the next announcement or resync
+// brings it). It reports whether it found the agent.
+func (r *Registry) refreshAgent(ctx context.Context, id string) bool {
+	r.mu.RLock()
+	gen := r.gen
+	r.mu.RUnlock()
+	list, err := r.cfg.Store.Agents(ctx, store.AgentFilter{ID: id})
+	if err != nil || len(list) != 1 {
+		return false
+	}
+	a := list[0]
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.gen != gen {
+		return false
+	}
+	r.agents[a.AgentID] = agentEntry{revoked: a.Status == store.AgentRevoked, spiffeID: a.SPIFFEID, caps: a.Capabilities, groups: a.Groups}
+	for _, c := range a.Certificates {
+		if key, err := parsePin(c.SHA256); err == nil {
+			r.pins[key] = pinFor(c)
+		}
+	}
+	return true
+}
 
 // change runs fn as one change of the store with the audit rows it
 // records (see audit.Log.Change).

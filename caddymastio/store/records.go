@@ -62,6 +62,8 @@ type Cert struct {
 
 // CertFilter selects certificates; the zero value selects all.
 type CertFilter struct {
+	// SHA256 selects the certificate with that pin (hex).
+	SHA256   string
 	AgentID  string
 	Statuses []string
 	// GraceEndedBy selects certificates in grace whose grace ended at or

@@ -69,6 +69,9 @@ func (r Reader) Agents(ctx context.Context, f store.AgentFilter) ([]*store.Agent
 func (r Reader) Certs(ctx context.Context, f store.CertFilter) ([]*store.Cert, error) {
 	var where []string
 	var args []any
+	if f.SHA256 != "" {
+		where, args = append(where, "cert_sha256 = ?"), append(args, f.SHA256)
+	}
 	if f.AgentID != "" {
 		where, args = append(where, "agent_id = ?"), append(args, f.AgentID)
 	}
