@@ -2,6 +2,7 @@ package mastio
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -35,7 +36,9 @@ func (m *Mastio) Backup(ctx context.Context, w io.Writer, recipients []age.Recip
 		}
 	}
 	if m.kek != nil {
-		cfg[KEKConfigName] = m.kek
+		// As key_encryption_key_file holds it, so the restored file can be
+		// pointed at as it is.
+		cfg[KEKConfigName] = []byte(base64.StdEncoding.EncodeToString(m.kek) + "\n")
 	}
 	man, err := backup.Write(ctx, w, backup.Source{
 		DataDir:  m.dataDir,

@@ -220,3 +220,27 @@ func (s *Server) stop() error {
 	s.cmd = nil
 	return nil
 }
+
+// Tool returns the path of a PostgreSQL client program of the installed
+// version (pg_dump, pg_restore, psql).
+func Tool(t testing.TB, name string) string {
+	t.Helper()
+	if bin, err := binDir(); err == nil {
+		if p := filepath.Join(bin, name); exists(p) {
+			return p
+		}
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	for i := len(dirs) - 1; i >= 0; i-- {
+		if p := filepath.Join(dirs[i], name); exists(p) {
+			return p
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	t.Fatalf("PostgreSQL's %s is not installed: apt-get install postgresql", name)
+	return ""
+}
+
+func exists(p string) bool { _, err := os.Stat(p); return err == nil }
