@@ -1,26 +1,18 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
-	"runtime/debug"
-	"sort"
 	"strconv"
-	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
+	"github.com/caddy-mastio/caddy-mastio/internal/loadgen"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -39,180 +31,36 @@ func fastUpstream(b *testing.B) *httptest.Server {
 	return srv
 }
 
-// measure sends b.N requests from 8 concurrent workers (or
-// MASTIO_BENCH_WORKERS) and reports the throughput and the latency
-// percentiles. The load generator is net/http's client, or with
-// MASTIO_BENCH_CLIENT=lean a minimal HTTP/1.1 client over the same mTLS
-// (see leanWorker), which leaves more of the shared CPU to the server.
-func measure(b *testing.B, client *http.Client, url, body string, header func(i int) http.Header, pid int) {
+// measure sends b.N requests from 8 workers (or MASTIO_BENCH_WORKERS),
+// each on its own keep-alive connection (package loadgen), and reports
+// the throughput, the latency percentiles and the CPU per call.
+func measure(b *testing.B, tlsConf *tls.Config, url, body string, header func(i int) http.Header, pid int) {
 	workers := 8
 	if n, err := strconv.Atoi(os.Getenv("MASTIO_BENCH_WORKERS")); err == nil && n > 0 {
 		workers = n
 	}
-	lean := os.Getenv("MASTIO_BENCH_CLIENT") == "lean"
-	var requests [][]byte
-	if lean {
-		requests = leanRequests(b, url, body, header)
-	}
-	lat := make([]time.Duration, b.N)
-	// The load generator keeps every prepared request alive; collect its
-	// garbage less often, so that its GC does not eat the shared cores.
-	defer debug.SetGCPercent(debug.SetGCPercent(800))
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	cpu0, self0 := processCPU(b, pid), processCPU(b, os.Getpid())
 	b.ResetTimer()
-	start := time.Now()
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		if lean {
-			go func() {
-				defer wg.Done()
-				leanWorker(b, client, url, requests, &next, lat)
-			}()
-			continue
-		}
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= b.N {
-					return
-				}
-				req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-				if header != nil {
-					req.Header = header(i)
-				}
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("Accept", "application/json, text/event-stream")
-				t0 := time.Now()
-				resp, err := client.Do(req)
-				ok := readAnswer(b, resp, err)
-				lat[i] = time.Since(t0)
-				if !ok {
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
+	res, err := loadgen.Run(loadgen.Target{URL: url, Body: body, Header: header, TLS: tlsConf, Check: sunny}, b.N, workers, pid)
 	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
 	if pid != 0 {
-		b.ReportMetric(float64((processCPU(b, pid)-cpu0).Microseconds())/float64(b.N), "server-cpu-µs/call")
+		b.ReportMetric(float64(res.ServerCPU.Microseconds()), "server-cpu-µs/call")
 	}
 	// The load generator and the upstream share the machine with the server.
-	b.ReportMetric(float64((processCPU(b, os.Getpid())-self0).Microseconds())/float64(b.N), "bench-cpu-µs/call")
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "calls/s")
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+	b.ReportMetric(float64(res.ClientCPU.Microseconds()), "bench-cpu-µs/call")
+	b.ReportMetric(res.CallsPerS, "calls/s")
+	b.ReportMetric(float64(res.P50.Microseconds()), "p50-µs")
+	b.ReportMetric(float64(res.P99.Microseconds()), "p99-µs")
 }
 
-// readAnswer reads a call's answer (or takes its error) and reports
-// whether it is the tool's result.
-func readAnswer(b *testing.B, resp *http.Response, err error) bool {
-	if err != nil {
-		b.Error(err)
-		return false
+// sunny accepts the tool's result.
+func sunny(status int, body []byte) error {
+	if status != 200 || !bytes.Contains(body, []byte("sunny in Rome")) {
+		return fmt.Errorf("%d %s", status, body)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !bytes.Contains(body, []byte("sunny in Rome")) {
-		b.Errorf("%d %s", resp.StatusCode, body)
-		return false
-	}
-	return true
-}
-
-// leanRequests serializes request i of the run as HTTP/1.1 bytes.
-func leanRequests(b *testing.B, rawURL, body string, header func(i int) http.Header) [][]byte {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		b.Fatal(err)
-	}
-	out := make([][]byte, b.N)
-	for i := range out {
-		var buf bytes.Buffer
-		fmt.Fprintf(&buf, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: %d\r\n",
-			u.RequestURI(), u.Host, len(body))
-		if header != nil {
-			header(i).Write(&buf)
-		}
-		buf.WriteString("\r\n" + body)
-		out[i] = buf.Bytes()
-	}
-	return out
-}
-
-// leanWorker sends requests over one keep-alive connection, dialled with
-// the client's TLS settings, and reads each answer with net/http's parser:
-// no connection pool, no per-request goroutines.
-func leanWorker(b *testing.B, client *http.Client, rawURL string, requests [][]byte, next *atomic.Int64, lat []time.Duration) {
-	u, _ := url.Parse(rawURL)
-	var tlsConf *tls.Config
-	if tr, ok := client.Transport.(*http.Transport); ok && tr.TLSClientConfig != nil {
-		tlsConf = tr.TLSClientConfig.Clone()
-	}
-	dial := func() (net.Conn, *bufio.Reader) {
-		var c net.Conn
-		var err error
-		if u.Scheme == "https" {
-			c, err = tls.Dial("tcp", u.Host, tlsConf)
-		} else {
-			c, err = net.Dial("tcp", u.Host)
-		}
-		if err != nil {
-			b.Error(err)
-			return nil, nil
-		}
-		return c, bufio.NewReader(c)
-	}
-	conn, br := dial()
-	if conn == nil {
-		return
-	}
-	defer func() { conn.Close() }()
-	for {
-		i := int(next.Add(1) - 1)
-		if i >= len(requests) {
-			return
-		}
-		t0 := time.Now()
-		if _, err := conn.Write(requests[i]); err != nil {
-			b.Error(err)
-			return
-		}
-		resp, err := http.ReadResponse(br, nil)
-		ok := readAnswer(b, resp, err)
-		lat[i] = time.Since(t0)
-		if !ok {
-			return
-		}
-		if resp.Close {
-			conn.Close()
-			if conn, br = dial(); conn == nil {
-				return
-			}
-		}
-	}
-}
-
-// processCPU is the user+system CPU time pid has used (0 for pid 0).
-func processCPU(b *testing.B, pid int) time.Duration {
-	if pid == 0 {
-		return 0
-	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	// Fields after the parenthesised command name; utime and stime are
-	// fields 14 and 15 of stat(5), in clock ticks (USER_HZ, 100 on Linux).
-	f := strings.Fields(string(data[bytes.LastIndexByte(data, ')')+2:]))
-	utime, _ := strconv.ParseInt(f[11], 10, 64)
-	stime, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(utime+stime) * 10 * time.Millisecond
+	return nil
 }
 
 // BenchmarkMCPToolCall: one tools/call, direct to the upstream, through a
@@ -258,9 +106,8 @@ func BenchmarkMCPToolCall(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	mtls := &http.Client{Transport: &http.Transport{TLSClientConfig: id.TLSConfig(), MaxIdleConnsPerHost: 16, ForceAttemptHTTP2: false,
-		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{}}}
-	plain := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
+	mtls := id.TLSConfig()
+	mtls.RootCAs = s.rootPool()
 
 	if prof := os.Getenv("MASTIO_BENCH_PROFILE"); prof != "" {
 		// Investigation aid: a CPU profile of the server for the next 10 s.
@@ -273,7 +120,7 @@ func BenchmarkMCPToolCall(b *testing.B) {
 		}()
 	}
 	pid := s.cmd.Process.Pid
-	b.Run("direct", func(b *testing.B) { measure(b, plain, up.URL, benchCall, nil, 0) })
+	b.Run("direct", func(b *testing.B) { measure(b, nil, up.URL, benchCall, nil, 0) })
 	b.Run("reverse_proxy", func(b *testing.B) { measure(b, mtls, s.url("/plain"), benchCall, nil, pid) })
 	signed := func(b *testing.B, path string) func(int) http.Header {
 		headers := make([]http.Header, b.N)
