@@ -32,6 +32,10 @@ type Target struct {
 	URL string
 	// Method (default POST) and Body of every request.
 	Method, Body string
+	// BodyFor, when set, is request i's body instead of Body (requests
+	// that must differ: single-use assertions, new keys). It runs before
+	// the clock starts.
+	BodyFor func(i int) string
 	// Header returns request i's extra headers (nil: none). It runs
 	// before the clock starts.
 	Header func(i int) http.Header
@@ -108,15 +112,19 @@ func serialize(t Target, n int) ([][]byte, error) {
 	}
 	out := make([][]byte, n)
 	for i := range out {
+		body := t.Body
+		if t.BodyFor != nil {
+			body = t.BodyFor(i)
+		}
 		var buf bytes.Buffer
 		fmt.Fprintf(&buf, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, u.RequestURI(), u.Host)
-		if t.Body != "" || method == "POST" {
-			fmt.Fprintf(&buf, "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: %d\r\n", len(t.Body))
+		if body != "" || method == "POST" {
+			fmt.Fprintf(&buf, "Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: %d\r\n", len(body))
 		}
 		if t.Header != nil {
 			t.Header(i).Write(&buf)
 		}
-		buf.WriteString("\r\n" + t.Body)
+		buf.WriteString("\r\n" + body)
 		out[i] = buf.Bytes()
 	}
 	return out, nil
