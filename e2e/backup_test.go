@@ -54,56 +54,34 @@ func TestBackupUnderLoadRestoresEverything(t *testing.T) {
 	var agents, sessions []string
 	var ackedAgents, ackedSessions int
 	var calls atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(3)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			name := "load-" + strconv.Itoa(i)
-			if code, _ := s.adminCall(t, "POST", "/v1/admin/agents", adminSecret, map[string]any{"agent_name": name}); code == 201 {
-				mu.Lock()
-				agents = append(agents, name)
-				mu.Unlock()
-			}
+	traffic := newLoad()
+	traffic.loop(func(i int) {
+		name := "load-" + strconv.Itoa(i)
+		if code, _ := s.adminCall(t, "POST", "/v1/admin/agents", adminSecret, map[string]any{"agent_name": name}); code == 201 {
+			mu.Lock()
+			agents = append(agents, name)
+			mu.Unlock()
 		}
-	}()
-	go func() {
-		defer wg.Done()
-		for i := 0; i < 5; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			p, err := client.StartEnrollment(context.Background(), client.EnrollOptions{URL: s.url(""), Dir: filepath.Join(t.TempDir(), "id"),
-				RootCAs: s.rootPool(), Requester: client.Requester{Name: "Load", Email: "load@orga.example"}})
-			if err == nil {
-				mu.Lock()
-				sessions = append(sessions, p.SessionID)
-				mu.Unlock()
-			}
+	})
+	traffic.loop(func(i int) {
+		if i >= 5 { // enrollment starts are rate limited per address
+			time.Sleep(10 * time.Millisecond)
+			return
 		}
-	}()
-	go func() {
-		defer wg.Done()
-		ac := newAgentClient(s, caller, true)
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if code, _, err := ac.get(t, "/v1/agents/me"); err == nil && code == 200 {
-				calls.Add(1)
-			}
+		p, err := client.StartEnrollment(context.Background(), client.EnrollOptions{URL: s.url(""), Dir: filepath.Join(t.TempDir(), "id"),
+			RootCAs: s.rootPool(), Requester: client.Requester{Name: "Load", Email: "load@orga.example"}})
+		if err == nil {
+			mu.Lock()
+			sessions = append(sessions, p.SessionID)
+			mu.Unlock()
 		}
-	}()
+	})
+	ac := newAgentClient(s, caller, true)
+	traffic.loop(func(int) {
+		if code, _, err := ac.get(t, "/v1/agents/me"); err == nil && code == 200 {
+			calls.Add(1)
+		}
+	})
 	waitFor(t, "load running", 30*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
@@ -116,8 +94,7 @@ func TestBackupUnderLoadRestoresEverything(t *testing.T) {
 
 	file := filepath.Join(s.dir, "mastio.backup")
 	out, code := s.operator("backup", "--out", file, "--recipient", id.Recipient().String(), "--data-dir", s.dataDir)
-	close(stop)
-	wg.Wait()
+	traffic.halt()
 	if code != 0 || !strings.Contains(out, "backup written to "+file) || !strings.Contains(out, "sqlite database at schema") {
 		t.Fatalf("backup: exit %d\n%s", code, out)
 	}
@@ -189,7 +166,7 @@ func TestBackupUnderLoadRestoresEverything(t *testing.T) {
 	if _, _, jwks := r.get(r.client(), "/.well-known/jwks.json"); jwks != jwksBefore && !strings.Contains(jwks, kidsOf(jwksBefore)) {
 		t.Fatalf("the restored gateway has other signing keys:\n%s\nwas\n%s", jwks, jwksBefore)
 	}
-	ac := newAgentClient(r, caller, false)
+	ac = newAgentClient(r, caller, false)
 	if code, me, err := ac.get(t, "/v1/agents/me"); err != nil || code != 200 {
 		t.Fatalf("the caller on the restored gateway: %d %v %v", code, me, err)
 	}

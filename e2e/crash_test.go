@@ -68,23 +68,8 @@ func TestCrashLosesNothingAcknowledged(t *testing.T) {
 	round := 0
 	for _, killAfter := range []time.Duration{150 * time.Millisecond, 600 * time.Millisecond, 1500 * time.Millisecond} {
 		round++
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		worker := func(f func(i int)) {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := 0; ; i++ {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					f(i)
-				}
-			}()
-		}
-		worker(func(i int) { // create, and revoke every third
+		traffic := newLoad()
+		traffic.loop(func(i int) { // create, and revoke every third
 			name := fmt.Sprintf("r%d-a%d", round, i)
 			code, _, err := s.tryAdmin(c, "POST", "/v1/admin/agents", map[string]any{"agent_name": name})
 			if err != nil || code != 201 {
@@ -98,7 +83,7 @@ func TestCrashLosesNothingAcknowledged(t *testing.T) {
 				}
 			}
 		})
-		worker(func(i int) { // enroll and approve
+		traffic.loop(func(i int) { // enroll and approve
 			p, err := client.StartEnrollment(context.Background(), client.EnrollOptions{URL: s.url(""), Dir: filepath.Join(t.TempDir(), "id"),
 				RootCAs: s.rootPool(), Requester: client.Requester{Name: "Crash", Email: "crash@orga.example"}})
 			if err != nil {
@@ -110,14 +95,14 @@ func TestCrashLosesNothingAcknowledged(t *testing.T) {
 				got.add(func() { got.approved = append(got.approved, "orga::"+name) })
 			}
 		})
-		worker(func(int) { // calls
+		traffic.loop(func(int) { // calls
 			if code, _, err := newAgentClient(s, caller.Certificate, false).get(t, "/v1/agents/me"); err == nil && code == 200 {
 				got.add(func() { got.calls++ })
 			} else {
 				time.Sleep(5 * time.Millisecond)
 			}
 		})
-		worker(func(int) { // key rotation, now and then
+		traffic.loop(func(int) { // key rotation, now and then
 			time.Sleep(100 * time.Millisecond)
 			if code, _, err := s.tryAdmin(c, "POST", "/v1/admin/keys/rotate", map[string]any{}); err == nil && code == 200 {
 				got.add(func() { got.rotations++ })
@@ -125,8 +110,7 @@ func TestCrashLosesNothingAcknowledged(t *testing.T) {
 		})
 		time.Sleep(killAfter) // the kill point: mid-traffic, by design
 		s.kill()
-		close(stop)
-		wg.Wait()
+		traffic.halt()
 		s.start()
 	}
 	t.Logf("acknowledged before the kills: %d agents, %d revocations, %d approvals, %d key rotations, %d calls",

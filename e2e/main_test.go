@@ -403,3 +403,34 @@ func contains(s string, subs ...string) bool {
 }
 
 func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }
+
+// load runs traffic on goroutines until halted: each loop calls its
+// function with 0, 1, 2, ... until halt.
+type load struct {
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newLoad() *load { return &load{stop: make(chan struct{})} }
+
+// loop runs f(i) for i = 0, 1, ... on its own goroutine until halt.
+func (l *load) loop(f func(i int)) {
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-l.stop:
+				return
+			default:
+			}
+			f(i)
+		}
+	}()
+}
+
+// halt stops every loop and waits for the calls in progress.
+func (l *load) halt() {
+	close(l.stop)
+	l.wg.Wait()
+}

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -48,24 +47,9 @@ func TestSoak(t *testing.T) {
 		failures.Add(1)
 		lastFailure.Store(fmt.Sprintf("%s: %d %v", what, code, err))
 	}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	loop := func(f func()) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				f()
-			}
-		}()
-	}
+	traffic := newLoad()
 	kept := newAgentClient(s, caller.Certificate, true)
-	loop(func() {
+	traffic.loop(func(int) {
 		code, _, err := kept.get(t, "/v1/agents/me")
 		if err != nil && kept.reused { // a kept connection closed by a reload as the request left: clients retry
 			retries.Add(1)
@@ -76,7 +60,7 @@ func TestSoak(t *testing.T) {
 			fail("agent call", err, code)
 		}
 	})
-	loop(func() {
+	traffic.loop(func(int) {
 		tlsConf := caller.TLSConfig()
 		tlsConf.RootCAs = s.rootPool()
 		tr := &http.Transport{TLSClientConfig: tlsConf, ForceAttemptHTTP2: true}
@@ -133,7 +117,7 @@ func TestSoak(t *testing.T) {
 		}
 		return code, err
 	}
-	loop(func() {
+	traffic.loop(func(int) {
 		name := fmt.Sprintf("soak-%d", n.Add(1))
 		code, err := admin("/v1/admin/agents", map[string]any{"agent_name": name})
 		requests.Add(1)
@@ -182,8 +166,7 @@ func TestSoak(t *testing.T) {
 			next += 5 * time.Second
 		}
 	}
-	close(stop)
-	wg.Wait()
+	traffic.halt()
 	end := take(time.Since(start).Round(time.Second))
 	if path := os.Getenv("MASTIO_SOAK_HEAP"); path != "" {
 		// Investigation aid: the gateway's heap profile at the end.
