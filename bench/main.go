@@ -50,8 +50,10 @@ func main() {
 	appendFor := flag.Duration("append", 3*time.Second, "duration of each audit append run")
 	only := flag.String("only", "", "run only the scenarios whose name matches this regular expression")
 	binary := flag.String("binary", "", "measure this caddy binary instead of building cmd/caddy")
+	agents := flag.Int("agents", 100_000, "agents registered for the start-up and pin-check figures")
+	auditRows := flag.Int("rows", 1_000_000, "audit rows for the verify figure")
 	flag.Parse()
-	rows, err := run(*binary, *n, *n1, *clients, *appendFor, *only)
+	rows, err := run(*binary, *n, *n1, *clients, *appendFor, *only, *agents, *auditRows)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -71,7 +73,7 @@ func main() {
 	}
 }
 
-func run(bin string, n, n1, clients int, appendFor time.Duration, only string) ([]Row, error) {
+func run(bin string, n, n1, clients int, appendFor time.Duration, only string, agents, auditRows int) ([]Row, error) {
 	filter, err := regexp.Compile(only)
 	if err != nil {
 		return nil, fmt.Errorf("-only: %w", err)
@@ -147,6 +149,14 @@ func run(bin string, n, n1, clients int, appendFor time.Duration, only string) (
 		fmt.Fprintf(os.Stderr, "%-20s %.0f rows/s\n", name, rate)
 		rows = append(rows, Row{Name: name, CallsPerS: rate})
 	}
+	if filter.MatchString("startup") || filter.MatchString("pin_check") || filter.MatchString("verify") {
+		fmt.Fprintf(os.Stderr, "scale: %d agents, %d audit rows ...\n", agents, auditRows)
+		sc, err := scale(bin, fast, slow, agents, auditRows)
+		if err != nil {
+			return nil, fmt.Errorf("scale: %w", err)
+		}
+		rows = append(rows, sc...)
+	}
 	return rows, nil
 }
 
@@ -158,7 +168,7 @@ func measure(sc scenario, n, clients int) (loadgen.Result, error) {
 	return loadgen.Run(t, n, clients, sc.pid)
 }
 
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+func ms(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 
 func find(rows []Row, name string) (Row, bool) {
@@ -176,8 +186,18 @@ func table(w io.Writer, rows []Row, clients int) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(tw, "scenario\tp50 ms (1 client)\tp99 ms (1 client)\tcalls/s (%d clients)\tserver CPU µs/call\tbench CPU µs/call\tcalls/s ÷ reverse_proxy\t\n", clients)
 	for _, r := range rows {
-		if strings.HasPrefix(r.Name, "audit_") { // in process: rows per second only
+		switch {
+		case strings.HasPrefix(r.Name, "audit_"): // in process: rows per second only
 			fmt.Fprintf(tw, "%s\t-\t-\t%.0f rows/s\t-\t-\t-\t\n", r.Name, r.CallsPerS)
+			continue
+		case strings.HasPrefix(r.Name, "startup"):
+			fmt.Fprintf(tw, "%s\t%.0f ms to healthy\t-\t-\t-\t-\t-\t\n", r.Name, r.P50ms)
+			continue
+		case strings.HasPrefix(r.Name, "pin_check"):
+			fmt.Fprintf(tw, "%s\t%.0f ns per check\t-\t-\t-\t-\t-\t\n", r.Name, r.P50ms*1e6)
+			continue
+		case strings.HasPrefix(r.Name, "verify"):
+			fmt.Fprintf(tw, "%s\t%.1f s\t-\t%.0f rows/s\t-\t-\t-\t\n", r.Name, r.P50ms/1000, r.CallsPerS)
 			continue
 		}
 		ratio := "-"

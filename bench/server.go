@@ -23,10 +23,10 @@ const adminSecret = "bench-admin-secret-5f2c9a81d3e647b0"
 
 // gateway is one Caddy process under measurement.
 type gateway struct {
-	dir, port, admin string
-	cmd              *exec.Cmd
-	roots            *x509.CertPool
-	id               *client.Identity
+	bin, dir, port, admin string
+	cmd                   *exec.Cmd
+	roots                 *x509.CertPool
+	id                    *client.Identity
 }
 
 // caddyfile is the measured configuration: the routes every scenario
@@ -104,7 +104,7 @@ func startGateway(bin, auditSync, fast, slow string) (*gateway, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &gateway{dir: dir, port: freePort(), admin: "127.0.0.1:" + freePort()}
+	g := &gateway{bin: bin, dir: dir, port: freePort(), admin: "127.0.0.1:" + freePort()}
 	cf := filepath.Join(dir, "Caddyfile")
 	if err := os.WriteFile(cf, []byte(caddyfile(dir, g.port, g.admin, auditSync, fast, slow)), 0o600); err != nil {
 		return nil, err
@@ -189,6 +189,39 @@ func (g *gateway) enroll() error {
 	}
 	g.id, err = client.LoadIdentity(idDir)
 	return err
+}
+
+// halt stops the process and keeps its directory.
+func (g *gateway) halt() {
+	if g.cmd != nil && g.cmd.Process != nil {
+		g.cmd.Process.Signal(os.Interrupt)
+		g.cmd.Wait()
+		g.cmd = nil
+	}
+}
+
+// restart starts the gateway again on its directory and returns how long
+// it took to answer /healthz.
+func (g *gateway) restart() (time.Duration, error) {
+	g.halt()
+	cf := filepath.Join(g.dir, "Caddyfile")
+	start := time.Now()
+	g.cmd = exec.Command(g.bin, "run", "--config", cf, "--adapter", "caddyfile")
+	g.cmd.Env = append(os.Environ(), "HOME="+g.dir, "XDG_DATA_HOME="+g.dir, "XDG_CONFIG_HOME="+g.dir)
+	logf, _ := os.OpenFile(filepath.Join(g.dir, "caddy.log"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	g.cmd.Stdout, g.cmd.Stderr = logf, logf
+	if err := g.cmd.Start(); err != nil {
+		return 0, err
+	}
+	for deadline := start.Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if resp, err := g.client(nil).Get(g.url("/healthz")); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return time.Since(start), nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("caddy did not start again; see %s", filepath.Join(g.dir, "caddy.log"))
 }
 
 func (g *gateway) stop() {

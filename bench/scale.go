@@ -1,0 +1,184 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/pki"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
+)
+
+// scale measures what grows with the data: start-up time and the pin
+// check with agents registered, and a whole-chain verify of rows audit
+// rows. Rows carry the figure in p50_ms (a time) or calls_per_s (a rate).
+func scale(bin, fast, slow string, agents, rows int) ([]Row, error) {
+	var out []Row
+	g, err := startGateway(bin, "full", fast, slow)
+	if err != nil {
+		return nil, err
+	}
+	defer g.stop()
+	empty, err := g.restart()
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, Row{Name: "startup", P50ms: ms(empty)})
+	g.halt()
+	db := filepath.Join(g.dir, "data", "mastio.db")
+	sums, err := addAgents(db, agents)
+	if err != nil {
+		return nil, err
+	}
+	full, err := g.restart()
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, Row{Name: fmt.Sprintf("startup_%d_agents", agents), P50ms: ms(full)})
+	perCheck, err := pinCheck(filepath.Join(g.dir, "data"), sums)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, Row{Name: fmt.Sprintf("pin_check_%d_agents", agents), P50ms: ms(perCheck)})
+	took, err := verifyRows(rows)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, Row{Name: fmt.Sprintf("verify_%d_rows", rows), P50ms: ms(took), CallsPerS: float64(rows) / took.Seconds()})
+	return out, nil
+}
+
+// addAgents registers n agents straight in the database (one transaction;
+// certificates are pins only: the registry loads the pins, not the PEM),
+// and returns their pins.
+func addAgents(path string, n int) ([][32]byte, error) {
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	tx, err := db.Begin()
+	if err != nil {
+		return nil, err
+	}
+	defer tx.Rollback()
+	now := time.Now().UTC().Format(audit.TimeFormat)
+	later := time.Now().Add(365 * 24 * time.Hour).UTC().Format(audit.TimeFormat)
+	sums := make([][32]byte, n)
+	for i := range sums {
+		rand.Read(sums[i][:])
+		id := fmt.Sprintf("bench::scale-%d", i)
+		if _, err := tx.Exec(`INSERT INTO agents (agent_id, name, spiffe_id, status, capabilities, enrollment_method, created_at, updated_at)
+			VALUES (?, ?, ?, 'active', '["mcp:call"]', 'admin', ?, ?)`, id, fmt.Sprintf("scale-%d", i), "spiffe://mastio.local/bench/"+id, now, now); err != nil {
+			return nil, err
+		}
+		if _, err := tx.Exec(`INSERT INTO agent_certs (cert_sha256, agent_id, serial, cert_pem, not_before, not_after, status, created_at, issued_seq)
+			VALUES (?, ?, ?, '', ?, ?, 'active', ?, ?)`, hex.EncodeToString(sums[i][:]), id, fmt.Sprint(i), now, later, now, i+1000); err != nil {
+			return nil, err
+		}
+	}
+	return sums, tx.Commit()
+}
+
+// pinCheck loads the registry of dataDir and measures one pin check.
+func pinCheck(dataDir string, sums [][32]byte) (time.Duration, error) {
+	st, err := sqlite.OpenReadOnly(filepath.Join(dataDir, "mastio.db"))
+	if err != nil {
+		return 0, err
+	}
+	defer st.Close()
+	ca, _, err := pki.Prepare(pki.Config{Dir: filepath.Join(dataDir, "pki")})
+	if err != nil {
+		return 0, err
+	}
+	reg, err := registry.Open(context.Background(), registry.Config{Store: st, CA: ca, Org: "bench"})
+	if err != nil {
+		return 0, err
+	}
+	var failed bool
+	res := testing.Benchmark(func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, cerr := reg.Check(sums[i%len(sums)]); cerr != nil {
+				failed = true
+			}
+		}
+	})
+	if failed {
+		return 0, fmt.Errorf("a registered pin was not found")
+	}
+	return time.Duration(res.NsPerOp()), nil
+}
+
+// verifyRows writes a chain of n rows and times a whole verify of it.
+func verifyRows(n int) (time.Duration, error) {
+	dir, err := os.MkdirTemp("", "mastio-bench-verify-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "audit.db")
+	st, err := sqlite.Open(context.Background(), path)
+	if err != nil {
+		return 0, err
+	}
+	st.Close()
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		return 0, err
+	}
+	tx, err := db.Begin()
+	if err != nil {
+		db.Close()
+		return 0, err
+	}
+	prev := store.GenesisHash
+	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for seq := int64(1); seq <= int64(n); seq++ {
+		details, _ := json.Marshal(map[string]any{"n": seq, "server": "weather", "name": "get_forecast"})
+		r := audit.Record{Seq: seq, Time: t0.Add(time.Duration(seq) * time.Millisecond), Type: "mcp.call", Actor: "agent:bench::a",
+			Subject: "weather/get_forecast", Result: "ok", Details: details, PrevHash: prev}
+		h, err := r.ComputeHash()
+		if err != nil {
+			tx.Rollback()
+			db.Close()
+			return 0, err
+		}
+		if _, err := tx.Exec(`INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.Seq, r.Time.Format(audit.TimeFormat), r.Type,
+			r.Actor, r.Subject, r.Result, string(details), prev, h); err != nil {
+			tx.Rollback()
+			db.Close()
+			return 0, err
+		}
+		prev = h
+	}
+	if err := tx.Commit(); err != nil {
+		db.Close()
+		return 0, err
+	}
+	db.Close()
+	ro, err := sqlite.OpenReadOnly(path)
+	if err != nil {
+		return 0, err
+	}
+	defer ro.Close()
+	start := time.Now()
+	res, err := audit.Verify(context.Background(), ro, 1, 0)
+	took := time.Since(start)
+	if err != nil {
+		return 0, err
+	}
+	if !res.OK() || res.Checked != int64(n) {
+		return 0, fmt.Errorf("verify: %+v", res)
+	}
+	return took, nil
+}
