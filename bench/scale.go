@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"database/sql"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -58,36 +57,34 @@ func scale(bin, fast, slow string, agents, rows int) ([]Row, error) {
 	return out, nil
 }
 
-// addAgents registers n agents straight in the database (one transaction;
-// certificates are pins only: the registry loads the pins, not the PEM),
-// and returns their pins.
+// addAgents registers n agents straight in the database, in one
+// transaction (certificates are pins only: the registry loads the pins,
+// not the PEM), and returns their pins.
 func addAgents(path string, n int) ([][32]byte, error) {
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, path)
 	if err != nil {
 		return nil, err
 	}
-	defer db.Close()
-	tx, err := db.Begin()
-	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback()
-	now := time.Now().UTC().Format(audit.TimeFormat)
-	later := time.Now().Add(365 * 24 * time.Hour).UTC().Format(audit.TimeFormat)
+	defer st.Close()
+	now := time.Now().UTC()
 	sums := make([][32]byte, n)
-	for i := range sums {
-		rand.Read(sums[i][:])
-		id := fmt.Sprintf("bench::scale-%d", i)
-		if _, err := tx.Exec(`INSERT INTO agents (agent_id, name, spiffe_id, status, capabilities, enrollment_method, created_at, updated_at)
-			VALUES (?, ?, ?, 'active', '["mcp:call"]', 'admin', ?, ?)`, id, fmt.Sprintf("scale-%d", i), "spiffe://mastio.local/bench/"+id, now, now); err != nil {
-			return nil, err
+	err = st.Update(ctx, func(tx store.Tx) error {
+		for i := range sums {
+			rand.Read(sums[i][:])
+			id := fmt.Sprintf("bench::scale-%d", i)
+			if err := tx.InsertAgent(ctx, &store.Agent{AgentID: id, Name: fmt.Sprintf("scale-%d", i), SPIFFEID: "spiffe://mastio.local/bench/" + id,
+				Status: store.AgentActive, Capabilities: []string{"mcp:call"}, Groups: []string{}, EnrollmentMethod: "admin", CreatedAt: now, UpdatedAt: now}); err != nil {
+				return err
+			}
+			if err := tx.InsertCert(ctx, &store.Cert{SHA256: hex.EncodeToString(sums[i][:]), AgentID: id, Serial: fmt.Sprint(i),
+				Status: store.CertActive, NotBefore: now, NotAfter: now.Add(365 * 24 * time.Hour), CreatedAt: now}); err != nil {
+				return err
+			}
 		}
-		if _, err := tx.Exec(`INSERT INTO agent_certs (cert_sha256, agent_id, serial, cert_pem, not_before, not_after, status, created_at, issued_seq)
-			VALUES (?, ?, ?, '', ?, ?, 'active', ?, ?)`, hex.EncodeToString(sums[i][:]), id, fmt.Sprint(i), now, later, now, i+1000); err != nil {
-			return nil, err
-		}
-	}
-	return sums, tx.Commit()
+		return nil
+	})
+	return sums, err
 }
 
 // pinCheck loads the registry of dataDir and measures one pin check.
@@ -127,45 +124,35 @@ func verifyRows(n int) (time.Duration, error) {
 	}
 	defer os.RemoveAll(dir)
 	path := filepath.Join(dir, "audit.db")
-	st, err := sqlite.Open(context.Background(), path)
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, path)
 	if err != nil {
-		return 0, err
-	}
-	st.Close()
-	db, err := sql.Open("sqlite", "file:"+path)
-	if err != nil {
-		return 0, err
-	}
-	tx, err := db.Begin()
-	if err != nil {
-		db.Close()
 		return 0, err
 	}
 	prev := store.GenesisHash
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	for seq := int64(1); seq <= int64(n); seq++ {
-		details, _ := json.Marshal(map[string]any{"n": seq, "server": "weather", "name": "get_forecast"})
-		r := audit.Record{Seq: seq, Time: t0.Add(time.Duration(seq) * time.Millisecond), Type: "mcp.call", Actor: "agent:bench::a",
-			Subject: "weather/get_forecast", Result: "ok", Details: details, PrevHash: prev}
-		h, err := r.ComputeHash()
-		if err != nil {
-			tx.Rollback()
-			db.Close()
+	const chunk = 10_000
+	for from := int64(1); from <= int64(n); from += chunk {
+		rows := make([]store.AuditRow, 0, chunk)
+		for seq := from; seq < from+chunk && seq <= int64(n); seq++ {
+			details, _ := json.Marshal(map[string]any{"n": seq, "server": "weather", "name": "get_forecast"})
+			r := audit.Record{Seq: seq, Time: t0.Add(time.Duration(seq) * time.Millisecond), Type: "mcp.call", Actor: "agent:bench::a",
+				Subject: "weather/get_forecast", Result: "ok", Details: details, PrevHash: prev}
+			h, err := r.ComputeHash()
+			if err != nil {
+				st.Close()
+				return 0, err
+			}
+			rows = append(rows, store.AuditRow{Seq: seq, Time: r.Time.Format(audit.TimeFormat), Type: r.Type, Actor: r.Actor,
+				Subject: r.Subject, Result: r.Result, Details: details, PrevHash: prev, Hash: h})
+			prev = h
+		}
+		if err := st.Update(ctx, func(tx store.Tx) error { return tx.AppendAudit(ctx, rows...) }); err != nil {
+			st.Close()
 			return 0, err
 		}
-		if _, err := tx.Exec(`INSERT INTO audit_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.Seq, r.Time.Format(audit.TimeFormat), r.Type,
-			r.Actor, r.Subject, r.Result, string(details), prev, h); err != nil {
-			tx.Rollback()
-			db.Close()
-			return 0, err
-		}
-		prev = h
 	}
-	if err := tx.Commit(); err != nil {
-		db.Close()
-		return 0, err
-	}
-	db.Close()
+	st.Close()
 	ro, err := sqlite.OpenReadOnly(path)
 	if err != nil {
 		return 0, err

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"fmt"
+	"time"
 )
 
 // SignerStore is a KeyStore whose keys never leave it (an HSM): the CA
@@ -66,4 +67,45 @@ func (ca *CA) rootPublic() crypto.PublicKey {
 		return nil
 	}
 	return ca.root.PublicKey
+}
+
+// keysRetryEvery bounds how often an unavailable key store is asked again.
+const keysRetryEvery = 2 * time.Second
+
+// KeyStore describes where the CA's keys are (never key material).
+func (ca *CA) KeyStore() string { return ca.cfg.Keys.String() }
+
+// KeysErr is why the CA has not its keys (its key store is unavailable),
+// or nil.
+func (ca *CA) KeysErr() error {
+	ca.mu.RLock()
+	defer ca.mu.RUnlock()
+	return ca.keysErr
+}
+
+// RetryKeys asks an unavailable key store for the CA's keys again (at
+// most every keysRetryEvery) and returns why they are still missing, or
+// nil once the CA has them.
+func (ca *CA) RetryKeys() error {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	if ca.keysErr == nil {
+		return nil
+	}
+	now := ca.cfg.Now()
+	if now.Sub(ca.keysTried) < keysRetryEvery {
+		return ca.keysErr
+	}
+	ca.keysTried = now
+	if _, err := ca.signer(RootKeyName, ca.root.PublicKey); err != nil {
+		ca.keysErr = err
+		return err
+	}
+	key, err := ca.signer(IntermediateKeyName, ca.inter.PublicKey)
+	if err != nil {
+		ca.keysErr = err
+		return err
+	}
+	ca.interKey, ca.keysErr = key, nil
+	return nil
 }

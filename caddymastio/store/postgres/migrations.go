@@ -207,6 +207,11 @@ CREATE TABLE sealed_files (
 	updated_at TEXT NOT NULL
 );
 `},
+	{7, "certificate issue order index", `
+-- Issuing a certificate numbers it MAX(issued_seq) + 1: an index keeps
+-- that a lookup, not a scan of every certificate ever issued.
+CREATE INDEX agent_certs_issued_seq ON agent_certs (issued_seq);
+`},
 }
 
 // LatestVersion is the newest schema version this binary knows.

@@ -25,6 +25,7 @@ var released = map[int]string{
 	4: "f9401445a95dcb742f30f2214e759ea51d3c88cc1636605461afc8ee9d6d3844",
 	5: "d184c0b5295832bd7190ad8c9604914751cc847641433e26138694f7cbf2a07a",
 	6: "c8039229b395fdbc56d466a4b32d127c6669fe106a41b963b8ef6dc0256e3d71",
+	7: "b31eb53d210b252a08373f1640bf39d10f792e29a43aa1da5b4acee02baf8aa6",
 }
 
 func TestReleasedMigrationsAreNeverEdited(t *testing.T) {

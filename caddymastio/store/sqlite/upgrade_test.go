@@ -27,6 +27,7 @@ var released = map[int]string{
 	4: "964fb60b01b01c490065d445e1def4d7b8d4073fe09ea677b614d223095048f2",
 	5: "4f5db5106a166e5eba2c5eed5f8e2d9e299295b9bde72ff1f8166d83161ce1d3",
 	6: "51efcee529046d020eb48874447259321d76eae64f063057d6960a5f68797efd",
+	7: "b31eb53d210b252a08373f1640bf39d10f792e29a43aa1da5b4acee02baf8aa6",
 }
 
 func TestReleasedMigrationsAreNeverEdited(t *testing.T) {
