@@ -38,6 +38,8 @@ type Row struct {
 	P50ms       float64 `json:"p50_ms"`
 	P99ms       float64 `json:"p99_ms"`
 	ServerCPUus float64 `json:"server_cpu_us"`
+	// MiB is a memory figure (sessions_1000 only).
+	MiB         float64 `json:"mib,omitempty"`
 	clientCPUus float64
 }
 
@@ -96,16 +98,21 @@ func run(bin string, n, n1, clients int, appendFor time.Duration, only string, a
 			return nil, fmt.Errorf("building cmd/caddy: %w", err)
 		}
 	}
-	fast, stopFast := upstream(0)
-	defer stopFast()
-	slow, stopSlow := upstream(2 * time.Millisecond)
-	defer stopSlow()
-	full, err := startGateway(bin, "full", fast, slow)
+	var up upstreams
+	var stop func()
+	up.fast, stop = upstream(0)
+	defer stop()
+	up.slow, stop = upstream(2 * time.Millisecond)
+	defer stop()
+	up.sessions, stop = sessionUpstream()
+	defer stop()
+	fast, slow := up.fast, up.slow
+	full, err := startGateway(bin, "full", up)
 	if err != nil {
 		return nil, err
 	}
 	defer full.stop()
-	osync, err := startGateway(bin, "os", fast, slow)
+	osync, err := startGateway(bin, "os", up)
 	if err != nil {
 		return nil, err
 	}
@@ -149,9 +156,17 @@ func run(bin string, n, n1, clients int, appendFor time.Duration, only string, a
 		fmt.Fprintf(os.Stderr, "%-20s %.0f rows/s\n", name, rate)
 		rows = append(rows, Row{Name: name, CallsPerS: rate})
 	}
+	if filter.MatchString("sessions_1000") {
+		mib, err := sessionMemory(full, 1000)
+		if err != nil {
+			return nil, fmt.Errorf("sessions: %w", err)
+		}
+		fmt.Fprintf(os.Stderr, "%-20s %.1f MiB\n", "sessions_1000", mib)
+		rows = append(rows, Row{Name: "sessions_1000", MiB: mib})
+	}
 	if filter.MatchString("startup") || filter.MatchString("pin_check") || filter.MatchString("verify") {
 		fmt.Fprintf(os.Stderr, "scale: %d agents, %d audit rows ...\n", agents, auditRows)
-		sc, err := scale(bin, fast, slow, agents, auditRows)
+		sc, err := scale(bin, up, agents, auditRows)
 		if err != nil {
 			return nil, fmt.Errorf("scale: %w", err)
 		}
@@ -195,6 +210,9 @@ func table(w io.Writer, rows []Row, clients int) {
 			continue
 		case strings.HasPrefix(r.Name, "pin_check"):
 			fmt.Fprintf(tw, "%s\t%.0f ns per check\t-\t-\t-\t-\t-\t\n", r.Name, r.P50ms*1e6)
+			continue
+		case r.Name == "sessions_1000":
+			fmt.Fprintf(tw, "%s\t%.1f MiB of Go heap\t-\t-\t-\t-\t-\t\n", r.Name, r.MiB)
 			continue
 		case strings.HasPrefix(r.Name, "verify"):
 			fmt.Fprintf(tw, "%s\t%.1f s\t-\t%.0f rows/s\t-\t-\t-\t\n", r.Name, r.P50ms/1000, r.CallsPerS)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -16,14 +17,15 @@ import (
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/registry"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store/sqlite"
+	"github.com/caddy-mastio/caddy-mastio/internal/loadgen"
 )
 
 // scale measures what grows with the data: start-up time and the pin
 // check with agents registered, and a whole-chain verify of rows audit
 // rows. Rows carry the figure in p50_ms (a time) or calls_per_s (a rate).
-func scale(bin, fast, slow string, agents, rows int) ([]Row, error) {
+func scale(bin string, up upstreams, agents, rows int) ([]Row, error) {
 	var out []Row
-	g, err := startGateway(bin, "full", fast, slow)
+	g, err := startGateway(bin, "full", up)
 	if err != nil {
 		return nil, err
 	}
@@ -168,4 +170,33 @@ func verifyRows(n int) (time.Duration, error) {
 		return 0, fmt.Errorf("verify: %+v", res)
 	}
 	return took, nil
+}
+
+// sessionMemory opens n MCP sessions through g's gateway (initialize,
+// left open) and returns the Go heap they hold in g, in MiB, after a
+// garbage collection before and after.
+func sessionMemory(g *gateway, n int) (float64, error) {
+	before, err := g.heapAfterGC()
+	if err != nil {
+		return 0, err
+	}
+	h, err := proofs(g, "POST", "/gws", n)
+	if err != nil {
+		return 0, err
+	}
+	initialize := `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}`
+	if _, err := loadgen.Run(loadgen.Target{URL: g.url("/gws"), Body: initialize, Header: h, TLS: g.tlsConfig(),
+		Check: func(status int, body []byte) error {
+			if status != 200 || !bytes.Contains(body, []byte("serverInfo")) {
+				return fmt.Errorf("%d %s", status, body)
+			}
+			return nil
+		}}, n, 16, 0); err != nil {
+		return 0, err
+	}
+	after, err := g.heapAfterGC()
+	if err != nil {
+		return 0, err
+	}
+	return (after - before) / (1 << 20), nil
 }

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/client"
 )
 
@@ -31,7 +33,7 @@ type gateway struct {
 
 // caddyfile is the measured configuration: the routes every scenario
 // needs on one site, with audit_sync as given.
-func caddyfile(dir, port, admin, auditSync, fast, slow string) string {
+func caddyfile(dir, port, admin, auditSync, fast, slow, sessions string) string {
 	return fmt.Sprintf(`{
 	admin %[3]s
 	https_port %[2]s
@@ -84,6 +86,14 @@ localhost:%[2]s {
 		}
 		reverse_proxy %[5]s
 	}
+	handle /gws {
+		mastio_auth
+		mastio_mcp weather {
+			agent_rate off
+			item_rate off
+		}
+		reverse_proxy %[8]s
+	}
 	handle /gw2 {
 		mastio_auth
 		mastio_mcp slow {
@@ -94,19 +104,19 @@ localhost:%[2]s {
 	}
 	mastio
 }
-`, dir, port, admin, auditSync, fast, slow, adminSecret)
+`, dir, port, admin, auditSync, fast, slow, adminSecret, sessions)
 }
 
 // startGateway runs bin on a fresh directory with audit_sync mode, waits
 // for it, and enrolls the benchmark's agent.
-func startGateway(bin, auditSync, fast, slow string) (*gateway, error) {
+func startGateway(bin, auditSync string, up upstreams) (*gateway, error) {
 	dir, err := os.MkdirTemp("", "mastio-bench-")
 	if err != nil {
 		return nil, err
 	}
 	g := &gateway{bin: bin, dir: dir, port: freePort(), admin: "127.0.0.1:" + freePort()}
 	cf := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(cf, []byte(caddyfile(dir, g.port, g.admin, auditSync, fast, slow)), 0o600); err != nil {
+	if err := os.WriteFile(cf, []byte(caddyfile(dir, g.port, g.admin, auditSync, up.fast, up.slow, up.sessions)), 0o600); err != nil {
 		return nil, err
 	}
 	g.cmd = exec.Command(bin, "run", "--config", cf, "--adapter", "caddyfile")
@@ -130,7 +140,7 @@ func startGateway(bin, auditSync, fast, slow string) (*gateway, error) {
 		}
 		if time.Now().After(deadline) {
 			g.stop()
-			return nil, fmt.Errorf("caddy did not start; see %s", filepath.Join(dir, "caddy.log"))
+			return nil, fmt.Errorf("caddy did not start:\n%s", logTail(filepath.Join(dir, "caddy.log")))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -213,7 +223,7 @@ func (g *gateway) restart() (time.Duration, error) {
 	if err := g.cmd.Start(); err != nil {
 		return 0, err
 	}
-	for deadline := start.Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	for deadline := start.Add(time.Minute); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		if resp, err := g.client(nil).Get(g.url("/healthz")); err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
@@ -221,7 +231,7 @@ func (g *gateway) restart() (time.Duration, error) {
 			}
 		}
 	}
-	return 0, fmt.Errorf("caddy did not start again; see %s", filepath.Join(g.dir, "caddy.log"))
+	return 0, fmt.Errorf("caddy did not start again:\n%s", logTail(filepath.Join(g.dir, "caddy.log")))
 }
 
 func (g *gateway) stop() {
@@ -245,6 +255,25 @@ func freePort() string {
 	}
 	defer ln.Close()
 	return strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+}
+
+// upstreams are the loopback MCP servers the gateways forward to: fast
+// answers at once, slow after 2 ms, sessions is a stateful MCP server of
+// the official Go SDK (sessions stay open until the process ends).
+type upstreams struct{ fast, slow, sessions string }
+
+// sessionUpstream is an MCP server of the official Go SDK that keeps a
+// session per initialize.
+func sessionUpstream() (string, func()) {
+	server := mcp.NewServer(&mcp.Implementation{Name: "weather", Version: "1"}, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	srv := &http.Server{Handler: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return server },
+		&mcp.StreamableHTTPOptions{JSONResponse: true})}
+	go srv.Serve(ln)
+	return "http://" + ln.Addr().String(), func() { srv.Close() }
 }
 
 // upstream is a loopback MCP tool server answering every tools/call after
@@ -279,4 +308,35 @@ func repoRoot() (string, error) {
 		return "", fmt.Errorf("run go run ./bench from the caddy-mastio module")
 	}
 	return filepath.Dir(mod), nil
+}
+
+// heapAfterGC collects g's garbage (the heap profile endpoint with gc=1)
+// and returns the bytes its heap then has in use.
+func (g *gateway) heapAfterGC() (float64, error) {
+	for _, path := range []string{"/debug/pprof/heap?gc=1", "/metrics"} {
+		resp, err := http.Get("http://" + g.admin + path)
+		if err != nil {
+			return 0, err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if path != "/metrics" {
+			continue
+		}
+		for _, line := range strings.Split(string(body), "\n") {
+			if rest, ok := strings.CutPrefix(line, "go_memstats_heap_inuse_bytes "); ok {
+				return strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("no go_memstats_heap_inuse_bytes in the metrics")
+}
+
+// logTail is the end of a log, for an error (the directory goes away).
+func logTail(path string) string {
+	data, _ := os.ReadFile(path)
+	if len(data) > 3000 {
+		data = data[len(data)-3000:]
+	}
+	return string(data)
 }
