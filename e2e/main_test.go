@@ -103,15 +103,32 @@ func workDir(t testing.TB) string {
 	return dir
 }
 
+// freePort returns a loopback port nobody listens on, never one it
+// returned before in this process: the kernel may hand a port it just
+// freed out again, and a server's https_port equal to its http_port (or
+// to another server's) fails in confusing ways.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !portsGiven[port] {
+			portsGiven[port] = true
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // server is one running caddy process.
 type server struct {
