@@ -117,6 +117,11 @@ func (a *API) authenticated(serve func(http.ResponseWriter, *http.Request, Calle
 // fail answers err: a registry refusal or decoding problem as it is,
 // anything else 500 with the cause in the log only.
 func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if reason, ok := mastio.KeyStoreUnavailable(err); ok {
+		a.log.Error("admin request failed", zap.String("path", r.URL.Path), zap.Error(err))
+		httpjson.KeyStoreUnavailable(w, reason)
+		return
+	}
 	var re *registry.Error
 	var p *httpjson.Problem
 	switch {
@@ -127,9 +132,6 @@ func (a *API) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case mastio.Unavailable(err):
 		a.log.Error("admin request failed", zap.String("path", r.URL.Path), zap.Error(err))
 		httpjson.DatabaseUnavailable(w)
-	case keyStoreDown(err):
-		a.log.Error("admin request failed", zap.String("path", r.URL.Path), zap.Error(err))
-		httpjson.KeyStoreUnavailable(w, keyStoreReason(err))
 	default:
 		a.log.Error("admin request failed", zap.String("path", r.URL.Path), zap.Error(err))
 		httpjson.Error(w, 500, "internal_error", "the request could not be completed; nothing was changed unless the audit log says so")
@@ -172,7 +174,3 @@ func (a *API) agentID(raw string) (string, error) {
 	}
 	return reg.AgentID(name), nil
 }
-
-func keyStoreDown(err error) bool { _, ok := mastio.KeyStoreUnavailable(err); return ok }
-
-func keyStoreReason(err error) string { r, _ := mastio.KeyStoreUnavailable(err); return r }
