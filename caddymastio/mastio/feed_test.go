@@ -229,3 +229,49 @@ func TestSharedAdminSecretRotates(t *testing.T) {
 		t.Fatalf("%d admin.secret_changed rows, want 2 (first start, rotation)", n)
 	}
 }
+
+// TestSharedStartWritesCertificatesAtomically: each start of a shared
+// instance lays the database's certificates into its pki/ directory. One
+// already right is left alone, and a stale one is replaced by a rename,
+// never truncated in place: a reader (the operator's tooling, a test
+// waiting for org-ca.crt) must never find it empty.
+func TestSharedStartWritesCertificatesAtomically(t *testing.T) {
+	db := Database(pgtest.Database(t))
+	kek := make([]byte, 32)
+	rand.Read(kek)
+	dir := t.TempDir()
+	loc := Location{DataDir: dir, Database: db, KEK: kek}
+	s, err := Prepare(loc, "", zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	rootPath := filepath.Join(dir, "pki", pki.RootCertFile)
+	interPath := filepath.Join(dir, "pki", pki.IntermediateCertFile)
+	rootBefore, _ := os.Stat(rootPath)
+	interPEM, err := os.ReadFile(interPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale, _ := os.ReadFile(rootPath) // a certificate, but not the intermediate
+	if err := os.WriteFile(interPath, stale, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	staleInter, _ := os.Stat(interPath)
+
+	s, err = Prepare(loc, "", zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if rootAfter, _ := os.Stat(rootPath); !os.SameFile(rootBefore, rootAfter) || !rootAfter.ModTime().Equal(rootBefore.ModTime()) {
+		t.Error("a restart rewrote org-ca.crt, which had not changed")
+	}
+	interAfter, _ := os.Stat(interPath)
+	if got, _ := os.ReadFile(interPath); string(got) != string(interPEM) {
+		t.Fatal("the stale intermediate.crt was not replaced by the database's")
+	}
+	if os.SameFile(staleInter, interAfter) {
+		t.Error("intermediate.crt was rewritten in place (a reader could find it empty), not renamed into place")
+	}
+}

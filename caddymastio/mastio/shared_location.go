@@ -1,6 +1,7 @@
 package mastio
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -74,7 +75,13 @@ func prepareShared(ctx context.Context, loc Location, orgHint string, logger *za
 			if err != nil {
 				return err
 			}
-			if err := os.WriteFile(filepath.Join(pkiDir, strings.TrimPrefix(name, "pki/")), plain, 0o644); err != nil {
+			// Atomically, and only when it changed: a running instance's
+			// operator (or a peer reading the root) must never see it empty.
+			path := filepath.Join(pkiDir, strings.TrimPrefix(name, "pki/"))
+			if cur, err := os.ReadFile(path); err == nil && bytes.Equal(cur, plain) {
+				continue
+			}
+			if err := pki.WriteFileAtomic(path, plain, 0o644); err != nil {
 				return err
 			}
 		}

@@ -238,7 +238,7 @@ func (ca *CA) writeLocked() error {
 			if err := ca.cfg.Keys.Store(w.key, w.data); err != nil {
 				return fmt.Errorf("storing %s: %w", w.key, err)
 			}
-		} else if err := writeFileAtomic(w.file, w.data, 0o644); err != nil {
+		} else if err := WriteFileAtomic(w.file, w.data, 0o644); err != nil {
 			return err
 		}
 	}

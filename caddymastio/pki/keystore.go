@@ -72,7 +72,7 @@ func (f FileKeyStore) Store(name string, keyPEM []byte) error {
 	if err := os.MkdirAll(f.Dir, 0o700); err != nil {
 		return fmt.Errorf("key store %s: %w", f.Dir, err)
 	}
-	return writeFileAtomic(p, keyPEM, 0o600)
+	return WriteFileAtomic(p, keyPEM, 0o600)
 }
 
 // Delete implements KeyStore.
@@ -87,9 +87,10 @@ func (f FileKeyStore) Delete(name string) error {
 	return nil
 }
 
-// writeFileAtomic writes data to path through a temporary file in the same
-// directory, fsyncs it, renames it into place and fsyncs the directory.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+// WriteFileAtomic writes data to path through a temporary file in the same
+// directory, fsyncs it, renames it into place and fsyncs the directory, so
+// a reader or a crash never sees a partial file.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
