@@ -166,6 +166,10 @@ type Verified struct {
 	Reason    string `json:"reason,omitempty"`
 	HeadHash  string `json:"head_hash,omitempty"`
 	AnchorSeq int64  `json:"anchor_seq,omitempty"`
+	// OutcomeUnknown counts the forwarded MCP calls whose mcp.call
+	// (outcome) row is not in the range: calls still at their upstream,
+	// or whose outcome a crash lost. The chain is intact either way.
+	OutcomeUnknown audit.OutcomeUnknown `json:"outcome_unknown"`
 }
 
 // Verify walks the chain from ?from_seq to ?to_seq (default: all of it).
@@ -185,5 +189,5 @@ func (a *API) Verify(ctx context.Context, q url.Values) (*Verified, error) {
 		return nil, err
 	}
 	return &Verified{OK: res.OK(), From: res.From, To: res.To, Checked: res.Checked, FirstBad: res.FirstBad, Reason: res.Reason,
-		HeadHash: hex.EncodeToString(res.HeadHash), AnchorSeq: res.Anchor.Seq}, nil
+		HeadHash: hex.EncodeToString(res.HeadHash), AnchorSeq: res.Anchor.Seq, OutcomeUnknown: res.Unknown}, nil
 }

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
@@ -186,12 +185,10 @@ type App struct {
 	// caddy_mastio_rate_limited_total{route,scope}.
 	AnonymousRates map[string]*mastio.Rate `json:"anonymous_rates,omitempty"`
 
-	// How long an audit commit made under load may wait for the rows of
-	// MCP calls whose upstream is still answering, so that one commit (one
-	// fsync) serves them all. Every row is still committed before its answer
-	// is sent (see audit_sync); a call made while the gateway is otherwise
-	// idle is never delayed. Default: 1ms; a negative value ("off" in the
-	// Caddyfile) turns the wait off.
+	// Deprecated, and without effect: accepted so that configurations
+	// that set it still load (a warning says so). A forwarded MCP call's
+	// audit row is now committed while its upstream works, so no commit
+	// waits for rows to come.
 	AuditCommitDelay caddy.Duration `json:"audit_commit_delay,omitempty"`
 
 	// How often the audit chain's head is signed into the chain
@@ -314,6 +311,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.m, err = a.shared.With(settings, a.logger); err != nil {
 		return err
 	}
+	if a.AuditCommitDelay != 0 {
+		a.logger.Warn("audit_commit_delay is deprecated and has no effect: a forwarded MCP call's audit row is committed " +
+			"while its upstream works; remove it from the configuration")
+	}
 	if a.AllowBearerTokens {
 		a.logger.Warn("allow_bearer_tokens is on: token requests without a DPoP proof get unbound bearer tokens, " +
 			"which anyone who obtains them can use; turn it off once every client sends DPoP proofs")
@@ -392,20 +393,6 @@ func (a *App) serve(w http.ResponseWriter, r *http.Request, fn func(http.Respons
 		}
 		return fn(w, r)
 	})
-}
-
-// defaultAuditCommitDelay: with 24 concurrent clients on 2 cores it takes
-// the rows per commit from about 4.8 to 9.3 and gains 5-7% throughput.
-const defaultAuditCommitDelay = time.Millisecond
-
-func (a *App) auditCommitDelay() time.Duration {
-	switch {
-	case a.AuditCommitDelay == 0:
-		return defaultAuditCommitDelay
-	case a.AuditCommitDelay < 0:
-		return 0
-	}
-	return time.Duration(a.AuditCommitDelay)
 }
 
 func (a *App) auditSync() audit.Sync {

@@ -67,7 +67,7 @@ func init() {
 //	    }
 //	    anonymous_rate enrollment|enrollment_status|token <per-ip|off> <global|off>
 //	    audit_sync         full|os
-//	    audit_commit_delay <duration>|off
+//	    audit_commit_delay <duration>|off   (deprecated: no effect)
 //	    audit_checkpoint_interval <duration>
 //	    audit_verify_interval <duration>
 //	    audit_timestamp_url <rfc3161-url>

@@ -34,7 +34,7 @@ func (a *App) settings(repl *caddy.Replacer) (mastio.Settings, error) {
 	s := mastio.Settings{TrustDomain: a.TrustDomain, AgentCertLifetime: time.Duration(a.AgentCertLifetime),
 		EnrollmentTTL: time.Duration(a.EnrollmentTTL), TokenTTL: time.Duration(a.TokenTTL), AllowBearerTokens: a.AllowBearerTokens,
 		IATWindow: time.Duration(a.DPoPIATWindow), ClockSkew: time.Duration(a.DPoPClockSkew), Policy: a.PolicyRules,
-		Servers: a.MCPServers, AnonymousRates: map[string]mastio.Rate{}, AuditCommitDelay: a.auditCommitDelay(),
+		Servers: a.MCPServers, AnonymousRates: map[string]mastio.Rate{},
 		AuditSync: a.auditSync(), AuditCheckpointInterval: time.Duration(a.AuditCheckpointInterval),
 		AuditVerifyInterval: time.Duration(a.AuditVerifyInterval),
 		TimestampURL:        a.AuditTimestampURL, ClientIP: clientIP,

@@ -71,9 +71,6 @@ func (a *App) Validate() error {
 	if a.AuditVerifyInterval != 0 && time.Duration(a.AuditVerifyInterval) < time.Second {
 		return errors.New("audit_verify_interval must be at least 1s")
 	}
-	if time.Duration(a.AuditCommitDelay) > 100*time.Millisecond {
-		return errors.New("audit_commit_delay must be at most 100ms (it is added to calls under load); use off to disable it")
-	}
 	if a.AgentCertLifetime < 0 || (a.AgentCertLifetime > 0 && time.Duration(a.AgentCertLifetime) < time.Hour) {
 		return errors.New("agent_cert_lifetime must be at least 1h")
 	}

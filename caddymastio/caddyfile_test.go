@@ -147,7 +147,6 @@ func TestCaddyfileErrorsNameOptionAndLine(t *testing.T) {
 		{"audit sync unknown", "{\n\tmastio {\n\t\taudit_sync sometimes\n\t}\n}\n", `audit_sync "sometimes": want full or os`},
 		{"audit checkpoint interval too short", "{\n\tmastio {\n\t\taudit_checkpoint_interval 10s\n\t}\n}\n", "audit_checkpoint_interval must be at least 1m"},
 		{"audit verify interval too short", "{\n\tmastio {\n\t\taudit_verify_interval 10ms\n\t}\n}\n", "audit_verify_interval must be at least 1s"},
-		{"audit commit delay too long", "{\n\tmastio {\n\t\taudit_commit_delay 1s\n\t}\n}\n", "audit_commit_delay must be at most 100ms"},
 		{"audit commit delay bad", "{\n\tmastio {\n\t\taudit_commit_delay soon\n\t}\n}\n", `audit_commit_delay "soon"`},
 		{"audit commit delay missing", "{\n\tmastio {\n\t\taudit_commit_delay\n\t}\n}\n", "audit_commit_delay needs a duration"},
 		{"audit commit delay twice", "{\n\tmastio {\n\t\taudit_commit_delay off\n\t\taudit_commit_delay 1ms\n\t}\n}\n", "audit_commit_delay specified more than once"},

@@ -542,9 +542,10 @@ func TestMCPConcurrentCallsAreEachAudited(t *testing.T) {
 	closeSessions()
 }
 
-// With audit_sync os an answered call's row is in the operating system's
-// hands before the answer: killing Caddy (SIGKILL, no shutdown) right
-// after the answers loses none of them.
+// With audit_sync os an answered call's mcp.forward row is in the
+// operating system's hands before the answer: killing Caddy (SIGKILL, no
+// shutdown) right after the answers loses none of them. An outcome (mcp.call)
+// row the kill took is a call verify lists as "outcome unknown".
 func TestAuditSyncOSRowsSurviveKill(t *testing.T) {
 	up := batchUpstream(t)
 	s := exampleServer(t, `
@@ -565,14 +566,21 @@ func TestAuditSyncOSRowsSurviveKill(t *testing.T) {
 	callGateway(t, s, caller, workers, perWorker, func(int) bool { return false })
 	s.kill()
 	db := openDB(t, s.dataDir)
-	var rows int
-	if err := db.QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'mcp.call' AND actor LIKE '%crashy'`).Scan(&rows); err != nil {
+	var forwards, outcomes int
+	if err := db.QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'mcp.forward' AND actor LIKE '%crashy'`).Scan(&forwards); err != nil {
 		t.Fatal(err)
 	}
-	if rows != workers*perWorker {
-		t.Fatalf("%d calls answered before the kill, %d mcp.call rows after it", workers*perWorker, rows)
+	db.QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'mcp.call' AND actor LIKE '%crashy'`).Scan(&outcomes)
+	if forwards != workers*perWorker {
+		t.Fatalf("%d calls answered before the kill, %d mcp.forward rows after it", workers*perWorker, forwards)
 	}
 	verifyChain(t, db)
+	out, code := s.operator("audit", "verify", "--db", filepath.Join(s.dataDir, "mastio.db"))
+	lost := forwards - outcomes
+	t.Logf("%d outcome rows lost to the kill", lost)
+	if code != 0 || (lost > 0) != strings.Contains(out, fmt.Sprintf("outcome unknown: %d forwarded MCP calls", lost)) {
+		t.Fatalf("verify, with %d outcomes lost: exit %d\n%s", lost, code, out)
+	}
 }
 
 // lastConfigLoadSync is the audit_sync the newest config.load row records.

@@ -465,9 +465,10 @@ func newHold() *holdFirst {
 // durability each batch asks for.
 type heldStore struct {
 	*testDB
-	hold  *holdFirst
-	mu    sync.Mutex
-	syncs []audit.Sync
+	hold    *holdFirst
+	outside bool // hold before the transaction begins (no lock held)
+	mu      sync.Mutex
+	syncs   []audit.Sync
 }
 
 func (h *heldStore) AuditWriter() store.AuditWriter { return heldWriter{h.testDB.AuditWriter(), h} }
@@ -482,8 +483,14 @@ func (w heldWriter) Append(ctx context.Context, d store.Durability, head *store.
 	w.h.mu.Lock()
 	w.h.syncs = append(w.h.syncs, d)
 	w.h.mu.Unlock()
+	if hold := w.h.hold; hold != nil && w.h.outside {
+		hold.once.Do(func() {
+			close(hold.entered)
+			<-hold.release
+		})
+	}
 	return w.AuditWriter.Append(ctx, d, head, func(h store.AuditHead) ([]store.AuditRow, error) {
-		if hold := w.h.hold; hold != nil {
+		if hold := w.h.hold; hold != nil && !w.h.outside {
 			hold.once.Do(func() {
 				close(hold.entered)
 				<-hold.release
@@ -493,12 +500,11 @@ func (w heldWriter) Append(ctx context.Context, d store.Durability, head *store.
 	})
 }
 
-// newDelayedLog opens a log with the given CommitDelay whose first commit
-// is held by hold (nil: none).
-func newDelayedLog(t *testing.T, delay time.Duration, hold *holdFirst) (*audit.Log, *heldStore) {
+// newHeldLog opens a log whose first commit is held by hold (nil: none).
+func newHeldLog(t *testing.T, hold *holdFirst) (*audit.Log, *heldStore) {
 	t.Helper()
 	st := &heldStore{testDB: openDB(t, filepath.Join(t.TempDir(), "mastio.db")), hold: hold}
-	l := audit.Open(st, audit.Options{CommitDelay: delay})
+	l := audit.Open(st, audit.Options{})
 	t.Cleanup(func() { l.Close() })
 	return l, st
 }
@@ -514,21 +520,6 @@ func until(t *testing.T, cond func() bool, what string) {
 	}
 }
 
-// loaded brings l under load: a first row's commit is held while a second
-// row queues behind it, so that the second is committed by the drainer,
-// whose commits wait for expected rows. It returns the second row's
-// outcome and releases the first.
-func loaded(t *testing.T, l *audit.Log, hold *holdFirst) chan error {
-	t.Helper()
-	first := appendAsync(l, "t.first")
-	<-hold.entered
-	second := appendAsync(l, "t.second")
-	until(t, func() bool { return l.QueueLen() == 1 }, "the second row queues behind the held commit")
-	close(hold.release)
-	within(t, first, "the held row")
-	return second
-}
-
 // appendAsync runs Append in a goroutine; the channel yields its error.
 func appendAsync(l interface {
 	Append(context.Context, audit.Event) (audit.Record, error)
@@ -541,8 +532,7 @@ func appendAsync(l interface {
 	return done
 }
 
-// within fails the test if done yields nothing for a long time: with a
-// CommitDelay of an hour, only the wake-up under test can end the wait.
+// within fails the test if done yields nothing for a long time.
 func within(t *testing.T, done chan error, what string) {
 	t.Helper()
 	select {
@@ -551,66 +541,99 @@ func within(t *testing.T, done chan error, what string) {
 			t.Fatal(err)
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatalf("%s: still waiting after 30 s (the commit waited out its delay)", what)
+		t.Fatalf("%s: still waiting after 30 s", what)
 	}
 }
 
-func TestCommitWaitsForAnExpectedRowAndCommitsItInTheSameBatch(t *testing.T) {
+// pending reports whether done has yielded nothing yet.
+func pending(done chan error) bool {
+	select {
+	case <-done:
+		return false
+	default:
+		return true
+	}
+}
+
+// TestQueueReturnsBeforeItsCommit: Queue hands the row over and returns
+// while the commit runs (here held); Wait returns it once committed, in
+// queue order, and again on a second Wait.
+func TestQueueReturnsBeforeItsCommit(t *testing.T) {
 	hold := newHold()
-	l, st := newDelayedLog(t, time.Hour, hold)
-	exp := l.Expect()
-	second := loaded(t, l, hold)
-	until(t, l.Waiting, "the drainer's commit waits for the expected row")
-	third := make(chan error, 1)
+	l, st := newHeldLog(t, hold)
+	p, err := l.Queue(audit.Event{Type: "t.first", Actor: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-hold.entered // Queue returned although its commit is held
+	q, err := l.Queue(audit.Event{Type: "t.second", Actor: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waited := make(chan error, 1)
+	go func() { _, err := q.Wait(); waited <- err }()
+	if !pending(waited) {
+		t.Fatal("Wait returned before the row was committed")
+	}
+	close(hold.release)
+	within(t, waited, "the queued row")
+	first, err := p.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, _ := q.Wait()
+	again, _ := q.Wait()
+	if second.Seq != first.Seq+1 || again.Seq != second.Seq {
+		t.Fatalf("seqs %d, %d, %d: want two rows in queue order and the same answer twice", first.Seq, second.Seq, again.Seq)
+	}
+	if res, err := audit.Verify(context.Background(), st, 0, 0); err != nil || !res.OK() || res.Checked != 2 {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if _, err := l.Queue(audit.Event{Type: "", Actor: "a"}); err == nil || l.QueueLen() != 0 {
+		t.Fatal("an invalid event was queued")
+	}
+	l.Close()
+	if _, err := l.Queue(audit.Event{Type: "t.late", Actor: "a"}); !errors.Is(err, audit.ErrClosed) {
+		t.Fatalf("Queue after Close: %v", err)
+	}
+}
+
+// TestChangeFollowsTheRowsQueuedBeforeIt: a Change started while a queued
+// row is not committed yet waits for it, so the chain keeps the order in
+// which the rows were decided (an MCP call's outcome before the agent's
+// revocation).
+func TestChangeFollowsTheRowsQueuedBeforeIt(t *testing.T) {
+	hold := newHold()
+	l, st := newHeldLog(t, hold)
+	st.outside = true // the row's commit has not begun: the database is free for the Change
+	if _, err := l.Queue(audit.Event{Type: "t.outcome", Actor: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	<-hold.entered
+	changed := make(chan error, 1)
 	go func() {
-		_, err := exp.Append(context.Background(), audit.Event{Type: "t.third", Actor: "a"})
-		third <- err
+		_, err := l.Change(context.Background(), func(c *audit.Change) error {
+			c.Record(audit.Event{Type: "t.revoked", Actor: "admin"})
+			return nil
+		})
+		changed <- err
 	}()
-	within(t, second, "second row")
-	within(t, third, "expected row")
-	var commits int
-	if err := st.Raw().QueryRow(`SELECT COUNT(DISTINCT time) FROM audit_events WHERE event_type IN ('t.second', 't.third')`).Scan(&commits); err != nil {
-		t.Fatal(err)
+	time.Sleep(100 * time.Millisecond) // time for a Change that does not wait to commit first
+	if !pending(changed) {
+		close(hold.release)
+		t.Fatal("the Change committed while a row queued before it was not")
 	}
-	if commits != 1 {
-		t.Fatalf("the second and the expected row took %d commits, want 1", commits)
+	close(hold.release)
+	within(t, changed, "the change")
+	var order []string
+	audit.Read(context.Background(), st, 1, 0, func(r audit.Record) error { order = append(order, r.Type); return nil })
+	if fmt.Sprint(order) != "[t.outcome t.revoked]" {
+		t.Fatalf("chain order %v", order)
 	}
-	exp.Cancel() // after Append: no effect
-	within(t, appendAsync(l, "t.after"), "a row after the expectation was settled")
-}
-
-func TestCancelledExpectationReleasesTheWaitingCommit(t *testing.T) {
-	hold := newHold()
-	l, _ := newDelayedLog(t, time.Hour, hold)
-	exp := l.Expect()
-	second := loaded(t, l, hold)
-	until(t, l.Waiting, "the drainer's commit waits for the expected row")
-	exp.Cancel()
-	within(t, second, "row after cancel")
-	exp.Cancel() // twice: no effect, in particular no negative count
-	within(t, appendAsync(l, "t.y"), "row after a second cancel")
-}
-
-func TestLoneRowsDoNotWaitForExpectedRows(t *testing.T) {
-	l, _ := newDelayedLog(t, time.Hour, nil)
-	exp := l.Expect()
-	// Not under load: the row commits at once although a row is expected.
-	within(t, appendAsync(l, "t.lone"), "lone row")
-	if _, err := exp.Append(context.Background(), audit.Event{Type: "t.own", Actor: "a"}); err != nil {
-		t.Fatal(err)
-	}
-	// A row that fails validation settles its expectation too.
-	bad := l.Expect()
-	if _, err := bad.Append(context.Background(), audit.Event{Type: "", Actor: "a"}); err == nil {
-		t.Fatal("an invalid event was accepted")
-	}
-	hold := newHold()
-	l2, _ := newDelayedLog(t, time.Hour, hold)
-	within(t, loaded(t, l2, hold), "a row under load with nothing expected")
 }
 
 func TestSetSyncReachesTheWriter(t *testing.T) {
-	l, st := newDelayedLog(t, 0, nil)
+	l, st := newHeldLog(t, nil)
 	appendN(t, l, 1)
 	l.SetSync(audit.SyncOS)
 	appendN(t, l, 1)
@@ -624,9 +647,10 @@ func TestSetSyncReachesTheWriter(t *testing.T) {
 	}
 }
 
-// changingStore runs a Change (through log) when its writer's second
-// batch is about to start, after the writer decided to chain from its
-// cached head: the head it holds is then stale.
+// changingStore runs a Change (through log, another Log on the same
+// database, as another process would) when its writer's second batch is
+// about to start, after the writer decided to chain from its cached head:
+// the head it holds is then stale.
 type changingStore struct {
 	*testDB
 	log     *audit.Log
@@ -661,8 +685,8 @@ func (w changingWriter) Append(ctx context.Context, d store.Durability, head *st
 func TestAppendAfterAChangeThatRacedTheCachedHead(t *testing.T) {
 	st := &changingStore{testDB: openDB(t, filepath.Join(t.TempDir(), "mastio.db"))}
 	l := audit.Open(st, audit.Options{})
-	st.log = l
-	t.Cleanup(func() { l.Close() })
+	st.log = audit.Open(st.testDB, audit.Options{})
+	t.Cleanup(func() { l.Close(); st.log.Close() })
 	ctx := context.Background()
 	for i := range 2 {
 		if _, err := l.Append(ctx, audit.Event{Type: "t.append", Actor: "a"}); err != nil {
@@ -682,5 +706,38 @@ func TestAppendAfterAChangeThatRacedTheCachedHead(t *testing.T) {
 	}
 	if res, err := audit.Verify(ctx, st, 1, 0); err != nil || !res.OK() {
 		t.Fatalf("verify: %+v %v", res, err)
+	}
+}
+
+// TestVerifyReportsForwardedCallsWithoutOutcome: an mcp.forward row whose
+// mcp.call row (naming it in forward_seq) never came is "outcome
+// unknown", which does not break the chain; a call refused before
+// forwarding (no forward_seq) pairs with nothing.
+func TestVerifyReportsForwardedCallsWithoutOutcome(t *testing.T) {
+	st := openDB(t, filepath.Join(t.TempDir(), "mastio.db"))
+	l := audit.Open(st, audit.Options{})
+	defer l.Close()
+	ctx := context.Background()
+	for _, ev := range []audit.Event{
+		{Type: audit.TypeMCPForward, Actor: "agent:a", Details: map[string]any{"name": "x"}},                    // 1, answered below
+		{Type: audit.TypeMCPForward, Actor: "agent:a", Details: map[string]any{"name": "y"}},                    // 2, outcome lost
+		{Type: audit.TypeMCPCall, Actor: "agent:a", Details: map[string]any{"outcome": "ok", "forward_seq": 1}}, // 3
+		{Type: audit.TypeMCPCall, Actor: "agent:a", Details: map[string]any{"outcome": "denied"}},               // 4
+		{Type: audit.TypeMCPForward, Actor: "agent:a", Details: map[string]any{"name": "z"}},                    // 5, outcome lost
+		{Type: "t.other", Actor: "a", Details: map[string]any{"forward_seq": 5}},                                // 6, not an mcp.call
+	} {
+		if _, err := l.Append(ctx, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := audit.Verify(ctx, st, 1, 0)
+	if err != nil || !res.OK() {
+		t.Fatalf("%+v %v", res, err)
+	}
+	if res.Unknown.Count != 2 || fmt.Sprint(res.Unknown.Seqs) != "[2 5]" {
+		t.Fatalf("outcome unknown: %+v, want seqs 2 and 5", res.Unknown)
+	}
+	if res, _ := audit.Verify(ctx, st, 3, 0); res.Unknown.Count != 1 {
+		t.Fatalf("from seq 3: %+v, want only seq 5", res.Unknown)
 	}
 }

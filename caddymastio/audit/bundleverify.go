@@ -186,6 +186,7 @@ func (v *bundleVerifier) walk(r io.Reader) bool {
 		return false
 	}
 	seq := m.FirstSeq
+	var calls outcomes
 	for sc.Scan() {
 		dec := json.NewDecoder(bytes.NewReader(sc.Bytes()))
 		dec.DisallowUnknownFields()
@@ -202,6 +203,7 @@ func (v *bundleVerifier) walk(r io.Reader) bool {
 			v.fail("witness", seq, "row %d has hash %s, the witness says %s", seq, row.Hash, w)
 			return false
 		}
+		calls.see(row.Type, row.Seq, row.Details)
 		prev, _ = hex.DecodeString(row.Hash)
 		v.lastTime, _ = time.Parse(TimeFormat, row.Time)
 		seq++
@@ -220,6 +222,9 @@ func (v *bundleVerifier) walk(r io.Reader) bool {
 		v.fail("chain", m.LastSeq, "the last row's hash is not the manifest's")
 	default:
 		v.pass("chain", "%d rows, each linked to the one before and hashed as stored, from the start hash %.16s…", m.Rows, m.StartHash)
+		if u := calls.result(); u.Count > 0 {
+			v.pass("calls", "%d forwarded MCP calls with outcome unknown (their mcp.call row is not in the bundle: still at the upstream, or lost in a crash), mcp.forward seqs %v", u.Count, u.Seqs)
+		}
 		for s := range v.opts.Witnesses {
 			if s < m.FirstSeq || s > m.LastSeq {
 				v.fail("witness", s, "seq %d is not in the bundle (%d-%d)", s, m.FirstSeq, m.LastSeq)

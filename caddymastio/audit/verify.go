@@ -28,6 +28,10 @@ type VerifyResult struct {
 	// started from a row, or from the genesis hash). Verify checks the
 	// rows link to it; VerifyAnchor checks its signature.
 	Anchor store.AuditAnchor
+	// Unknown are the forwarded MCP calls in the range whose outcome row
+	// is not (in the range): still at their upstream, or lost in a crash.
+	// They do not make the chain bad.
+	Unknown OutcomeUnknown
 }
 
 // OK reports whether every row in the range verified.
@@ -91,6 +95,7 @@ func VerifyAfter(ctx context.Context, st store.Reader, known store.AuditHead, to
 func walk(ctx context.Context, st store.Reader, res VerifyResult, prev []byte) (VerifyResult, error) {
 	from, to := res.From, res.To
 	want := from
+	var calls outcomes
 	err := st.AuditRows(ctx, store.AuditSeqs(from, to), func(row store.AuditRow) error {
 		if row.Seq != want {
 			res.FirstBad, res.Reason = want, fmt.Sprintf("row is missing (next row is %d)", row.Seq)
@@ -119,11 +124,13 @@ func walk(ctx context.Context, st store.Reader, res VerifyResult, prev []byte) (
 				short(r.Hash), short(got))
 			return errStop
 		}
+		calls.see(r.Type, r.Seq, r.Details)
 		prev = r.Hash
 		res.Checked++
 		res.HeadHash = r.Hash
 		return nil
 	})
+	res.Unknown = calls.result()
 	if errors.Is(err, errStop) {
 		return res, nil
 	}

@@ -20,13 +20,6 @@ type Options struct {
 	MaxBatch int
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
-	// CommitDelay is how long a commit may wait for rows that callers
-	// announced with Expect but have not appended yet, so that one commit
-	// (one fsync and a dozen syscalls) serves them all. Only commits made
-	// under load wait (those of rows that queued while another commit
-	// ran), and only while expected rows are missing: a lone caller is
-	// never delayed. 0 never waits.
-	CommitDelay time.Duration
 	// Sync is how far a commit goes before Append returns: SyncFull (the
 	// default) or SyncOS.
 	Sync Sync
@@ -70,22 +63,22 @@ const (
 // its own goroutine, without waking anyone. Rows that arrive meanwhile
 // queue up; when that commit is done a drainer goroutine commits them, and
 // keeps committing whatever queued during the previous batch, one
-// transaction and one fsync per batch, until the queue is empty.
+// transaction and one fsync per batch, until the queue is empty. Rows are
+// committed in the order they were queued, and a Change after every row
+// queued before it.
 type Log struct {
 	st     store.Store
 	writer store.AuditWriter
 	opts   Options
 
-	mu       sync.Mutex
-	closed   bool
-	leading  bool // a commit is running or due; true whenever queue is not empty
-	queue    []*appendReq
-	idle     *sync.Cond    // broadcast when leading turns false
-	delay    atomic.Int64  // CommitDelay, settable
-	sync     atomic.Int32  // Sync, settable
-	expected int           // rows announced by Expect and not yet appended or cancelled
-	waiting  bool          // a commit waits for expected rows
-	arrived  chan struct{} // wakes that commit when a row is queued or an expectation cancelled
+	mu        sync.Mutex
+	closed    bool
+	leading   bool // a commit is running or due; true whenever queue is not empty
+	queue     []*appendReq
+	queued    uint64     // rows ever queued
+	answered  uint64     // rows ever answered (committed or failed), in queue order
+	committed *sync.Cond // broadcast after each batch is answered
+	sync      atomic.Int32 // Sync, settable
 
 	// The chain head as of the writer's last commit, so a commit need not
 	// read it back (only the goroutine that leads touches it). Change sets
@@ -114,9 +107,8 @@ func Open(st store.Store, opts Options) *Log {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	l := &Log{st: st, writer: st.AuditWriter(), opts: opts, arrived: make(chan struct{}, 1)}
-	l.idle = sync.NewCond(&l.mu)
-	l.delay.Store(int64(opts.CommitDelay))
+	l := &Log{st: st, writer: st.AuditWriter(), opts: opts}
+	l.committed = sync.NewCond(&l.mu)
 	l.sync.Store(int32(opts.Sync))
 	return l
 }
@@ -124,99 +116,45 @@ func Open(st store.Store, opts Options) *Log {
 // SetSync changes Sync for the commits that start from now on.
 func (l *Log) SetSync(s Sync) { l.sync.Store(int32(s)) }
 
-// SetCommitDelay changes CommitDelay for the commits that start from now
-// on (a config reload keeps the Log, which belongs to the database).
-func (l *Log) SetCommitDelay(d time.Duration) { l.delay.Store(int64(d)) }
+// Pending is a row Queue queued.
+type Pending struct{ req *appendReq }
 
-// Expectation is a row a caller announced it will append soon. Settle it
-// with Append or Cancel; Cancel after Append does nothing, so callers may
-// defer it.
-type Expectation struct {
-	l       *Log
-	settled atomic.Bool
+// Wait returns the row once it is durable, or why it could not be
+// committed (nothing of it is then stored).
+func (p *Pending) Wait() (Record, error) {
+	r := <-p.req.res
+	p.req.res <- r // a second Wait gets the same answer
+	return r.rec, r.err
 }
 
-// Expect announces a row the caller will append shortly (for instance
-// once an upstream answers), so that a commit starting meanwhile may wait
-// up to CommitDelay for it instead of committing without it.
-func (l *Log) Expect() *Expectation {
-	l.mu.Lock()
-	l.expected++
-	l.mu.Unlock()
-	return &Expectation{l: l}
-}
-
-// Append appends ev as Log.Append does and settles the expectation (a
-// second Append is a plain one).
-func (e *Expectation) Append(ctx context.Context, ev Event) (Record, error) {
-	return e.l.append(ctx, ev, e.settled.CompareAndSwap(false, true))
-}
-
-// Cancel withdraws the expectation if it is not settled yet.
-func (e *Expectation) Cancel() {
-	if !e.settled.CompareAndSwap(false, true) {
-		return
+// Queue adds ev to the chain and returns at once, before the row is
+// committed: a commit starts now if none runs, else the row joins the next
+// batch. It lets a caller overlap the commit with other work (the gateway
+// queues a call's row while the upstream answers) and wait for it with
+// Wait before acting on it; a row nobody waits for is committed all the
+// same. It fails, and queues nothing, if ev is invalid or the log is
+// closed.
+func (l *Log) Queue(ev Event) (*Pending, error) {
+	req, lead, err := l.enqueue(context.Background(), ev)
+	if err != nil {
+		return nil, err
 	}
-	e.l.mu.Lock()
-	e.l.expected--
-	e.l.wakeWaiter()
-	e.l.mu.Unlock()
-}
-
-// wakeWaiter tells a commit waiting for expected rows that one came or
-// was withdrawn. Called with mu held.
-func (l *Log) wakeWaiter() {
-	if l.waiting {
-		select {
-		case l.arrived <- struct{}{}:
-		default:
-		}
+	if lead {
+		go l.drain()
 	}
+	return &Pending{req: req}, nil
 }
 
 // Append adds ev to the chain and returns the stored record once it is
 // durable. It fails, and nothing is stored, if ev is invalid or the batch
 // cannot be committed.
 func (l *Log) Append(ctx context.Context, ev Event) (Record, error) {
-	return l.append(ctx, ev, false)
-}
-
-// append queues ev and waits for its commit; settle also withdraws one
-// expected row.
-func (l *Log) append(ctx context.Context, ev Event, settle bool) (Record, error) {
-	ev, details, err := prepare(ev)
-	if err == nil {
-		err = ctx.Err()
-	}
+	req, lead, err := l.enqueue(ctx, ev)
 	if err != nil {
-		if settle {
-			l.mu.Lock()
-			l.expected--
-			l.wakeWaiter()
-			l.mu.Unlock()
-		}
 		return Record{}, err
 	}
-	req := &appendReq{ev: ev, details: details, res: make(chan appendRes, 1)}
-
-	l.mu.Lock()
-	if settle {
-		l.expected--
-		l.wakeWaiter()
-	}
-	if l.closed {
-		l.mu.Unlock()
-		return Record{}, ErrClosed
-	}
-	l.queue = append(l.queue, req)
-	lead := !l.leading
-	l.leading = true
-	l.mu.Unlock()
-
-	if lead {
-		if l.commitQueued(false) {
-			go l.drain()
-		}
+	if lead && l.commitQueued() {
+		go l.drain()
 	}
 	// Once queued, wait for the outcome even if ctx ends: the caller must
 	// learn whether its row is durable.
@@ -224,23 +162,40 @@ func (l *Log) append(ctx context.Context, ev Event, settle bool) (Record, error)
 	return r.rec, r.err
 }
 
-// drain commits queued batches until the queue is empty. It runs only
-// while rows keep arriving during commits, that is under load, so it is
-// where a commit waits for expected rows: a lone caller is never delayed.
+// enqueue validates ev and queues it; lead reports that no commit runs,
+// so the caller must start one.
+func (l *Log) enqueue(ctx context.Context, ev Event) (req *appendReq, lead bool, err error) {
+	ev, details, err := prepare(ev)
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	req = &appendReq{ev: ev, details: details, res: make(chan appendRes, 1)}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, false, ErrClosed
+	}
+	l.queue = append(l.queue, req)
+	l.queued++
+	lead = !l.leading
+	l.leading = true
+	return req, lead, nil
+}
+
+// drain commits queued batches until the queue is empty.
 func (l *Log) drain() {
-	for l.commitQueued(true) {
+	for l.commitQueued() {
 	}
 }
 
-// commitQueued commits the oldest queued rows (at most MaxBatch), first
-// waiting for expected rows if wait is set, and answers their callers. It
-// reports whether more rows are queued, in which case the caller must go
-// on leading; otherwise it has given up the lead.
-func (l *Log) commitQueued(wait bool) bool {
+// commitQueued commits the oldest queued rows (at most MaxBatch) and
+// answers their callers. It reports whether more rows are queued, in which
+// case the caller must go on leading; otherwise it has given up the lead.
+func (l *Log) commitQueued() bool {
 	l.mu.Lock()
-	if wait {
-		l.awaitExpected()
-	}
 	batch := l.queue
 	if len(batch) > l.opts.MaxBatch {
 		batch = batch[:l.opts.MaxBatch:l.opts.MaxBatch]
@@ -261,40 +216,23 @@ func (l *Log) commitQueued(wait bool) bool {
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.answered += uint64(len(batch))
+	l.committed.Broadcast()
 	if len(l.queue) > 0 {
 		return true
 	}
 	l.leading = false
-	l.idle.Broadcast()
 	return false
 }
 
-// awaitExpected waits, at most CommitDelay, for the rows announced with
-// Expect to be queued, so that they join the coming batch. Called with mu
-// held; it releases mu while waiting.
-func (l *Log) awaitExpected() {
-	delay := time.Duration(l.delay.Load())
-	if delay <= 0 || l.expected <= 0 || len(l.queue) >= l.opts.MaxBatch {
-		return
-	}
-	timer := time.NewTimer(delay)
-	defer timer.Stop()
-	for l.expected > 0 && len(l.queue) < l.opts.MaxBatch {
-		l.waiting = true
-		l.mu.Unlock()
-		select {
-		case <-l.arrived:
-			l.mu.Lock()
-		case <-timer.C:
-			l.mu.Lock()
-			l.waiting = false
-			return
-		}
-	}
-	l.waiting = false
-	select { // drop a wake-up sent after the last check
-	case <-l.arrived:
-	default:
+// Flush waits until every row queued so far is committed (or failed): what
+// the caller reads next holds them, and what it commits next follows them
+// in the chain.
+func (l *Log) Flush() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for target := l.queued; l.answered < target; {
+		l.committed.Wait()
 	}
 }
 
@@ -308,7 +246,7 @@ func (l *Log) Close() error {
 	}
 	l.closed = true
 	for l.leading {
-		l.idle.Wait()
+		l.committed.Wait()
 	}
 	l.mu.Unlock()
 	l.writer.Close()
@@ -381,7 +319,13 @@ func (c *Change) Record(ev Event) { c.events = append(c.events, ev) }
 // events fn recorded, chained in the same transaction: the change and its
 // audit rows commit together or not at all, and the rows are durable once
 // Change returns nil. This is the only way the Mastio changes its state.
+//
+// It first waits for the rows queued before it: a row queued while the
+// state allowed it (an MCP call's outcome, queued while its agent was
+// valid) never follows, in the chain, the change that ended that state (the
+// agent's revocation).
 func (l *Log) Change(ctx context.Context, fn func(c *Change) error) ([]Record, error) {
+	l.Flush()
 	var recs []Record
 	start := time.Now()
 	err := l.st.Update(ctx, func(tx store.Tx) error {

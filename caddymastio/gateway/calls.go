@@ -64,9 +64,9 @@ func (a *Aggregator) allowed(agentID, action, server, name string) bool {
 // run carries out one use: the agent must still be active, within the
 // server's argument size and rate limits, and allowed by the policy; the
 // call goes to the agent session's own upstream session (the pool's for a
-// stateless request), its progress relayed; its answer is delivered only
-// once its audit row is durable, and not at all if the agent was revoked
-// meanwhile.
+// stateless request), its progress relayed; its mcp.forward row is
+// committed while the upstream works, its answer delivered only once that
+// row is durable, and not at all if the agent was revoked meanwhile.
 func (a *Aggregator) run(ctx context.Context, u use, call forward) error {
 	id, active := a.m.Registry().Lookup(u.agentID)
 	if !active {
@@ -124,50 +124,51 @@ func (a *Aggregator) run(ctx context.Context, u use, call forward) error {
 		progress, done = a.pool.progress.register(ctx, u.session, u.progress)
 		defer done()
 	}
-	rec.Expect = a.m.Audit().Expect() // the row below; a commit meanwhile may wait for it
-	defer rec.Expect.Cancel()
+	fwd, err := a.m.ForwardMCPCall(rec)
+	if err != nil {
+		return rpcError(mcp.CodeInternal, "the audit log cannot be written")
+	}
 	tracked, stop := a.m.TrackAgent(ctx, u.agentID)
 	defer stop()
 	cctx, cancel := context.WithTimeout(tracked, s.CallTimeout())
 	defer cancel()
 	outcome, err := call(cctx, up, progress)
 	a.pool.catchUp(up) // what the upstream sent before its answer reaches the agent first
-	rec.UpstreamStatus = 200
+	status, detail := 200, ""
 	var answer error
 	var rpcErr *jsonrpc.Error
 	switch {
 	case mastio.Withdrawn(tracked):
-		rec.Outcome, rec.Detail = "agent_revoked", "the agent's credentials were withdrawn before the answer"
-		a.m.AuditMCPCall(actx, rec)
+		fwd.Finish(actx, "agent_revoked", status, "the agent's credentials were withdrawn before the answer")
 		return rpcError(mcp.CodeForbidden, "the agent %s was revoked before the answer: nothing was delivered", u.agentID)
 	case err == nil:
-		rec.Outcome = outcome
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
 		// The agent cancelled (notifications/cancelled, or it went away):
 		// the SDK has told the upstream to stop.
-		rec.Outcome, rec.Detail = "cancelled", "cancelled by the agent"
+		outcome, detail = "cancelled", "cancelled by the agent"
 		answer = err
 	case errors.As(err, &rpcErr):
-		rec.Outcome, rec.Detail = "error", err.Error()
+		outcome, detail = "error", err.Error()
 		answer = err // the upstream's own JSON-RPC error reaches the agent as it is
 	default:
-		rec.Outcome, rec.Detail, rec.UpstreamStatus = "upstream_error", err.Error(), 502
+		outcome, detail, status = "upstream_error", err.Error(), 502
 		answer = rpcError(mcp.CodeUpstream, "the MCP server %s is unavailable", u.it.server)
 		if errors.Is(err, context.DeadlineExceeded) {
-			rec.UpstreamStatus = 504
+			status = 504
 			answer = rpcError(mcp.CodeUpstream, "the MCP server %s did not answer within %s", u.it.server, s.CallTimeout())
 		}
 		if u.session == nil || a.sessionOf(u.session) == nil {
 			a.pool.drop(u.it.server) // the shared session may be broken
 		}
 	}
-	delivered, aerr := a.m.Registry().Deliver(registry.Credential{AgentID: u.agentID}, func() error { return a.m.AuditMCPCall(actx, rec) })
+	delivered, aerr := a.m.Registry().Deliver(registry.Credential{AgentID: u.agentID}, func() error {
+		return fwd.Finish(actx, outcome, status, detail)
+	})
 	if aerr != nil {
 		return rpcError(mcp.CodeInternal, "the result was withheld: the audit log cannot be written")
 	}
 	if !delivered {
-		rec.Outcome, rec.Detail = "agent_revoked", "answered after the agent's credentials were withdrawn; not delivered"
-		if err := a.m.AuditMCPCall(actx, rec); err != nil {
+		if err := fwd.Finish(actx, "agent_revoked", status, "answered after the agent's credentials were withdrawn; not delivered"); err != nil {
 			a.log.Error("auditing a withheld MCP answer", zap.Error(err))
 		}
 		return rpcError(mcp.CodeForbidden, "the agent %s was revoked before the answer: nothing was delivered", u.agentID)

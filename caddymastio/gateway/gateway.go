@@ -20,7 +20,6 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mcp"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
@@ -91,6 +90,7 @@ type call struct {
 	decision policy.Decision
 	argsSum  string
 	start    time.Time
+	fwd      *mastio.ForwardedCall // its mcp.forward row, once forwarded
 	done     bool
 }
 
@@ -104,8 +104,7 @@ type exchange struct {
 	forwarded []*mcp.Message    // requests sent to the upstream
 	batch     bool
 	sessionID string
-	expect    *audit.Expectation // the audit row announced before forwarding
-	withheld  bool               // an answer was withheld: the agent's credentials were withdrawn
+	withheld  bool // an answer was withheld: the agent's credentials were withdrawn
 }
 
 // singleHeaders may appear once: the gateway and the upstream must not
@@ -271,14 +270,15 @@ func (x *exchange) serve(w http.ResponseWriter, next Next) error {
 	r.ContentLength = int64(len(body))
 	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 
+	// Each call's mcp.forward row is committed while the upstream works;
+	// its answer waits for it (see deliver).
+	for _, c := range x.calls {
+		if c.fwd, err = g.m.ForwardMCPCall(x.record(c)); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), g.cfg.Timeout)
 	defer cancel()
-	if len(x.calls) > 0 {
-		// Announce the coming audit row, so that a commit starting while
-		// the upstream works may wait briefly for it (group commit).
-		x.expect = g.m.Audit().Expect()
-		defer x.expect.Cancel()
-	}
 	rw := &answerWriter{w: w, x: x, limit: g.cfg.MaxResponseBytes}
 	err = next(rw, r.WithContext(ctx))
 	if mastio.Withdrawn(ctx) {
@@ -372,10 +372,21 @@ func (x *exchange) joined(upstream []json.RawMessage) []byte {
 	return joinArray(all)
 }
 
-// auditCall records a call decision and, for forwarded calls, its
-// outcome. It returns only when the row is durable.
+// auditCall records a call's outcome: for a forwarded call once its
+// mcp.forward row is durable (its mcp.call row follows, see
+// mastio.ForwardedCall.Finish), for a call refused here its mcp.call row,
+// durable when it returns.
 func (x *exchange) auditCall(c *call, outcome string, upstreamStatus int, detail string) error {
-	return x.g.m.AuditMCPCall(x.r.Context(), mastio.MCPCall{Request: x.r, Principal: x.p, Server: x.g.cfg.Server, Action: c.action, Name: c.name,
-		Decision: c.decision, ArgsSHA256: c.argsSum, Outcome: outcome, UpstreamStatus: upstreamStatus, Start: c.start,
-		RequestID: string(c.msg.ID), SessionID: x.sessionID, Detail: detail, Expect: x.expect})
+	if c.fwd != nil {
+		return c.fwd.Finish(x.r.Context(), outcome, upstreamStatus, detail)
+	}
+	rec := x.record(c)
+	rec.Outcome, rec.UpstreamStatus, rec.Detail = outcome, upstreamStatus, detail
+	return x.g.m.AuditMCPCall(x.r.Context(), rec)
+}
+
+// record is what the audit log keeps of c, but its outcome.
+func (x *exchange) record(c *call) mastio.MCPCall {
+	return mastio.MCPCall{Request: x.r, Principal: x.p, Server: x.g.cfg.Server, Action: c.action, Name: c.name,
+		Decision: c.decision, ArgsSHA256: c.argsSum, Start: c.start, RequestID: string(c.msg.ID), SessionID: x.sessionID}
 }

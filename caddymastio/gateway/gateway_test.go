@@ -30,7 +30,12 @@ type env struct {
 
 func newEnv(t *testing.T, rs gateway.RouteSettings, policy string) *env {
 	t.Helper()
-	up := mcptest.Weather(t, false)
+	return newEnvTo(t, rs, policy, mcptest.Weather(t, false))
+}
+
+// newEnvTo is newEnv with the upstream up.
+func newEnvTo(t *testing.T, rs gateway.RouteSettings, policy string, up *httptest.Server) *env {
+	t.Helper()
 	m := mastiotest.New(t, mastio.Settings{Policy: policy, Servers: map[string]*mastio.Server{"weather": {URL: up.URL}}}, nil)
 	pool := gateway.NewPool(m, func(s string) string { return s })
 	t.Cleanup(pool.Close)

@@ -13,6 +13,7 @@ import (
 // auditor sees every copy that left the Mastio. A failed export is
 // recorded too, with the rows written before the failure.
 func (m *Mastio) ExportAudit(ctx context.Context, f store.AuditFilter, format string, w io.Writer, details map[string]any) (audit.Exported, error) {
+	m.audit.Flush() // the outcome rows of calls already answered
 	out, err := audit.Export(ctx, m.store, f, format, w)
 	d := mergeMaps(map[string]any{"format": format, "rows": out.Rows, "first_seq": out.First, "last_seq": out.Last,
 		"filter": auditFilterDetails(f)}, details)
@@ -56,6 +57,7 @@ func auditFilterDetails(f store.AuditFilter) map[string]any {
 // and, when the walk starts from an archive anchor, checks the anchor's
 // signature against the Org root: a forged anchor is a break at its seq.
 func (m *Mastio) VerifyAudit(ctx context.Context, from, to int64) (audit.VerifyResult, error) {
+	m.audit.Flush()
 	res, err := audit.Verify(ctx, m.store, from, to)
 	if err != nil || !res.OK() || res.Anchor.Seq == 0 {
 		return res, err
@@ -70,5 +72,6 @@ func (m *Mastio) VerifyAudit(ctx context.Context, from, to int64) (audit.VerifyR
 // without recording a read (the dashboard's pages; an export is recorded,
 // see ExportAudit).
 func (s *Shared) QueryAudit(ctx context.Context, f store.AuditFilter, fn func(store.AuditRow) error) error {
+	s.audit.Flush()
 	return s.store.AuditRows(ctx, f, fn)
 }

@@ -24,7 +24,6 @@ func (m *Mastio) Start(ctx context.Context, details map[string]any) error {
 	}
 	m.inForce.Store(m)
 	reported.Store(m)
-	m.audit.SetCommitDelay(m.cfg.AuditCommitDelay)
 	m.audit.SetSync(m.cfg.AuditSync)
 	var err error
 	m.startOnce.Do(func() {

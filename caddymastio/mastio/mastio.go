@@ -61,10 +61,9 @@ type Settings struct {
 	// AdminSecret checks X-Admin-Secret.
 	AdminSecret *Secret
 
-	// AuditCommitDelay and AuditSync set the shared audit writer when the
+	// AuditSync sets the shared audit writer's durability when the
 	// configuration starts (see audit.Log).
-	AuditCommitDelay time.Duration
-	AuditSync        audit.Sync
+	AuditSync audit.Sync
 	// AuditCheckpointInterval is how often the chain's head is signed into
 	// the chain when it grew (default DefaultCheckpointInterval).
 	AuditCheckpointInterval time.Duration
@@ -243,6 +242,7 @@ func (m *Mastio) RotateSigningKey(ctx context.Context, grace time.Duration, deta
 // ReadAudit calls fn with the audit records from seq from (1: the first),
 // in order, until fn returns an error.
 func (s *Shared) ReadAudit(ctx context.Context, from int64, fn func(audit.Record) error) error {
+	s.audit.Flush() // the outcome rows of calls already answered
 	return audit.Read(ctx, s.store, from, 0, fn)
 }
 

@@ -26,9 +26,6 @@ type MCPCall struct {
 	RequestID      string
 	SessionID      string
 	Detail         string
-	// Expect, if set, is the row the caller announced before forwarding
-	// (see audit.Log.Expect); appending through it settles it.
-	Expect *audit.Expectation
 	// Request is the agent's HTTP request, when the caller has it (for
 	// the decision log's remote_ip).
 	Request *http.Request
@@ -38,11 +35,76 @@ type MCPCall struct {
 // not answer past it.
 var ErrAuditUnavailable = errors.New("the audit log cannot be written")
 
-// AuditMCPCall logs the call's decision (kind policy, or rate_limit),
-// appends an mcp.call row and returns once it is durable; a failure wraps
-// ErrAuditUnavailable.
+// AuditMCPCall records a call refused or failed before it was forwarded:
+// it logs the decision (kind policy, or rate_limit), appends the mcp.call
+// row and returns once it is durable; a failure wraps ErrAuditUnavailable.
 func (m *Mastio) AuditMCPCall(ctx context.Context, c MCPCall) error {
 	m.logCallDecision(ctx, c)
+	if _, err := m.audit.Append(context.WithoutCancel(ctx), callEvent(c)); err != nil {
+		m.log.Error("auditing an MCP call", zap.Error(err))
+		return fmt.Errorf("%w: %w", ErrAuditUnavailable, err)
+	}
+	return nil
+}
+
+// ForwardedCall is an allowed call on its way to the upstream, whose
+// mcp.forward row is queued (see ForwardMCPCall).
+type ForwardedCall struct {
+	m     *Mastio
+	call  MCPCall
+	row   *audit.Pending
+	ended bool
+}
+
+// ForwardMCPCall queues the mcp.forward row of an allowed call about to be
+// forwarded: the decision (agent, DPoP key, tool, rule, digest of the
+// arguments, time), everything but the outcome. It returns at once, so the
+// row's commit (the fsync) runs while the upstream works; Finish waits for
+// it before the answer may go. A failure (the log is closed) wraps
+// ErrAuditUnavailable: the call must not be forwarded.
+func (m *Mastio) ForwardMCPCall(c MCPCall) (*ForwardedCall, error) {
+	ev := callEvent(c)
+	ev.Type = audit.TypeMCPForward
+	row, err := m.audit.Queue(ev)
+	if err != nil {
+		m.log.Error("auditing an MCP call", zap.Error(err))
+		return nil, fmt.Errorf("%w: %w", ErrAuditUnavailable, err)
+	}
+	return &ForwardedCall{m: m, call: c, row: row}, nil
+}
+
+// Finish records how the call ended. It waits until the mcp.forward row is
+// durable (the answer must not reach the agent before it is: a failure
+// wraps ErrAuditUnavailable), logs the decision, and queues the call's
+// mcp.call row, with the outcome and forward_seq, without waiting for it:
+// it is committed with the next batch, and if a crash loses it, audit
+// verify lists the call as "outcome unknown", never as missing. A second
+// Finish does nothing.
+func (f *ForwardedCall) Finish(ctx context.Context, outcome string, upstreamStatus int, detail string) error {
+	if f.ended {
+		return nil
+	}
+	f.ended = true
+	c, m := f.call, f.m
+	c.Outcome, c.UpstreamStatus, c.Detail = outcome, upstreamStatus, detail
+	m.logCallDecision(ctx, c)
+	fwd, err := f.row.Wait()
+	if err != nil {
+		m.log.Error("auditing an MCP call", zap.Error(err))
+		return fmt.Errorf("%w: %w", ErrAuditUnavailable, err)
+	}
+	ev := callEvent(c)
+	ev.Details.(map[string]any)["forward_seq"] = fwd.Seq
+	if _, err := m.audit.Queue(ev); err != nil {
+		// The answer may go: its mcp.forward row is durable, and the call
+		// shows as "outcome unknown".
+		m.log.Error("auditing an MCP call's outcome", zap.Int64("forward_seq", fwd.Seq), zap.Error(err))
+	}
+	return nil
+}
+
+// callEvent is the mcp.call row of c; its details are a map.
+func callEvent(c MCPCall) audit.Event {
 	result := audit.ResultOK
 	switch c.Outcome {
 	case "denied", "rate_limited":
@@ -60,9 +122,12 @@ func (m *Mastio) AuditMCPCall(ctx context.Context, c MCPCall) error {
 	}
 	d := map[string]any{
 		"server": c.Server, "action": c.Action, "name": c.Name, "decision": decision, "rule": rule, "reason": c.Decision.Reason,
-		"args_sha256": c.ArgsSHA256, "outcome": c.Outcome, "jkt": c.Principal.JKT, "request_id": c.RequestID, "session_id": c.SessionID,
+		"args_sha256": c.ArgsSHA256, "jkt": c.Principal.JKT, "request_id": c.RequestID, "session_id": c.SessionID,
 	}
-	if c.Decision.Allowed {
+	if c.Outcome != "" { // an mcp.forward row has none yet
+		d["outcome"] = c.Outcome
+	}
+	if c.Decision.Allowed && c.Outcome != "" {
 		took := time.Since(c.Start)
 		d["duration_ms"] = float64(took.Microseconds()) / 1000
 		d["upstream_status"] = c.UpstreamStatus
@@ -71,18 +136,7 @@ func (m *Mastio) AuditMCPCall(ctx context.Context, c MCPCall) error {
 	if c.Detail != "" {
 		d["detail"] = c.Detail
 	}
-	ev := audit.Event{Type: "mcp.call", Actor: "agent:" + c.Principal.AgentID, Subject: c.Server + "/" + c.Name, Result: result, Details: d}
-	var err error
-	if c.Expect != nil {
-		_, err = c.Expect.Append(context.WithoutCancel(ctx), ev)
-	} else {
-		_, err = m.audit.Append(context.WithoutCancel(ctx), ev)
-	}
-	if err != nil {
-		m.log.Error("auditing an MCP call", zap.Error(err))
-		return fmt.Errorf("%w: %w", ErrAuditUnavailable, err)
-	}
-	return nil
+	return audit.Event{Type: audit.TypeMCPCall, Actor: "agent:" + c.Principal.AgentID, Subject: c.Server + "/" + c.Name, Result: result, Details: d}
 }
 
 func (m *Mastio) logCallDecision(ctx context.Context, c MCPCall) {
