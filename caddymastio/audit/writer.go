@@ -75,9 +75,9 @@ type Log struct {
 	closed    bool
 	leading   bool // a commit is running or due; true whenever queue is not empty
 	queue     []*appendReq
-	queued    uint64     // rows ever queued
-	answered  uint64     // rows ever answered (committed or failed), in queue order
-	committed *sync.Cond // broadcast after each batch is answered
+	queued    uint64       // rows ever queued
+	answered  uint64       // rows ever answered (committed or failed), in queue order
+	committed *sync.Cond   // broadcast after each batch is answered
 	sync      atomic.Int32 // Sync, settable
 
 	// The chain head as of the writer's last commit, so a commit need not
