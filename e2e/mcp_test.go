@@ -516,10 +516,12 @@ func callGateway(t *testing.T, s *server, id *client.Identity, workers, perWorke
 }
 
 // Concurrent calls through the gateway, allowed and denied: every one is
-// answered and has its own audit row, and the chain stays valid. Under
-// this load the audit writer batches rows, and commits wait for the rows
-// of calls still at the upstream (audit_commit_delay); a row lost or
-// committed twice on that path shows in the counts.
+// answered and has its own audit rows (an allowed one its mcp.forward and
+// mcp.call rows), and the chain stays valid. Under this load the audit
+// writer batches rows, and outcome rows ride with other calls' commits; a
+// row lost or committed twice on that path shows in the counts. The
+// outcome rows are read after the admin API's verify, which, like every
+// audit read of the API, first commits the rows queued before it.
 func TestMCPConcurrentCallsAreEachAudited(t *testing.T) {
 	s := mcpServer(t)
 	caller := makeIdentity(t, s, "busy", "mcp:call")
@@ -527,9 +529,14 @@ func TestMCPConcurrentCallsAreEachAudited(t *testing.T) {
 	before := eventCounts(t, db)["mcp.call"]
 	const workers, perWorker = 8, 12
 	callGateway(t, s, caller, workers, perWorker, func(i int) bool { return i%3 == 2 })
-	rows := eventCounts(t, db)["mcp.call"] - before
-	if rows != workers*perWorker {
-		t.Fatalf("%d calls answered, %d mcp.call rows", workers*perWorker, rows)
+	if code, body := s.adminCall(t, "GET", "/v1/admin/audit/verify", adminSecret, nil); code != 200 || body["ok"] != true ||
+		body["outcome_unknown"].(map[string]any)["count"] != 0.0 {
+		t.Fatalf("verify: %d %v", code, body)
+	}
+	counts := eventCounts(t, db)
+	if rows := counts["mcp.call"] - before; rows != workers*perWorker || counts["mcp.forward"] != workers*perWorker*2/3 {
+		t.Fatalf("%d calls answered (%d allowed), %d mcp.call and %d mcp.forward rows", workers*perWorker, workers*perWorker*2/3,
+			rows, counts["mcp.forward"])
 	}
 	var denied int
 	if err := db.QueryRow(`SELECT COUNT(*) FROM audit_events WHERE event_type = 'mcp.call' AND result = 'denied' AND actor LIKE '%busy'`).Scan(&denied); err != nil {

@@ -741,3 +741,55 @@ func TestVerifyReportsForwardedCallsWithoutOutcome(t *testing.T) {
 		t.Fatalf("from seq 3: %+v, want only seq 5", res.Unknown)
 	}
 }
+
+// TestLazyRowsRideWithTheNextCommit: a row queued lazily starts no commit;
+// the next row's commit takes it along (one commit, one time stamp), and
+// Flush commits it when nothing else comes. With nothing else at all, it
+// is committed after LazyDelay.
+func TestLazyRowsRideWithTheNextCommit(t *testing.T) {
+	st := openDB(t, filepath.Join(t.TempDir(), "mastio.db"))
+	l := audit.Open(st, audit.Options{LazyDelay: time.Hour})
+	ctx := context.Background()
+	if err := l.QueueLazily(audit.Event{Type: "t.lazy", Actor: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	if l.QueueLen() != 1 {
+		t.Fatal("the lazy row did not wait for a commit")
+	}
+	rec, err := l.Append(ctx, audit.Event{Type: "t.eager", Actor: "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var commits, rows int
+	st.Raw().QueryRow(`SELECT COUNT(DISTINCT time), COUNT(*) FROM audit_events`).Scan(&commits, &rows)
+	if rows != 2 || commits != 1 || rec.Seq != 2 {
+		t.Fatalf("%d rows in %d commits, the eager one at seq %d: want the lazy row first, in the same commit", rows, commits, rec.Seq)
+	}
+	if err := l.QueueLazily(audit.Event{Type: "t.flushed", Actor: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	l.Flush()
+	if res, err := audit.Verify(ctx, st, 1, 0); err != nil || !res.OK() || res.Checked != 3 {
+		t.Fatalf("after Flush: %+v %v", res, err)
+	}
+	if err := l.QueueLazily(audit.Event{Type: "", Actor: "a"}); err == nil {
+		t.Fatal("an invalid lazy row was queued")
+	}
+	if err := l.QueueLazily(audit.Event{Type: "t.at_close", Actor: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	l.Close() // commits it
+	if err := l.QueueLazily(audit.Event{Type: "t.late", Actor: "a"}); !errors.Is(err, audit.ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+	if res, _ := audit.Verify(ctx, st, 1, 0); res.Checked != 4 {
+		t.Fatalf("the row queued before Close: %d rows", res.Checked)
+	}
+
+	alone := audit.Open(st, audit.Options{LazyDelay: time.Millisecond})
+	defer alone.Close()
+	if err := alone.QueueLazily(audit.Event{Type: "t.alone", Actor: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	until(t, func() bool { res, _ := audit.Verify(ctx, st, 1, 0); return res.Checked == 5 }, "the lone lazy row committed by itself")
+}

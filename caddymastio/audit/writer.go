@@ -20,6 +20,9 @@ type Options struct {
 	MaxBatch int
 	// Now returns the current time. Default time.Now.
 	Now func() time.Time
+	// LazyDelay bounds how long a row queued with QueueLazily waits for a
+	// commit to ride with before one starts for it. Default 10ms.
+	LazyDelay time.Duration
 	// Sync is how far a commit goes before Append returns: SyncFull (the
 	// default) or SyncOS.
 	Sync Sync
@@ -73,8 +76,9 @@ type Log struct {
 
 	mu        sync.Mutex
 	closed    bool
-	leading   bool // a commit is running or due; true whenever queue is not empty
+	leading   bool // a commit is running or due; true whenever queue holds rows not queued lazily
 	queue     []*appendReq
+	lazyTimer *time.Timer // commits lazily queued rows nothing else commits (see QueueLazily)
 	queued    uint64       // rows ever queued
 	answered  uint64       // rows ever answered (committed or failed), in queue order
 	committed *sync.Cond   // broadcast after each batch is answered
@@ -106,6 +110,9 @@ func Open(st store.Store, opts Options) *Log {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.LazyDelay <= 0 {
+		opts.LazyDelay = 10 * time.Millisecond
 	}
 	l := &Log{st: st, writer: st.AuditWriter(), opts: opts}
 	l.committed = sync.NewCond(&l.mu)
@@ -143,6 +150,53 @@ func (l *Log) Queue(ev Event) (*Pending, error) {
 		go l.drain()
 	}
 	return &Pending{req: req}, nil
+}
+
+// QueueLazily adds ev to the chain without starting a commit for it: it
+// rides with the next commit (under load, the one that follows at once),
+// or with one started after Options.LazyDelay if none comes. For rows nobody
+// waits for, whose loss in a crash the reader can tell (an MCP call's
+// outcome row, whose mcp.forward row is durable): it saves a commit, an
+// fsync and its syscalls, per call. It fails, and queues nothing, if ev is
+// invalid or the log is closed.
+func (l *Log) QueueLazily(ev Event) error {
+	ev, details, err := prepare(ev)
+	if err != nil {
+		return err
+	}
+	req := &appendReq{ev: ev, details: details, res: make(chan appendRes, 1)}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return ErrClosed
+	}
+	l.queue = append(l.queue, req)
+	l.queued++
+	if !l.leading && l.lazyTimer == nil {
+		l.lazyTimer = time.AfterFunc(l.opts.LazyDelay, l.commitLazy)
+	}
+	return nil
+}
+
+// commitLazy starts a commit for lazily queued rows if none runs.
+func (l *Log) commitLazy() {
+	l.mu.Lock()
+	l.lazyTimer = nil
+	lead := l.leadLocked()
+	l.mu.Unlock()
+	if lead {
+		l.drain()
+	}
+}
+
+// leadLocked takes the lead if rows wait and nobody commits them; the
+// caller must then commit (drain). Called with mu held.
+func (l *Log) leadLocked() bool {
+	if l.leading || len(l.queue) == 0 {
+		return false
+	}
+	l.leading = true
+	return true
 }
 
 // Append adds ev to the chain and returns the stored record once it is
@@ -231,6 +285,9 @@ func (l *Log) commitQueued() bool {
 func (l *Log) Flush() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.leadLocked() { // lazily queued rows: commit them now
+		go l.drain()
+	}
 	for target := l.queued; l.answered < target; {
 		l.committed.Wait()
 	}
@@ -245,8 +302,14 @@ func (l *Log) Close() error {
 		return nil
 	}
 	l.closed = true
+	if l.leadLocked() { // lazily queued rows
+		go l.drain()
+	}
 	for l.leading {
 		l.committed.Wait()
+	}
+	if l.lazyTimer != nil {
+		l.lazyTimer.Stop()
 	}
 	l.mu.Unlock()
 	l.writer.Close()

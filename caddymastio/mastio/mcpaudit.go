@@ -76,8 +76,8 @@ func (m *Mastio) ForwardMCPCall(c MCPCall) (*ForwardedCall, error) {
 // Finish records how the call ended. It waits until the mcp.forward row is
 // durable (the answer must not reach the agent before it is: a failure
 // wraps ErrAuditUnavailable), logs the decision, and queues the call's
-// mcp.call row, with the outcome and forward_seq, without waiting for it:
-// it is committed with the next batch, and if a crash loses it, audit
+// mcp.call row, with the outcome and forward_seq, lazily: it rides with the
+// next commit (see audit.Log.QueueLazily), and if a crash loses it, audit
 // verify lists the call as "outcome unknown", never as missing. A second
 // Finish does nothing.
 func (f *ForwardedCall) Finish(ctx context.Context, outcome string, upstreamStatus int, detail string) error {
@@ -95,7 +95,7 @@ func (f *ForwardedCall) Finish(ctx context.Context, outcome string, upstreamStat
 	}
 	ev := callEvent(c)
 	ev.Details.(map[string]any)["forward_seq"] = fwd.Seq
-	if _, err := m.audit.Queue(ev); err != nil {
+	if err := m.audit.QueueLazily(ev); err != nil {
 		// The answer may go: its mcp.forward row is durable, and the call
 		// shows as "outcome unknown".
 		m.log.Error("auditing an MCP call's outcome", zap.Int64("forward_seq", fwd.Seq), zap.Error(err))
