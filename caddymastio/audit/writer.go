@@ -78,7 +78,7 @@ type Log struct {
 	closed    bool
 	leading   bool // a commit is running or due; true whenever queue holds rows not queued lazily
 	queue     []*appendReq
-	lazyTimer *time.Timer // commits lazily queued rows nothing else commits (see QueueLazily)
+	lazyTimer *time.Timer  // commits lazily queued rows nothing else commits (see QueueLazily)
 	queued    uint64       // rows ever queued
 	answered  uint64       // rows ever answered (committed or failed), in queue order
 	committed *sync.Cond   // broadcast after each batch is answered
