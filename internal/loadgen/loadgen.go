@@ -51,6 +51,8 @@ type Result struct {
 	Workers  int
 	Elapsed  time.Duration
 	P50, P99 time.Duration
+	// Latencies are every call's, sorted (for merging runs).
+	Latencies []time.Duration
 	// CallsPerS is Calls over Elapsed.
 	CallsPerS float64
 	// ServerCPU and ClientCPU are the CPU time (user+system) the server
@@ -95,7 +97,8 @@ func Run(t Target, n, workers int, serverPID int) (Result, error) {
 		res.ServerCPU = (ProcessCPU(serverPID) - cpu0) / time.Duration(n)
 	}
 	slices.Sort(lat)
-	res.P50, res.P99 = lat[n/2], lat[n*99/100]
+	res.Latencies = lat
+	res.P50, res.P99 = Percentile(lat, 50), Percentile(lat, 99)
 	return res, nil
 }
 
@@ -202,4 +205,12 @@ func ProcessCPU(pid int) time.Duration {
 	utime, _ := strconv.ParseInt(f[11], 10, 64)
 	stime, _ := strconv.ParseInt(f[12], 10, 64)
 	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// Percentile is the p-th percentile of sorted (0 if it is empty).
+func Percentile(sorted []time.Duration, p int) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return sorted[len(sorted)*p/100]
 }
