@@ -62,6 +62,16 @@ func (a *App) serveRedacted(w http.ResponseWriter, r *http.Request, serve func(h
 		return serve(w, r)
 	}
 	caddyhttp.SetVar(r.Context(), redactedVar, true)
+	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
+	if srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); srv == nil || srv.Logs == nil || !accessLogged(srv.Logs, r.Host) {
+		// No access log for this request: only an error is logged, and
+		// the copy of the request it shows is made then (most requests
+		// pay for no copy).
+		if err := serve(rec, r); err != nil {
+			a.answerError(rec, r, redactedClone(r), err)
+		}
+		return nil
+	}
 	start := time.Now()
 	logged := redactedClone(r)
 	var body *countingReader
@@ -69,7 +79,6 @@ func (a *App) serveRedacted(w http.ResponseWriter, r *http.Request, serve func(h
 		body = &countingReader{ReadCloser: r.Body}
 		r.Body = body
 	}
-	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
 	err := serve(rec, r)
 	if err != nil {
 		a.answerError(rec, r, logged, err)

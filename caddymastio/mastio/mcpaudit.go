@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/policy"
@@ -148,6 +149,9 @@ func (m *Mastio) logCallDecision(ctx context.Context, c MCPCall) {
 		mcpCalls.WithLabelValues(c.Server, "allow").Inc()
 	default:
 		mcpCalls.WithLabelValues(c.Server, "deny").Inc()
+	}
+	if c.Decision.Allowed && !m.decisionLog.Core().Enabled(zapcore.DebugLevel) {
+		return // allows are logged at debug level: build nothing for a line nobody writes
 	}
 	if c.Decision.Rule != nil {
 		rule = c.Decision.Rule.ID
