@@ -15,11 +15,12 @@ import (
 
 // exportedRow is a row of GET /v1/admin/audit/export.
 type exportedRow struct {
-	Seq     int64  `json:"seq"`
-	Time    string `json:"time"`
-	Type    string `json:"event_type"`
-	Subject string `json:"subject"`
-	Hash    string `json:"hash"`
+	Seq     int64           `json:"seq"`
+	Time    string          `json:"time"`
+	Type    string          `json:"event_type"`
+	Subject string          `json:"subject"`
+	Details json.RawMessage `json:"details"`
+	Hash    string          `json:"hash"`
 }
 
 func (s *server) exportAudit(t *testing.T) []exportedRow {

@@ -47,24 +47,37 @@ type acked struct {
 	approved  []string // agent ids created by an approval
 	rotations int
 	calls     int
+	toolCalls []string // JSON-RPC ids of MCP tool calls answered
 }
 
 func (a *acked) add(f func()) { a.mu.Lock(); f(); a.mu.Unlock() }
 
 // TestCrashLosesNothingAcknowledged SIGKILLs the gateway at several points
 // of sustained mixed traffic — agents created and revoked, enrollments
-// started and approved, agent calls, signing key rotations — and restarts
-// it each time on the same data: every acknowledged creation, revocation
-// and approval is there, nothing is half-applied (every agent in the
-// registry has its agent.created row and every revoked one its
-// agent.revoked row, and the other way round), and the audit chain
-// verifies.
+// started and approved, agent calls, MCP tool calls through the gateway,
+// signing key rotations — and restarts it each time on the same data:
+// every acknowledged creation, revocation and approval is there, nothing
+// is half-applied (every agent in the registry has its agent.created row
+// and every revoked one its agent.revoked row, and the other way round),
+// every answered tool call has its mcp.forward row, a call whose outcome
+// row the kill took is counted by verify as "outcome unknown", and the
+// audit chain verifies.
 func TestCrashLosesNothingAcknowledged(t *testing.T) {
-	s := exampleServer(t, "", "")
+	up := batchUpstream(t)
+	s := exampleServer(t, `
+		policy {
+			allow capability:mcp:call tools/call weather/get_forecast
+		}`, `
+	handle /mcp/batch {
+		mastio_mcp weather
+		reverse_proxy {$MCP_BATCH_UPSTREAM}
+	}
+`, "MCP_BATCH_UPSTREAM="+up.URL)
 	c := s.client()
 	c.Timeout = 10 * time.Second
 	var got acked
 	caller := makeIdentity(t, s, "caller", "api:read")
+	toolCaller := makeIdentity(t, s, "tool-caller", "mcp:call").Session()
 	round := 0
 	for _, killAfter := range []time.Duration{150 * time.Millisecond, 600 * time.Millisecond, 1500 * time.Millisecond} {
 		round++
@@ -102,6 +115,23 @@ func TestCrashLosesNothingAcknowledged(t *testing.T) {
 				time.Sleep(5 * time.Millisecond)
 			}
 		})
+		traffic.loop(func(i int) { // MCP tool calls
+			id := fmt.Sprintf("%d", round*1_000_000+i)
+			req, _ := http.NewRequest("POST", s.url("/mcp/batch"), strings.NewReader(
+				`{"jsonrpc":"2.0","id":`+id+`,"method":"tools/call","params":{"name":"get_forecast","arguments":{"city":"Rome"}}}`))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Accept", "application/json, text/event-stream")
+			resp, err := toolCaller.HTTPClient().Do(req)
+			if err != nil {
+				time.Sleep(5 * time.Millisecond)
+				return
+			}
+			answer, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err == nil && resp.StatusCode == 200 && strings.Contains(string(answer), `"echo":"tools/call"`) {
+				got.add(func() { got.toolCalls = append(got.toolCalls, id) })
+			}
+		})
 		traffic.loop(func(int) { // key rotation, now and then
 			time.Sleep(100 * time.Millisecond)
 			if code, _, err := s.tryAdmin(c, "POST", "/v1/admin/keys/rotate", map[string]any{}); err == nil && code == 200 {
@@ -113,9 +143,9 @@ func TestCrashLosesNothingAcknowledged(t *testing.T) {
 		traffic.halt()
 		s.start()
 	}
-	t.Logf("acknowledged before the kills: %d agents, %d revocations, %d approvals, %d key rotations, %d calls",
-		len(got.agents), len(got.revoked), len(got.approved), got.rotations, got.calls)
-	if len(got.agents) == 0 || len(got.approved) == 0 || got.calls == 0 {
+	t.Logf("acknowledged before the kills: %d agents, %d revocations, %d approvals, %d key rotations, %d calls, %d MCP tool calls",
+		len(got.agents), len(got.revoked), len(got.approved), got.rotations, got.calls, len(got.toolCalls))
+	if len(got.agents) == 0 || len(got.approved) == 0 || got.calls == 0 || len(got.toolCalls) == 0 {
 		t.Fatal("the traffic did not get going: the test proves nothing")
 	}
 
@@ -147,12 +177,28 @@ func TestCrashLosesNothingAcknowledged(t *testing.T) {
 	}
 	rows := s.exportAudit(t)
 	created, revokedRows := map[string]bool{}, map[string]bool{}
+	forwarded, outcomes := map[string]bool{}, 0
 	for _, r := range rows {
 		switch r.Type {
 		case "agent.created":
 			created[r.Subject] = true
 		case "agent.revoked":
 			revokedRows[r.Subject] = true
+		case "mcp.forward":
+			var d struct {
+				RequestID string `json:"request_id"`
+			}
+			json.Unmarshal(r.Details, &d)
+			forwarded[d.RequestID] = true
+		case "mcp.call":
+			if strings.Contains(string(r.Details), `"forward_seq":`) {
+				outcomes++
+			}
+		}
+	}
+	for _, id := range got.toolCalls {
+		if !forwarded[id] {
+			t.Errorf("MCP tool call %s was answered and has no mcp.forward row", id)
 		}
 	}
 	for id, st := range status {
@@ -169,7 +215,13 @@ func TestCrashLosesNothingAcknowledged(t *testing.T) {
 		}
 	}
 	s.stop()
-	if out, code := s.operator("audit", "verify", "--db", filepath.Join(s.dataDir, "mastio.db")); code != 0 || !strings.Contains(out, "OK:") {
+	out, code := s.operator("audit", "verify", "--db", filepath.Join(s.dataDir, "mastio.db"))
+	if code != 0 || !strings.Contains(out, "OK:") {
 		t.Fatalf("the chain after %d kills: exit %d\n%s", round, code, out)
+	}
+	lost := len(forwarded) - outcomes
+	t.Logf("%d MCP calls forwarded, %d of their outcome rows lost to the kills", len(forwarded), lost)
+	if (lost > 0) != strings.Contains(out, fmt.Sprintf("outcome unknown: %d forwarded MCP calls", lost)) {
+		t.Fatalf("verify, with %d outcomes lost:\n%s", lost, out)
 	}
 }
