@@ -557,6 +557,7 @@ func TestAuditSyncOSRowsSurviveKill(t *testing.T) {
 	up := batchUpstream(t)
 	s := exampleServer(t, `
 		audit_sync os
+		audit_commit_delay 1ms
 		policy {
 			allow capability:mcp:call tools/call weather/get_forecast
 		}`, `
@@ -567,6 +568,11 @@ func TestAuditSyncOSRowsSurviveKill(t *testing.T) {
 `, "MCP_BATCH_UPSTREAM="+up.URL)
 	if !strings.Contains(s.out.String(), "audit_sync is os") {
 		t.Fatalf("no warning about audit_sync os in the log:\n%s", s.out)
+	}
+	// A configuration written for an earlier release still loads, told
+	// that the option it sets is gone.
+	if !strings.Contains(s.out.String(), "audit_commit_delay is deprecated and has no effect") {
+		t.Fatalf("no warning about the deprecated audit_commit_delay in the log:\n%s", s.out)
 	}
 	caller := makeIdentity(t, s, "crashy", "mcp:call")
 	const workers, perWorker = 8, 5
