@@ -63,16 +63,7 @@ func (a *acked) add(f func()) { a.mu.Lock(); f(); a.mu.Unlock() }
 // row the kill took is counted by verify as "outcome unknown", and the
 // audit chain verifies.
 func TestCrashLosesNothingAcknowledged(t *testing.T) {
-	up := batchUpstream(t)
-	s := exampleServer(t, `
-		policy {
-			allow capability:mcp:call tools/call weather/get_forecast
-		}`, `
-	handle /mcp/batch {
-		mastio_mcp weather
-		reverse_proxy {$MCP_BATCH_UPSTREAM}
-	}
-`, "MCP_BATCH_UPSTREAM="+up.URL)
+	s := batchGateway(t, "")
 	c := s.client()
 	c.Timeout = 10 * time.Second
 	var got acked

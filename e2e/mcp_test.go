@@ -549,15 +549,13 @@ func TestMCPConcurrentCallsAreEachAudited(t *testing.T) {
 	closeSessions()
 }
 
-// With audit_sync os an answered call's mcp.forward row is in the
-// operating system's hands before the answer: killing Caddy (SIGKILL, no
-// shutdown) right after the answers loses none of them. An outcome (mcp.call)
-// row the kill took is a call verify lists as "outcome unknown".
-func TestAuditSyncOSRowsSurviveKill(t *testing.T) {
+// batchGateway is the example server with /mcp/batch, the gateway in
+// front of batchUpstream, allowing weather/get_forecast to agents with
+// mcp:call; global adds mastio options.
+func batchGateway(t *testing.T, global string) *server {
+	t.Helper()
 	up := batchUpstream(t)
-	s := exampleServer(t, `
-		audit_sync os
-		audit_commit_delay 1ms
+	return exampleServer(t, global+`
 		policy {
 			allow capability:mcp:call tools/call weather/get_forecast
 		}`, `
@@ -566,6 +564,14 @@ func TestAuditSyncOSRowsSurviveKill(t *testing.T) {
 		reverse_proxy {$MCP_BATCH_UPSTREAM}
 	}
 `, "MCP_BATCH_UPSTREAM="+up.URL)
+}
+
+// With audit_sync os an answered call's mcp.forward row is in the
+// operating system's hands before the answer: killing Caddy (SIGKILL, no
+// shutdown) right after the answers loses none of them. An outcome (mcp.call)
+// row the kill took is a call verify lists as "outcome unknown".
+func TestAuditSyncOSRowsSurviveKill(t *testing.T) {
+	s := batchGateway(t, "\t\taudit_sync os\n\t\taudit_commit_delay 1ms\n")
 	if !strings.Contains(s.out.String(), "audit_sync is os") {
 		t.Fatalf("no warning about audit_sync os in the log:\n%s", s.out)
 	}
