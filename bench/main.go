@@ -47,7 +47,7 @@ type Row struct {
 func main() {
 	jsonOut := flag.Bool("json", false, "print one JSON array of results instead of the table")
 	out := flag.String("out", "BENCHMARKS.md", `write the results and the machine here ("" for nowhere)`)
-	n := flag.Int("n", 2000, "calls per throughput run")
+	n := flag.Int("n", 2000, "calls per scenario of the throughput runs (in 5 interleaved rounds)")
 	n1 := flag.Int("n1", 1000, "calls per scenario of the one-client latency runs (in 5 interleaved rounds)")
 	clients := flag.Int("clients", 16, "concurrent clients of the throughput runs")
 	appendFor := flag.Duration("append", 3*time.Second, "duration of each audit append run")
@@ -132,34 +132,51 @@ func run(bin string, n, n1, clients int, appendFor time.Duration, only string, a
 			selected = append(selected, sc)
 		}
 	}
-	// One client's latencies are taken in latencyRounds rounds, each
-	// measuring every scenario in turn: a drift of the shared machine
-	// (minutes-long, and up to ±25 %) then weighs on every scenario alike,
-	// not on whichever ran during it.
+	// Both kinds of run are taken in rounds, each measuring every
+	// scenario in turn: a drift of the shared machine (minutes-long, and up
+	// to ±25 %) then weighs on every scenario alike, not on whichever ran
+	// during it, and the ratios within one run hold.
 	latencies := map[string][]time.Duration{}
-	fmt.Fprintf(os.Stderr, "one-client latency, %d rounds of %d scenarios ...\n", latencyRounds, len(selected))
-	for range latencyRounds {
+	type load struct{ calls, elapsed, serverCPU, clientCPU time.Duration }
+	loads := map[string]*load{}
+	fmt.Fprintf(os.Stderr, "%d rounds of %d scenarios ...\n", rounds, len(selected))
+	for range rounds { // one client: no load from another scenario in between
 		for _, sc := range selected {
-			one, err := measure(sc, max(n1/latencyRounds, 1), 1)
+			one, err := measure(sc, max(n1/rounds, 1), 1)
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", sc.name, err)
 			}
 			latencies[sc.name] = append(latencies[sc.name], one.Latencies...)
 		}
 	}
+	for round := range rounds {
+		for _, sc := range selected {
+			many, err := measure(sc, max(n/rounds, clients), clients)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", sc.name, err)
+			}
+			l := loads[sc.name]
+			if l == nil {
+				l = &load{}
+				loads[sc.name] = l
+			}
+			c := time.Duration(many.Calls)
+			l.calls += c
+			l.elapsed += many.Elapsed
+			l.serverCPU += many.ServerCPU * c
+			l.clientCPU += many.ClientCPU * c
+			if round == rounds-1 {
+				fmt.Fprintf(os.Stderr, "%-20s done\n", sc.name)
+			}
+		}
+	}
 	var rows []Row
 	for _, sc := range selected {
-		fmt.Fprintf(os.Stderr, "%-20s ", sc.name)
-		many, err := measure(sc, n, clients)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", sc.name, err)
-		}
-		lat := latencies[sc.name]
+		lat, l := latencies[sc.name], loads[sc.name]
 		slices.Sort(lat)
-		r := Row{Name: sc.name, CallsPerS: many.CallsPerS, P50ms: ms(loadgen.Percentile(lat, 50)), P99ms: ms(loadgen.Percentile(lat, 99)),
-			ServerCPUus: us(many.ServerCPU), clientCPUus: us(many.ClientCPU)}
-		fmt.Fprintf(os.Stderr, "p50 %.3f ms, %.0f calls/s\n", r.P50ms, r.CallsPerS)
-		rows = append(rows, r)
+		rows = append(rows, Row{Name: sc.name, CallsPerS: float64(l.calls) / l.elapsed.Seconds(),
+			P50ms: ms(loadgen.Percentile(lat, 50)), P99ms: ms(loadgen.Percentile(lat, 99)),
+			ServerCPUus: us(l.serverCPU / l.calls), clientCPUus: us(l.clientCPU / l.calls)})
 	}
 	for _, w := range []int{1, 8, 64} {
 		name := fmt.Sprintf("audit_append_%d", w)
@@ -192,8 +209,8 @@ func run(bin string, n, n1, clients int, appendFor time.Duration, only string, a
 	return rows, nil
 }
 
-// latencyRounds is how many interleaved rounds the one-client runs take.
-const latencyRounds = 5
+// rounds is how many interleaved rounds the runs of each scenario take.
+const rounds = 5
 
 func measure(sc scenario, n, clients int) (loadgen.Result, error) {
 	t, err := sc.target(n)
