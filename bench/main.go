@@ -137,7 +137,10 @@ func run(bin string, n, n1, clients int, appendFor time.Duration, only string, a
 	// to ±25 %) then weighs on every scenario alike, not on whichever ran
 	// during it, and the ratios within one run hold.
 	latencies := map[string][]time.Duration{}
-	type load struct{ calls, elapsed, serverCPU, clientCPU time.Duration }
+	type load struct {
+		calls                         int64
+		elapsed, serverCPU, clientCPU time.Duration // CPU summed over the calls
+	}
 	loads := map[string]*load{}
 	fmt.Fprintf(os.Stderr, "%d rounds of %d scenarios ...\n", rounds, len(selected))
 	for range rounds { // one client: no load from another scenario in between
@@ -160,11 +163,10 @@ func run(bin string, n, n1, clients int, appendFor time.Duration, only string, a
 				l = &load{}
 				loads[sc.name] = l
 			}
-			c := time.Duration(many.Calls)
-			l.calls += c
+			l.calls += int64(many.Calls)
 			l.elapsed += many.Elapsed
-			l.serverCPU += many.ServerCPU * c
-			l.clientCPU += many.ClientCPU * c
+			l.serverCPU += many.ServerCPU * time.Duration(many.Calls)
+			l.clientCPU += many.ClientCPU * time.Duration(many.Calls)
 			if round == rounds-1 {
 				fmt.Fprintf(os.Stderr, "%-20s done\n", sc.name)
 			}
@@ -176,7 +178,7 @@ func run(bin string, n, n1, clients int, appendFor time.Duration, only string, a
 		slices.Sort(lat)
 		rows = append(rows, Row{Name: sc.name, CallsPerS: float64(l.calls) / l.elapsed.Seconds(),
 			P50ms: ms(loadgen.Percentile(lat, 50)), P99ms: ms(loadgen.Percentile(lat, 99)),
-			ServerCPUus: us(l.serverCPU / l.calls), clientCPUus: us(l.clientCPU / l.calls)})
+			ServerCPUus: us(l.serverCPU / time.Duration(l.calls)), clientCPUus: us(l.clientCPU / time.Duration(l.calls))})
 	}
 	for _, w := range []int{1, 8, 64} {
 		name := fmt.Sprintf("audit_append_%d", w)

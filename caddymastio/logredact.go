@@ -63,7 +63,8 @@ func (a *App) serveRedacted(w http.ResponseWriter, r *http.Request, serve func(h
 	}
 	caddyhttp.SetVar(r.Context(), redactedVar, true)
 	rec := caddyhttp.NewResponseRecorder(w, nil, nil)
-	if srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); srv == nil || srv.Logs == nil || !accessLogged(srv.Logs, r.Host) {
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if srv == nil || srv.Logs == nil || !accessLogged(srv.Logs, r.Host) {
 		// No access log for this request: only an error is logged, and
 		// the copy of the request it shows is made then (most requests
 		// pay for no copy).
@@ -89,7 +90,7 @@ func (a *App) serveRedacted(w http.ResponseWriter, r *http.Request, serve func(h
 		if body != nil {
 			read = body.n
 		}
-		a.logAccess(r, logged, rec, time.Since(start), read)
+		a.logAccess(srv, r, logged, rec, time.Since(start), read)
 	}
 	return nil
 }
@@ -140,12 +141,8 @@ func (a *App) answerError(w caddyhttp.ResponseRecorder, r, logged *http.Request,
 }
 
 // logAccess writes the access log entry Caddy would have written, through
-// the same loggers.
-func (a *App) logAccess(r, logged *http.Request, rec caddyhttp.ResponseRecorder, d time.Duration, read int) {
-	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
-	if srv == nil || srv.Logs == nil || !accessLogged(srv.Logs, r.Host) {
-		return
-	}
+// the same loggers of srv, whose logs the caller found to cover r.
+func (a *App) logAccess(srv *caddyhttp.Server, r, logged *http.Request, rec caddyhttp.ResponseRecorder, d time.Duration, read int) {
 	status := rec.Status()
 	level := zapcore.InfoLevel
 	if status >= 500 {

@@ -142,7 +142,7 @@ func (p *Pending) Wait() (Record, error) {
 // same. It fails, and queues nothing, if ev is invalid or the log is
 // closed.
 func (l *Log) Queue(ev Event) (*Pending, error) {
-	req, lead, err := l.enqueue(context.Background(), ev)
+	req, lead, err := l.enqueue(context.Background(), ev, false)
 	if err != nil {
 		return nil, err
 	}
@@ -160,22 +160,8 @@ func (l *Log) Queue(ev Event) (*Pending, error) {
 // fsync and its syscalls, per call. It fails, and queues nothing, if ev is
 // invalid or the log is closed.
 func (l *Log) QueueLazily(ev Event) error {
-	ev, details, err := prepare(ev)
-	if err != nil {
-		return err
-	}
-	req := &appendReq{ev: ev, details: details, res: make(chan appendRes, 1)}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.closed {
-		return ErrClosed
-	}
-	l.queue = append(l.queue, req)
-	l.queued++
-	if !l.leading && l.lazyTimer == nil {
-		l.lazyTimer = time.AfterFunc(l.opts.LazyDelay, l.commitLazy)
-	}
-	return nil
+	_, _, err := l.enqueue(context.Background(), ev, true)
+	return err
 }
 
 // commitLazy starts a commit for lazily queued rows if none runs.
@@ -203,7 +189,7 @@ func (l *Log) leadLocked() bool {
 // durable. It fails, and nothing is stored, if ev is invalid or the batch
 // cannot be committed.
 func (l *Log) Append(ctx context.Context, ev Event) (Record, error) {
-	req, lead, err := l.enqueue(ctx, ev)
+	req, lead, err := l.enqueue(ctx, ev, false)
 	if err != nil {
 		return Record{}, err
 	}
@@ -217,8 +203,9 @@ func (l *Log) Append(ctx context.Context, ev Event) (Record, error) {
 }
 
 // enqueue validates ev and queues it; lead reports that no commit runs,
-// so the caller must start one.
-func (l *Log) enqueue(ctx context.Context, ev Event) (req *appendReq, lead bool, err error) {
+// so the caller must start one. A lazy row never leads: it arms the timer
+// that commits it if no other row does first.
+func (l *Log) enqueue(ctx context.Context, ev Event, lazy bool) (req *appendReq, lead bool, err error) {
 	ev, details, err := prepare(ev)
 	if err == nil {
 		err = ctx.Err()
@@ -234,6 +221,12 @@ func (l *Log) enqueue(ctx context.Context, ev Event) (req *appendReq, lead bool,
 	}
 	l.queue = append(l.queue, req)
 	l.queued++
+	if lazy {
+		if !l.leading && l.lazyTimer == nil {
+			l.lazyTimer = time.AfterFunc(l.opts.LazyDelay, l.commitLazy)
+		}
+		return req, false, nil
+	}
 	lead = !l.leading
 	l.leading = true
 	return req, lead, nil

@@ -139,7 +139,9 @@ func (a *Aggregator) run(ctx context.Context, u use, call forward) error {
 	var rpcErr *jsonrpc.Error
 	switch {
 	case mastio.Withdrawn(tracked):
-		fwd.Finish(actx, "agent_revoked", status, "the agent's credentials were withdrawn before the answer")
+		if err := fwd.Finish(actx, "agent_revoked", status, "the agent's credentials were withdrawn before the answer"); err != nil {
+			a.log.Error("auditing a withheld MCP answer", zap.Error(err))
+		}
 		return rpcError(mcp.CodeForbidden, "the agent %s was revoked before the answer: nothing was delivered", u.agentID)
 	case err == nil:
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):

@@ -47,7 +47,7 @@ func Canonicalize(data []byte) ([]byte, error) {
 // encoding/json; the output is the same either way.
 func Marshal(v any) ([]byte, error) {
 	var buf bytes.Buffer
-	buf.Grow(512) // an audit row's details: one allocation, not a dozen doublings
+	buf.Grow(512) // most objects encoded here are small: one allocation, not a dozen doublings
 	if encodeGo(&buf, v) {
 		return buf.Bytes(), nil
 	}

@@ -41,6 +41,9 @@ var ErrAuditUnavailable = errors.New("the audit log cannot be written")
 // row and returns once it is durable; a failure wraps ErrAuditUnavailable.
 func (m *Mastio) AuditMCPCall(ctx context.Context, c MCPCall) error {
 	m.logCallDecision(ctx, c)
+	if c.Decision.Allowed { // allowed, then failed before forwarding (upstream unavailable)
+		observeUpstream(c.Server, c.Outcome, time.Since(c.Start))
+	}
 	if _, err := m.audit.Append(context.WithoutCancel(ctx), callEvent(c)); err != nil {
 		m.log.Error("auditing an MCP call", zap.Error(err))
 		return fmt.Errorf("%w: %w", ErrAuditUnavailable, err)
@@ -89,6 +92,7 @@ func (f *ForwardedCall) Finish(ctx context.Context, outcome string, upstreamStat
 	c, m := f.call, f.m
 	c.Outcome, c.UpstreamStatus, c.Detail = outcome, upstreamStatus, detail
 	m.logCallDecision(ctx, c)
+	observeUpstream(c.Server, c.Outcome, time.Since(c.Start))
 	fwd, err := f.row.Wait()
 	if err != nil {
 		m.log.Error("auditing an MCP call", zap.Error(err))
@@ -104,7 +108,8 @@ func (f *ForwardedCall) Finish(ctx context.Context, outcome string, upstreamStat
 	return nil
 }
 
-// callEvent is the mcp.call row of c; its details are a map.
+// callEvent is the mcp.call row of c (without the outcome: the
+// mcp.forward row's content); its details are a map. It only builds.
 func callEvent(c MCPCall) audit.Event {
 	result := audit.ResultOK
 	switch c.Outcome {
@@ -132,7 +137,6 @@ func callEvent(c MCPCall) audit.Event {
 		took := time.Since(c.Start)
 		d["duration_ms"] = float64(took.Microseconds()) / 1000
 		d["upstream_status"] = c.UpstreamStatus
-		observeUpstream(c.Server, c.Outcome, took)
 	}
 	if c.Detail != "" {
 		d["detail"] = c.Detail
