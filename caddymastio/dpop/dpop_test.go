@@ -439,3 +439,19 @@ func TestFutureIATSkew(t *testing.T) {
 		t.Fatalf("7s ahead, skew 10s: %v", err)
 	}
 }
+
+// TestNonceHasOneEncoding: a nonce with a line break in it decodes, in Go's
+// base64, to the same bytes as the nonce; it is refused all the same.
+func TestNonceHasOneEncoding(t *testing.T) {
+	n := NewNonces(make([]byte, 32), time.Minute, nil)
+	now := time.Now()
+	cur := n.Current(now)
+	if !n.Valid(cur, now) {
+		t.Fatal("the current nonce is refused")
+	}
+	for _, v := range []string{cur[:5] + "\n" + cur[5:], cur + "\r\n", "\r" + cur} {
+		if n.Valid(v, now) {
+			t.Errorf("%q accepted as the nonce %q", v, cur)
+		}
+	}
+}

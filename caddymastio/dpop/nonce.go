@@ -7,6 +7,8 @@ import (
 	"encoding/binary"
 	"sync"
 	"time"
+
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/jwt"
 )
 
 // Nonces issues DPoP-Nonce values statelessly: a nonce is a time step and
@@ -76,7 +78,7 @@ func (n *Nonces) Current(now time.Time) string {
 
 // Valid reports whether s is the nonce of the current or previous step.
 func (n *Nonces) Valid(s string, now time.Time) bool {
-	raw, err := base64.RawURLEncoding.Strict().DecodeString(s)
+	raw, err := jwt.DecodeBase64URL(s)
 	if err != nil || len(raw) != 24 {
 		return false
 	}

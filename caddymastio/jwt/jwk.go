@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"strings"
 	"sync"
 )
 
@@ -42,7 +43,18 @@ type jwkJSON struct {
 // material.
 var ErrPrivateJWK = errors.New("the JWK contains private or symmetric key material")
 
-func b64(s string) ([]byte, error) { return base64.RawURLEncoding.Strict().DecodeString(s) }
+func b64(s string) ([]byte, error) { return DecodeBase64URL(s) }
+
+// DecodeBase64URL decodes unpadded base64url with one encoding per value:
+// Go's decoder, even in Strict mode, skips CR and LF anywhere in the
+// input, so "a\nb" would decode as "ab" does; such input is refused.
+// Every compact JWS segment and every nonce we issue is read with it.
+func DecodeBase64URL(s string) ([]byte, error) {
+	if strings.ContainsAny(s, "\r\n") {
+		return nil, errors.New("base64url: line breaks are not allowed")
+	}
+	return base64.RawURLEncoding.Strict().DecodeString(s)
+}
 
 // ParseJWK parses a public JWK — EC P-256/P-384, RSA of at least 2048
 // bits, or OKP Ed25519 — and returns the key and its RFC 7638 SHA-256

@@ -174,7 +174,7 @@ func (m *Mastio) NewChallenge(agentID string) string {
 }
 
 func (m *Mastio) checkChallenge(agentID, nonce string, now time.Time) (time.Time, error) {
-	raw, err := base64.RawURLEncoding.Strict().DecodeString(nonce)
+	raw, err := jwt.DecodeBase64URL(nonce) // one encoding: the replay check keys on the string
 	if err != nil || len(raw) != 40 {
 		return time.Time{}, errors.New("the nonce is not a login challenge of this Mastio")
 	}
