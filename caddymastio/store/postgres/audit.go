@@ -13,6 +13,10 @@ import (
 // chain in turn.
 type auditWriter struct{ db *DB }
 
+// insertChunk is the most rows one INSERT carries: 64 rows are 576
+// parameters, far below Postgres' 65,535, and one round trip instead of 64.
+const insertChunk = 64
+
 // Append implements store.AuditWriter. With SyncFull the commit waits for
 // the WAL flush (synchronous_commit on, the server's default); with SyncOS
 // it does not (synchronous_commit off: a crash of the database server may
@@ -42,10 +46,11 @@ func (w *auditWriter) Append(ctx context.Context, d store.Durability, head *stor
 	if err != nil {
 		return err
 	}
-	for _, r := range rows {
-		if _, err := q.ExecContext(ctx, sqlstore.InsertAuditSQL, sqlstore.AuditArgs(r)...); err != nil {
-			return fmt.Errorf("audit: inserting row %d: %w", r.Seq, unavailable(err))
-		}
+	if err := sqlstore.InsertAuditRows(rows, insertChunk, func(n int, args []any) error {
+		_, err := q.ExecContext(ctx, sqlstore.InsertAuditRowsSQL(n), args...)
+		return unavailable(err)
+	}); err != nil {
+		return err
 	}
 	if err := t.Commit(); err != nil {
 		return fmt.Errorf("audit: commit: %w", unavailable(err))

@@ -18,10 +18,15 @@ type auditWriter struct {
 
 	mu                 sync.Mutex // one batch at a time
 	conn               *sql.Conn
-	insert             *sql.Stmt
-	begin, end, rewind *sql.Stmt // BEGIN IMMEDIATE, COMMIT, ROLLBACK
+	inserts            [insertChunk + 1]*sql.Stmt // inserts[n] inserts n rows, prepared when first needed
+	begin, end, rewind *sql.Stmt                  // BEGIN IMMEDIATE, COMMIT, ROLLBACK
 	connSync           store.Durability
 }
+
+// insertChunk is the most rows one INSERT statement carries (see
+// sqlstore.InsertAuditRows): a statement per size up to it is prepared on
+// the writer's connection.
+const insertChunk = 16
 
 func (w *auditWriter) connect(ctx context.Context) error {
 	if w.conn != nil {
@@ -35,7 +40,7 @@ func (w *auditWriter) connect(ctx context.Context) error {
 	for _, p := range []struct {
 		stmt **sql.Stmt
 		sql  string
-	}{{&w.insert, sqlstore.InsertAuditSQL}, {&w.begin, "BEGIN IMMEDIATE"}, {&w.end, "COMMIT"}, {&w.rewind, "ROLLBACK"}} {
+	}{{&w.begin, "BEGIN IMMEDIATE"}, {&w.end, "COMMIT"}, {&w.rewind, "ROLLBACK"}} {
 		if *p.stmt, err = conn.PrepareContext(ctx, p.sql); err != nil {
 			w.drop()
 			return fmt.Errorf("audit: preparing %q: %w", p.sql, err)
@@ -46,7 +51,7 @@ func (w *auditWriter) connect(ctx context.Context) error {
 
 // drop closes the connection; the next batch opens another.
 func (w *auditWriter) drop() {
-	for _, st := range []*sql.Stmt{w.insert, w.begin, w.end, w.rewind} {
+	for _, st := range append(w.inserts[:], w.begin, w.end, w.rewind) {
 		if st != nil {
 			st.Close()
 		}
@@ -54,7 +59,7 @@ func (w *auditWriter) drop() {
 	if w.conn != nil {
 		w.conn.Close()
 	}
-	w.conn, w.insert, w.begin, w.end, w.rewind = nil, nil, nil, nil, nil
+	w.conn, w.inserts, w.begin, w.end, w.rewind = nil, [insertChunk + 1]*sql.Stmt{}, nil, nil, nil
 	w.connSync = store.SyncFull // a new connection starts with the DSN's synchronous=FULL
 }
 
@@ -108,10 +113,8 @@ func (w *auditWriter) Append(ctx context.Context, d store.Durability, head *stor
 	if err != nil {
 		return err
 	}
-	for _, r := range rows {
-		if _, err := w.insert.ExecContext(ctx, sqlstore.AuditArgs(r)...); err != nil {
-			return fmt.Errorf("audit: inserting row %d: %w", r.Seq, err)
-		}
+	if err := sqlstore.InsertAuditRows(rows, insertChunk, func(n int, args []any) error { return w.insert(ctx, n, args) }); err != nil {
+		return err
 	}
 	if err := w.db.CheckFile(); err != nil {
 		return fmt.Errorf("audit: not committing: %w", err)
@@ -121,4 +124,17 @@ func (w *auditWriter) Append(ctx context.Context, d store.Durability, head *stor
 	}
 	done = true
 	return nil
+}
+
+// insert runs the statement inserting n rows, prepared on first use.
+func (w *auditWriter) insert(ctx context.Context, n int, args []any) error {
+	if w.inserts[n] == nil {
+		st, err := w.conn.PrepareContext(ctx, sqlstore.InsertAuditRowsSQL(n))
+		if err != nil {
+			return fmt.Errorf("preparing: %w", err)
+		}
+		w.inserts[n] = st
+	}
+	_, err := w.inserts[n].ExecContext(ctx, args...)
+	return err
 }

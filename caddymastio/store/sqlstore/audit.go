@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/store"
 )
@@ -16,7 +17,48 @@ const InsertAuditSQL = `INSERT INTO audit_events (seq, time, event_type, actor, 
 
 // AuditArgs are the arguments of InsertAuditSQL for r.
 func AuditArgs(r store.AuditRow) []any {
-	return []any{r.Seq, r.Time, r.Type, r.Actor, r.Subject, r.Result, string(r.Details), r.PrevHash, r.Hash}
+	return AppendAuditArgs(nil, r)
+}
+
+// AppendAuditArgs appends r's arguments of InsertAuditSQL (or of one row
+// of InsertAuditRowsSQL) to args.
+func AppendAuditArgs(args []any, r store.AuditRow) []any {
+	return append(args, r.Seq, r.Time, r.Type, r.Actor, r.Subject, r.Result, string(r.Details), r.PrevHash, r.Hash)
+}
+
+// InsertAuditRowsSQL inserts n audit rows in one statement (their
+// AppendAuditArgs one after the other).
+func InsertAuditRowsSQL(n int) string {
+	var b strings.Builder
+	b.WriteString(InsertAuditSQL)
+	for range n - 1 {
+		b.WriteString(", (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+	}
+	return b.String()
+}
+
+// InsertAuditRows inserts a batch's rows in as few statements of at most
+// chunk rows as it can, each through exec(n, args) running
+// InsertAuditRowsSQL(n): a statement is a driver round trip (with
+// Postgres, a network one), costing about as much as the rows it carries.
+// args is reused; exec must not keep it.
+func InsertAuditRows(rows []store.AuditRow, chunk int, exec func(n int, args []any) error) error {
+	args := make([]any, 0, 9*min(len(rows), chunk))
+	for len(rows) > 0 {
+		part := rows[:min(len(rows), chunk)]
+		rows = rows[len(part):]
+		args = args[:0]
+		for _, r := range part {
+			args = AppendAuditArgs(args, r)
+		}
+		if err := exec(len(part), args); err != nil {
+			if len(part) == 1 {
+				return fmt.Errorf("audit: inserting row %d: %w", part[0].Seq, err)
+			}
+			return fmt.Errorf("audit: inserting rows %d to %d: %w", part[0].Seq, part[len(part)-1].Seq, err)
+		}
+	}
+	return nil
 }
 
 // RowQuerier reads one row.

@@ -216,6 +216,59 @@ func testAuditWriter(t *testing.T, st store.Store) {
 	if h, _ := st.AuditHead(ctx); h.Seq != 4+staleCommitted {
 		t.Fatalf("head after interleaving: %+v", h)
 	}
+	testAuditWriterLargeBatches(t, st, w)
+}
+
+// testAuditWriterLargeBatches: a batch larger than one insert statement
+// carries is stored whole, in order, and one that fails in its last rows
+// stores none of its first.
+func testAuditWriterLargeBatches(t *testing.T, st store.Store, w store.AuditWriter) {
+	chainOf := func(h store.AuditHead, n int, typ string) []store.AuditRow {
+		rows := make([]store.AuditRow, n)
+		for i := range rows {
+			rows[i] = row(h, fmt.Sprintf("%s.%d", typ, i))
+			rows[i].Details = []byte(fmt.Sprintf(`{"i":%d}`, i))
+			h = store.AuditHead{Seq: rows[i].Seq, Hash: rows[i].Hash}
+		}
+		return rows
+	}
+	before, _ := st.AuditHead(ctx)
+	var want []store.AuditRow
+	if err := w.Append(ctx, store.SyncOS, nil, func(h store.AuditHead) ([]store.AuditRow, error) {
+		want = chainOf(h, 37, "t.large")
+		return want, nil
+	}); err != nil {
+		t.Fatalf("a batch of 37 rows: %v", err)
+	}
+	var got []store.AuditRow
+	st.AuditRows(ctx, store.AuditSeqs(before.Seq+1, before.Seq+37), func(r store.AuditRow) error { got = append(got, r); return nil })
+	if len(got) != len(want) {
+		t.Fatalf("a batch of 37 rows stored %d", len(got))
+	}
+	for i := range want {
+		if got[i].Seq != want[i].Seq || got[i].Type != want[i].Type || string(got[i].Details) != string(want[i].Details) ||
+			string(got[i].PrevHash) != string(want[i].PrevHash) || string(got[i].Hash) != string(want[i].Hash) {
+			t.Fatalf("row %d of a large batch: got %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	// The 30th row repeats a stored seq: nothing of the batch is stored.
+	head, _ := st.AuditHead(ctx)
+	err := w.Append(ctx, store.SyncOS, nil, func(h store.AuditHead) ([]store.AuditRow, error) {
+		rows := chainOf(h, 33, "t.doomed")
+		rows[29].Seq = before.Seq + 1
+		return rows, nil
+	})
+	if err == nil {
+		t.Fatal("a batch repeating a stored seq was committed")
+	}
+	if h, _ := st.AuditHead(ctx); h.Seq != head.Seq {
+		t.Fatalf("a failed batch stored rows: head %d, was %d", h.Seq, head.Seq)
+	}
+	var stray int
+	st.AuditRows(ctx, store.AuditSeqs(head.Seq+1, head.Seq+40), func(store.AuditRow) error { stray++; return nil })
+	if stray != 0 {
+		t.Fatalf("a failed batch left %d rows", stray)
+	}
 }
 
 func testSealedFiles(t *testing.T, st store.Store) {
