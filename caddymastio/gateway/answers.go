@@ -82,10 +82,13 @@ func (x *exchange) deliver(m *mcp.Message, upstreamStatus int) json.RawMessage {
 			return x.g.m.Decide(x.p.Identity, k.Action, x.g.cfg.Server+"/"+name).Allowed
 		})
 		if err != nil {
-			x.g.log.Warn("MCP answer withheld: its list cannot be filtered", zap.String("server", x.g.cfg.Server), zap.Error(err))
-			return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeUpstream, Message: "the MCP server sent a list the gateway cannot filter"})
+			return x.unreadable(m, upstreamStatus, "a list the gateway cannot filter", err)
 		}
 		m.Result = filtered
+	}
+	toolError, err := mcp.ToolError(m.Result)
+	if err != nil {
+		return x.unreadable(m, upstreamStatus, "a result the gateway cannot read strictly", err)
 	}
 	c, ok := x.calls[m.Key()]
 	if !ok || c.done {
@@ -95,13 +98,8 @@ func (x *exchange) deliver(m *mcp.Message, upstreamStatus int) json.RawMessage {
 	outcome := "ok"
 	if m.Error != nil {
 		outcome = "error"
-	} else {
-		var res struct {
-			IsError bool `json:"isError"`
-		}
-		if json.Unmarshal(m.Result, &res) == nil && res.IsError {
-			outcome = "tool_error"
-		}
+	} else if toolError {
+		outcome = "tool_error"
 	}
 	delivered, err := x.g.m.Registry().Deliver(x.p.Credential(), func() error {
 		return x.auditCall(c, outcome, upstreamStatus, "")
@@ -117,6 +115,20 @@ func (x *exchange) deliver(m *mcp.Message, upstreamStatus int) json.RawMessage {
 		return nil
 	}
 	return m.Encode()
+}
+
+// unreadable is what the agent gets in place of a result the gateway
+// cannot read (what says which, err why): a JSON-RPC error, and the call it
+// answers is audited as an invalid response.
+func (x *exchange) unreadable(m *mcp.Message, upstreamStatus int, what string, err error) json.RawMessage {
+	x.g.log.Warn("MCP answer withheld: the MCP server sent "+what, zap.String("server", x.g.cfg.Server), zap.Error(err))
+	if c, ok := x.calls[m.Key()]; ok && !c.done {
+		c.done = true
+		if err := x.auditCall(c, "invalid_response", upstreamStatus, "the MCP server sent "+what); err != nil {
+			x.g.log.Error("auditing an MCP call whose answer was withheld", zap.String("server", x.g.cfg.Server), zap.String("name", c.name), zap.Error(err))
+		}
+	}
+	return mcp.ErrorResponse(m.ID, &mcp.Error{Code: mcp.CodeUpstream, Message: "the MCP server sent " + what})
 }
 
 // deliverBody processes a body (or SSE event data) from the upstream into

@@ -163,3 +163,45 @@ func itemName(item jsontext.Value, key string) (string, bool) {
 	}
 	return name, found
 }
+
+// ToolError reports whether a result object says isError: true (a
+// tools/call result that is the tool's error). It reads the result as
+// strictly as the rest of the message: a member spelling isError in
+// another letter case, or an isError that is not a boolean, is an error,
+// since clients would read such a result differently (the gateway would
+// audit "ok" what a client shows as the tool's error).
+func ToolError(result json.RawMessage) (bool, error) {
+	if len(result) == 0 || result[0] != '{' {
+		return false, nil
+	}
+	dec := jsontext.NewDecoder(bytes.NewReader(result))
+	if _, err := dec.ReadToken(); err != nil {
+		return false, err
+	}
+	isError := false
+	for dec.PeekKind() != '}' {
+		tok, err := dec.ReadToken()
+		if err != nil {
+			return false, err
+		}
+		name := tok.String()
+		if name != "isError" {
+			if foldMatch(name, []string{"isError"}) != "" {
+				return false, fmt.Errorf("the result member %q differs only in letter case from \"isError\"", name)
+			}
+			if err := dec.SkipValue(); err != nil {
+				return false, err
+			}
+			continue
+		}
+		v, err := dec.ReadToken()
+		if err != nil {
+			return false, err
+		}
+		if v.Kind() != 't' && v.Kind() != 'f' {
+			return false, fmt.Errorf("the result member \"isError\" is %s, not a boolean", kindName(v.Kind()))
+		}
+		isError = v.Bool()
+	}
+	return isError, nil
+}

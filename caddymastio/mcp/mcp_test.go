@@ -150,6 +150,34 @@ func TestFilterKeepsPagination(t *testing.T) {
 	}
 }
 
+func TestToolErrorIsReadStrictly(t *testing.T) {
+	for result, want := range map[string]bool{
+		`{"content":[],"isError":true}`:                     true,
+		`{"isError":false,"content":[]}`:                    false,
+		`{"content":[{"isError":true,"ISERROR":true}]}`:     false, // only the result's own member counts
+		`{"structuredContent":{"isError":true}}`:            false,
+		`{}`:                                                false,
+		`[{"isError":true}]`:                                false,
+		`{"content":[], "isError" : true, "_meta":{"a":1}}`: true,
+	} {
+		if got, err := ToolError(json.RawMessage(result)); err != nil || got != want {
+			t.Errorf("%s: %v %v, want %v", result, got, err, want)
+		}
+	}
+	for _, result := range []string{
+		`{"isError":true,"ISERROR":false}`,
+		`{"iserror":true}`,
+		`{"isError":"true"}`,
+		`{"isError":1}`,
+		`{"isError":null}`,
+		`{"isError":true,"isError":false}`,
+	} {
+		if got, err := ToolError(json.RawMessage(result)); err == nil {
+			t.Errorf("%s was read as %v", result, got)
+		}
+	}
+}
+
 func TestSSEReader(t *testing.T) {
 	stream := "\xef\xbb\xbfevent: message\nid: 1\ndata: {\"a\":\ndata: 1}\n\n: keepalive\n\ndata: {\"b\":2}\r\n\r\ndata: {\"c\":3}\r\rdata:{\"d\":4}\r\n\rretry: 10x\nid: a\x00b\ndata\n\ndata: partial"
 	var r EventReader
