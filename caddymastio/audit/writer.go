@@ -64,11 +64,13 @@ const (
 //
 // An Append that finds nobody committing commits its own row at once, in
 // its own goroutine, without waking anyone. Rows that arrive meanwhile
-// queue up; when that commit is done a drainer goroutine commits them, and
-// keeps committing whatever queued during the previous batch, one
-// transaction and one fsync per batch, until the queue is empty. Rows are
-// committed in the order they were queued, and a Change after every row
-// queued before it.
+// queue up; when that commit is done the Log's committer goroutine commits
+// them, and keeps committing whatever queued during the previous batch,
+// one transaction and one fsync per batch, until the queue is empty. Rows
+// are committed in the order they were queued, and a Change after every
+// row queued before it. The committer lives as long as the Log: a
+// goroutine started per batch would grow a new stack through SQLite's
+// deep calls every time.
 type Log struct {
 	st     store.Store
 	writer store.AuditWriter
@@ -78,11 +80,13 @@ type Log struct {
 	closed    bool
 	leading   bool // a commit is running or due; true whenever queue holds rows not queued lazily
 	queue     []*appendReq
-	lazyTimer *time.Timer  // commits lazily queued rows nothing else commits (see QueueLazily)
-	queued    uint64       // rows ever queued
-	answered  uint64       // rows ever answered (committed or failed), in queue order
-	committed *sync.Cond   // broadcast after each batch is answered
-	sync      atomic.Int32 // Sync, settable
+	lazyTimer *time.Timer   // commits lazily queued rows nothing else commits (see QueueLazily)
+	queued    uint64        // rows ever queued
+	answered  uint64        // rows ever answered (committed or failed), in queue order
+	committed *sync.Cond    // broadcast after each batch is answered
+	sync      atomic.Int32  // Sync, settable
+	kick      chan struct{} // wakes the committer; sent to by whoever takes the lead
+	done      chan struct{} // closed by Close: the committer ends
 
 	// The chain head as of the writer's last commit, so a commit need not
 	// read it back (only the goroutine that leads touches it). Change sets
@@ -114,10 +118,32 @@ func Open(st store.Store, opts Options) *Log {
 	if opts.LazyDelay <= 0 {
 		opts.LazyDelay = 10 * time.Millisecond
 	}
-	l := &Log{st: st, writer: st.AuditWriter(), opts: opts}
+	l := &Log{st: st, writer: st.AuditWriter(), opts: opts, kick: make(chan struct{}, 1), done: make(chan struct{})}
 	l.committed = sync.NewCond(&l.mu)
 	l.sync.Store(int32(opts.Sync))
+	go l.committer()
 	return l
+}
+
+// committer drains the queue whenever it is woken, until Close.
+func (l *Log) committer() {
+	for {
+		select {
+		case <-l.kick:
+			l.drain()
+		case <-l.done:
+			return
+		}
+	}
+}
+
+// wake asks the committer to drain: the caller has taken the lead. One
+// pending kick is enough, since the lead is held until the queue is empty.
+func (l *Log) wake() {
+	select {
+	case l.kick <- struct{}{}:
+	default:
+	}
 }
 
 // SetSync changes Sync for the commits that start from now on.
@@ -147,7 +173,7 @@ func (l *Log) Queue(ev Event) (*Pending, error) {
 		return nil, err
 	}
 	if lead {
-		go l.drain()
+		l.wake()
 	}
 	return &Pending{req: req}, nil
 }
@@ -171,7 +197,7 @@ func (l *Log) commitLazy() {
 	lead := l.leadLocked()
 	l.mu.Unlock()
 	if lead {
-		l.drain()
+		l.wake()
 	}
 }
 
@@ -194,7 +220,7 @@ func (l *Log) Append(ctx context.Context, ev Event) (Record, error) {
 		return Record{}, err
 	}
 	if lead && l.commitQueued() {
-		go l.drain()
+		l.wake()
 	}
 	// Once queued, wait for the outcome even if ctx ends: the caller must
 	// learn whether its row is durable.
@@ -279,7 +305,7 @@ func (l *Log) Flush() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.leadLocked() { // lazily queued rows: commit them now
-		go l.drain()
+		l.wake()
 	}
 	for target := l.queued; l.answered < target; {
 		l.committed.Wait()
@@ -296,7 +322,7 @@ func (l *Log) Close() error {
 	}
 	l.closed = true
 	if l.leadLocked() { // lazily queued rows
-		go l.drain()
+		l.wake()
 	}
 	for l.leading {
 		l.committed.Wait()
@@ -304,6 +330,7 @@ func (l *Log) Close() error {
 	if l.lazyTimer != nil {
 		l.lazyTimer.Stop()
 	}
+	close(l.done)
 	l.mu.Unlock()
 	l.writer.Close()
 	return nil
@@ -346,11 +373,11 @@ func (l *Log) commitOnce(batch []*appendReq) (recs []Record, cached bool, err er
 	}
 	l.headKnown = false
 	err = l.writer.Append(context.Background(), Sync(l.sync.Load()), known, func(h store.AuditHead) ([]store.AuditRow, error) {
-		now := l.opts.Now().UTC()
+		ts, stamp := stampOf(l.opts.Now())
 		rows := make([]store.AuditRow, len(batch))
 		recs = make([]Record, len(batch))
 		for i, r := range batch {
-			rows[i], recs[i] = chain(h, now, r.ev, r.details)
+			rows[i], recs[i] = chain(h, ts, stamp, r.ev, r.details)
 			h = store.AuditHead{Seq: rows[i].Seq, Hash: rows[i].Hash}
 		}
 		return rows, nil
@@ -402,7 +429,7 @@ func (l *Log) Change(ctx context.Context, fn func(c *Change) error) ([]Record, e
 		if err != nil {
 			return err
 		}
-		now := l.opts.Now().UTC()
+		ts, stamp := stampOf(l.opts.Now())
 		rows := make([]store.AuditRow, len(c.events))
 		recs = make([]Record, len(c.events))
 		for i, ev := range c.events {
@@ -410,7 +437,7 @@ func (l *Log) Change(ctx context.Context, fn func(c *Change) error) ([]Record, e
 			if err != nil {
 				return err
 			}
-			rows[i], recs[i] = chain(h, now, ev, details)
+			rows[i], recs[i] = chain(h, ts, stamp, ev, details)
 			h = store.AuditHead{Seq: rows[i].Seq, Hash: rows[i].Hash}
 		}
 		return tx.AppendAudit(ctx, rows...)
@@ -439,10 +466,16 @@ func prepare(ev Event) (Event, []byte, error) {
 	return ev, details, err
 }
 
-// chain makes ev (prepared) the row after head, stamped now.
-func chain(head store.AuditHead, now time.Time, ev Event, details []byte) (store.AuditRow, Record) {
-	ts := now.Format(TimeFormat)
-	stamp, _ := time.Parse(TimeFormat, ts) // the stored (truncated-to-format) time
+// stampOf is now as rows store it (ts) and as records give it back
+// (stamp, truncated as ts is): one for all the rows of a commit.
+func stampOf(now time.Time) (ts string, stamp time.Time) {
+	ts = now.UTC().Format(TimeFormat)
+	stamp, _ = time.Parse(TimeFormat, ts)
+	return ts, stamp
+}
+
+// chain makes ev (prepared) the row after head, stamped ts.
+func chain(head store.AuditHead, ts string, stamp time.Time, ev Event, details []byte) (store.AuditRow, Record) {
 	seq := head.Seq + 1
 	h := rowHash(head.Hash, seq, ts, ev.Type, ev.Actor, ev.Subject, ev.Result, details)
 	row := store.AuditRow{Seq: seq, Time: ts, Type: ev.Type, Actor: ev.Actor, Subject: ev.Subject, Result: ev.Result,
