@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -91,6 +92,52 @@ func FuzzFilterLists(f *testing.F) {
 		again, removedAgain, err := FilterLists(out, keep)
 		if err != nil || removedAgain != 0 || !bytes.Equal(again, out) {
 			t.Fatalf("filtering the output again removed %d (%v):\n%s\n%s", removedAgain, err, out, again)
+		}
+	})
+}
+
+// FuzzToolError checks the reading of a result's isError against a plain
+// reading of its members: what ToolError accepts has at most one member
+// named isError in any letter case, spelled exactly so and boolean, and
+// ToolError's answer is that member's value.
+func FuzzToolError(f *testing.F) {
+	for _, seed := range []string{
+		`{"content":[],"isError":true}`,
+		`{"isError":false}`,
+		`{"isError":true,"ISERROR":false}`,
+		`{"isError":"true"}`,
+		`{"content":[{"isError":true}]}`,
+		`[true]`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, result []byte) {
+		if !json.Valid(result) {
+			return // results reach it inside a message already read as JSON
+		}
+		got, err := ToolError(result)
+		if err != nil {
+			return
+		}
+		var members map[string]json.RawMessage
+		if json.Unmarshal(result, &members) != nil {
+			if got {
+				t.Fatalf("%s is not an object, yet read as a tool error", result)
+			}
+			return
+		}
+		want, n := false, 0
+		for name, v := range members {
+			if !strings.EqualFold(name, "isError") {
+				continue
+			}
+			n++
+			if name != "isError" || json.Unmarshal(v, &want) != nil {
+				t.Fatalf("%s accepted with the member %q = %s", result, name, v)
+			}
+		}
+		if n > 1 || got != want {
+			t.Fatalf("%s read as %v; its isError members say %v (%d of them)", result, got, want, n)
 		}
 	})
 }
