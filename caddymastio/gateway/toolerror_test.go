@@ -8,8 +8,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/audit"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/gateway"
+	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio"
 	"github.com/caddy-mastio/caddy-mastio/caddymastio/mastio/mastiotest"
 )
 
@@ -41,6 +44,7 @@ func TestToolErrorsAreReadAsClientsReadThem(t *testing.T) {
 	t.Cleanup(up.Close)
 	e := newEnvTo(t, gateway.RouteSettings{}, "allow * tools/call weather/*\n", up)
 	a := mastiotest.NewAgent(t, e.m, "forecaster", "mcp:call")
+	invalidBefore := upstreamErrors(t, "invalid_response")
 
 	for _, c := range []struct {
 		city, outcome, body string
@@ -58,8 +62,42 @@ func TestToolErrorsAreReadAsClientsReadThem(t *testing.T) {
 			t.Errorf("%s: the unreadable result reached the agent, or its error lost the call's id: %s", c.city, body)
 		}
 		calls := mastiotest.Events(t, e.m, audit.TypeMCPCall)
-		if got := mastiotest.Details(t, calls[len(calls)-1])["outcome"]; got != c.outcome {
+		last := calls[len(calls)-1]
+		if got := mastiotest.Details(t, last)["outcome"]; got != c.outcome {
 			t.Errorf("%s: audited outcome %v, want %s", c.city, got, c.outcome)
 		}
+		if wantResult := map[bool]string{true: audit.ResultError, false: audit.ResultOK}[c.outcome == "invalid_response"]; last.Result != wantResult {
+			t.Errorf("%s: audited result %s, want %s", c.city, last.Result, wantResult)
+		}
 	}
+	if got := upstreamErrors(t, "invalid_response") - invalidBefore; got != 2 {
+		t.Errorf("caddy_mastio_mcp_upstream_errors_total counted %v invalid responses, want 2", got)
+	}
+}
+
+// upstreamErrors is caddy_mastio_mcp_upstream_errors_total for the
+// weather server and outcome.
+func upstreamErrors(t *testing.T, outcome string) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(mastio.Collectors()...)
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "caddy_mastio_mcp_upstream_errors_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["server"] == "weather" && labels["outcome"] == outcome {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }

@@ -21,7 +21,7 @@ type MCPCall struct {
 	Action, Name   string
 	Decision       policy.Decision
 	ArgsSHA256     string
-	Outcome        string // ok, tool_error, error, denied, rate_limited, upstream_error, no_response, agent_revoked, ...
+	Outcome        string // ok, tool_error, error, denied, rate_limited, upstream_error, no_response, invalid_response, agent_revoked, ...
 	UpstreamStatus int
 	Start          time.Time
 	RequestID      string
@@ -115,7 +115,7 @@ func callEvent(c MCPCall) audit.Event {
 	switch c.Outcome {
 	case "denied", "rate_limited":
 		result = audit.ResultDenied
-	case "error", "upstream_error", "no_response":
+	case "error", "upstream_error", "no_response", "invalid_response":
 		result = audit.ResultError
 	}
 	rule := ""

@@ -63,7 +63,7 @@ var (
 	}, []string{"server"})
 	mcpUpstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "caddy", Subsystem: "mastio", Name: "mcp_upstream_errors_total",
-		Help: "Forwarded MCP calls that failed at the upstream, by server and outcome (upstream_error: unreachable or a bad answer; no_response; error: a JSON-RPC error answer).",
+		Help: "Forwarded MCP calls that failed at the upstream, by server and outcome (upstream_error: unreachable or a bad answer; no_response; invalid_response: an answer that could not be read strictly, withheld; error: a JSON-RPC error answer).",
 	}, []string{"server", "outcome"})
 
 	auditChainBreaks = prometheus.NewCounter(prometheus.CounterOpts{
@@ -96,7 +96,7 @@ func observeUpstream(server, outcome string, took time.Duration) {
 	switch outcome {
 	case "denied", "rate_limited", "agent_revoked", "cancelled":
 		return // not the upstream's doing
-	case "upstream_error", "no_response", "error":
+	case "upstream_error", "no_response", "invalid_response", "error":
 		mcpUpstreamErrors.WithLabelValues(server, outcome).Inc()
 	}
 	mcpUpstreamSeconds.WithLabelValues(server).Observe(took.Seconds())
