@@ -98,7 +98,7 @@ func (m *answerWriter) Write(p []byte) (int, error) {
 		for _, ev := range events {
 			// Events without data (a priming event that only carries an id
 			// to resume from, a keep-alive) hold no message.
-			if len(bytes.TrimSpace(ev.Data)) > 0 {
+			if len(mcp.TrimSpace(ev.Data)) > 0 {
 				out, ok := m.x.deliverBody(ev.Data, m.status)
 				switch {
 				case !ok || len(out) == 0:
@@ -153,7 +153,7 @@ func (m *answerWriter) finish() error {
 
 func (m *answerWriter) finishJSON() {
 	x := m.x
-	body := bytes.TrimSpace(m.buf.Bytes())
+	body := mcp.TrimSpace(m.buf.Bytes())
 	status := m.status
 	switch {
 	case m.tooBig:

@@ -71,3 +71,22 @@ func TestStreamsAreFiltered(t *testing.T) {
 		}
 	}
 }
+
+// TestAnswersAreTrimmedOfJSONWhitespaceOnly: an answer wrapped in
+// whitespace JSON does not know (a vertical tab, a no-break space) is not
+// read as the message inside it.
+func TestAnswersAreTrimmedOfJSONWhitespaceOnly(t *testing.T) {
+	g := routeFor(t)
+	msg := `{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"public"}]}}`
+	if out := serveStream(t, g, "application/json", " \r\n"+msg+"\t\n"); !strings.Contains(out, `"name":"public"`) {
+		t.Errorf("an answer with JSON's whitespace around it: %s", out)
+	}
+	for _, wrapped := range []string{"\v" + msg, msg + "\f", "\u00a0" + msg} {
+		if out := serveStream(t, g, "application/json", wrapped); strings.Contains(out, `"name":"public"`) {
+			t.Errorf("%q was read as the message inside it: %s", wrapped, out)
+		}
+		if out := serveStream(t, g, "text/event-stream", "data: "+wrapped+"\n\n"); strings.Contains(out, `"name":"public"`) {
+			t.Errorf("the event %q was read as the message inside it: %s", wrapped, out)
+		}
+	}
+}

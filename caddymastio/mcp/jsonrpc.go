@@ -144,11 +144,17 @@ var (
 	paramsMembers  = []string{"name", "uri", "arguments"}
 )
 
+// TrimSpace removes JSON's whitespace (space, tab, CR, LF) around b.
+// bytes.TrimSpace would also take a vertical tab, a form feed or a
+// Unicode space, which JSON readers refuse: the gateway would accept a
+// body the MCP server behind it cannot read.
+func TrimSpace(b []byte) []byte { return bytes.Trim(b, " \t\r\n") }
+
 // ParseBody reads a body: one message or a batch (array) of them. Every
 // message must be a JSON object with jsonrpc "2.0" that is exactly one of
 // a request, a notification or a response.
 func ParseBody(body []byte) ([]*Message, bool, *Error) {
-	body = bytes.TrimSpace(body)
+	body = TrimSpace(body)
 	if len(body) == 0 {
 		return nil, false, &Error{Code: CodeInvalidRequest, Message: "Invalid Request: empty body"}
 	}

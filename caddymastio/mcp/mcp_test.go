@@ -79,6 +79,10 @@ func TestAmbiguousMessagesAreRefused(t *testing.T) {
 		"in a batch":             `[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","id":4,"method":"tools/list","Method":"tools/call"}]`,
 		"invalid UTF-8":          "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/call\",\"params\":{\"name\":\"se\xffcret\"}}",
 		"lone surrogate escape":  `{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"\ud800secret"}}`,
+		"vertical tab before":    "\v{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/list\"}",
+		"form feed after":        "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/list\"}\f",
+		"no-break space before":  "\u00a0{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/list\"}",
+		"next line after":        "{\"jsonrpc\":\"2.0\",\"id\":4,\"method\":\"tools/list\"}\u0085",
 	} {
 		if _, _, err := ParseBody([]byte(body)); err == nil {
 			t.Errorf("%s: accepted %s", name, body)
