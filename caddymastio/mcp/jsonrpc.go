@@ -144,10 +144,8 @@ var (
 	paramsMembers  = []string{"name", "uri", "arguments"}
 )
 
-// TrimSpace removes JSON's whitespace (space, tab, CR, LF) around b.
-// bytes.TrimSpace would also take a vertical tab, a form feed or a
-// Unicode space, which JSON readers refuse: the gateway would accept a
-// body the MCP server behind it cannot read.
+// TrimSpace removes JSON's whitespace around b (bytes.TrimSpace would also
+// take a vertical tab or a Unicode space, which JSON readers refuse).
 func TrimSpace(b []byte) []byte { return bytes.Trim(b, " \t\r\n") }
 
 // ParseBody reads a body: one message or a batch (array) of them. Every
