@@ -86,21 +86,24 @@ func (x *exchange) deliver(m *mcp.Message, upstreamStatus int) json.RawMessage {
 		}
 		m.Result = filtered
 	}
-	toolError, err := mcp.ToolError(m.Result)
-	if err != nil {
-		return x.unreadable(m, upstreamStatus, "a result the gateway cannot read strictly", err)
-	}
 	c, ok := x.calls[m.Key()]
 	if !ok || c.done {
 		return m.Encode()
 	}
-	c.done = true
 	outcome := "ok"
-	if m.Error != nil {
+	switch {
+	case m.Error != nil:
 		outcome = "error"
-	} else if toolError {
-		outcome = "tool_error"
+	case c.action == "tools/call": // isError means something in a tool's result only
+		toolError, err := mcp.ToolError(m.Result)
+		if err != nil {
+			return x.unreadable(m, upstreamStatus, "a result the gateway cannot read strictly", err)
+		}
+		if toolError {
+			outcome = "tool_error"
+		}
 	}
+	c.done = true
 	delivered, err := x.g.m.Registry().Deliver(x.p.Credential(), func() error {
 		return x.auditCall(c, outcome, upstreamStatus, "")
 	})

@@ -90,3 +90,14 @@ func TestAnswersAreTrimmedOfJSONWhitespaceOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestIsErrorMattersInToolResultsOnly: an answer that is not a tool's
+// result (here, a list answering no call) passes with whatever isError-like
+// members it holds; only a tools/call result is read for its outcome.
+func TestIsErrorMattersInToolResultsOnly(t *testing.T) {
+	g := routeFor(t)
+	out := serveStream(t, g, "application/json", `{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"public"}],"ISERROR":"x"}}`)
+	if !strings.Contains(out, `"name":"public"`) || !strings.Contains(out, `"ISERROR":"x"`) {
+		t.Errorf("a list answer was withheld for a member that means nothing in it: %s", out)
+	}
+}
